@@ -1,0 +1,33 @@
+# The two commands that matter: `make run` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+run: install
+	$(BIN)/relay serve
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m loadtest.small_get
+	$(BIN)/python -m loadtest.download
+
+lint: install
+	$(BIN)/ruff check relay directory tests loadtest
+	$(BIN)/mypy --strict relay directory
+
+clean:
+	rm -rf $(VENV) .relay .pytest_cache .mypy_cache .ruff_cache

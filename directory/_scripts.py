@@ -1,0 +1,84 @@
+"""Lua scripts run by SHA, with the NOSCRIPT fallback a restarted store needs.
+
+A store that restarted (or ran ``SCRIPT FLUSH``) has forgotten every loaded script, so
+each call tries ``EVALSHA`` first (the script body is not resent on the hot path) and, on
+``NOSCRIPT``, loads the script and runs it again. Scripts given to :func:`run_batches` must
+be idempotent, because a batch that failed with NOSCRIPT is sent a second time.
+
+We do not use redis-py's ``register_script`` with pipelines: its pipeline path sends
+``SCRIPT EXISTS`` before every execute, a second round trip per refresh cycle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import NoScriptError, RedisError
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+__all__ = ["LuaScript", "run_batches"]
+
+KeyArgs = tuple[Sequence[str], Sequence[str | bytes | int]]
+
+
+class LuaScript:
+    """One Lua script, known to the store by the SHA1 of its source."""
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        # SHA1 is what the store names scripts by; it is an identifier, not a safeguard.
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(
+        self,
+        client: redis.asyncio.Redis,
+        keys: Sequence[str],
+        args: Sequence[str | bytes | int],
+    ) -> Any:  # noqa: ANN401 - a Lua reply has whatever shape the script returns
+        """Run the script once (one round trip unless the store lost it)."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # EVAL runs it and caches it again under the same SHA.
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
+async def run_batches(
+    client: redis.asyncio.Redis, script: LuaScript, batches: Sequence[KeyArgs]
+) -> list[Any]:
+    """Run ``script`` once per batch, all batches in ONE pipelined round trip.
+
+    Returns one reply per batch, in order. If the store lost the script, it is loaded and
+    only the batches that failed are sent again (a second round trip, once after a
+    restart). Any other error reply is raised (as the redis error; callers translate it).
+    """
+    if not batches:
+        return []
+    replies: list[Any] = [None] * len(batches)
+    pending = list(range(len(batches)))
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        for index in pending:
+            keys, args = batches[index]
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        results = await pipe.execute(raise_on_error=False)
+        missing: list[int] = []
+        for index, result in zip(pending, results, strict=True):
+            if isinstance(result, NoScriptError) and attempt == 0:
+                missing.append(index)
+            elif isinstance(result, RedisError):
+                raise result
+            else:
+                replies[index] = result
+        if not missing:
+            break
+        await client.script_load(script.source)
+        pending = missing
+    return replies

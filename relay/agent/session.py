@@ -1,0 +1,173 @@
+"""One tunnel connection from the agent's side: handshake, streams, pings, silence."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from relay.connection import TunnelConnection
+from relay.errors import MalformedFrame, ProtocolError, StreamError
+from relay.protocol import (
+    PROTOCOL_VERSION,
+    Drain,
+    Frame,
+    FrameCodec,
+    Hello,
+    Limits,
+    Ping,
+    ReqHead,
+    Reset,
+    ResetCode,
+    Welcome,
+    WsOpen,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+    from structlog.typing import FilteringBoundLogger
+
+    from relay.agent.upstream import Upstream
+
+__all__ = ["SILENCE", "AgentSession", "HandshakeClosed", "handshake"]
+
+#: Our own close code when the relay went silent (no frame within the silence timeout).
+SILENCE = 4008
+
+
+async def handshake(
+    ws: aiohttp.ClientWebSocketResponse,
+    *,
+    agent_version: str,
+    limits: Limits,
+    timeout: float,
+    standby: bool = False,
+) -> Welcome:
+    """Send Hello and wait for Welcome; a close instead of Welcome raises with its code."""
+    codec = FrameCodec(max_frame=limits.max_frame, max_header_bytes=limits.max_header_bytes)
+    await ws.send_bytes(codec.message(Hello(PROTOCOL_VERSION, agent_version, limits, standby)))
+    msg = await ws.receive(timeout=timeout)
+    if msg.type.name != "BINARY":
+        raise HandshakeClosed(ws.close_code, str(msg.extra or ""))
+    frames = codec.decode(msg.data)
+    frame = frames[0]
+    if len(frames) != 1 or not isinstance(frame, Welcome):
+        raise MalformedFrame(f"expected a lone Welcome, got {type(frame).__name__}")
+    return frame
+
+
+class HandshakeClosed(Exception):
+    """The relay closed the socket instead of welcoming us."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"closed during handshake ({code}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class AgentSession(TunnelConnection):
+    """Serves the streams the relay opens on one tunnel."""
+
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        welcome: Welcome,
+        upstream: Upstream,
+        *,
+        local_limits: Limits,
+        log: FilteringBoundLogger,
+    ) -> None:
+        super().__init__(ws, local_limits=local_limits, peer_limits=welcome.limits, log=log)
+        self.welcome = welcome
+        self.upstream = upstream
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.max_sid = 0
+        self.drain_requested = asyncio.Event()
+
+    def dispatch_stream_frame(self, frame: Any) -> None:  # noqa: ANN401 - one of STREAM_FRAMES
+        """Open streams on ReqHead/WsOpen; cancel the upstream call on Reset."""
+        if isinstance(frame, ReqHead | WsOpen):
+            self._open(frame)
+            return
+        super().dispatch_stream_frame(frame)
+        if isinstance(frame, Reset):
+            task = self.tasks.get(frame.sid)
+            if task is not None:
+                task.cancel()  # aborts the upstream request: the service sees the disconnect
+
+    def _open(self, frame: ReqHead | WsOpen) -> None:
+        if frame.sid <= self.max_sid:
+            raise ProtocolError(f"relay reused stream id {frame.sid}")
+        self.max_sid = frame.sid
+        channel = self.open_channel(frame.sid)
+        if len(self.streams) > self.local_limits.max_streams:
+            channel.close()
+            self._spawn(frame.sid, self._refuse(frame.sid))
+            return
+        channel.deliver(frame)
+        serve = (
+            self.upstream.serve_http(channel)
+            if isinstance(frame, ReqHead)
+            else self.upstream.serve_websocket(channel)
+        )
+        task = self._spawn(frame.sid, serve)
+        task.add_done_callback(lambda _t: channel.close())
+
+    def _spawn(self, sid: int, coro: Any) -> asyncio.Task[None]:  # noqa: ANN401 - a coroutine
+        task: asyncio.Task[None] = asyncio.create_task(self._guard(sid, coro))
+        self.tasks[sid] = task
+        task.add_done_callback(lambda _t: self.tasks.pop(sid, None))
+        return task
+
+    async def _guard(self, sid: int, coro: Any) -> None:  # noqa: ANN401 - a coroutine
+        try:
+            await coro
+        except StreamError as exc:
+            self.log.debug("agent.stream_ended", sid=sid, error=str(exc))
+
+    async def _refuse(self, sid: int) -> None:
+        await self.send(Reset(sid, int(ResetCode.REFUSED), "agent at its stream limit"))
+
+    def on_unknown_stream(self, frame: Any) -> None:  # noqa: ANN401 - one of STREAM_FRAMES
+        """Late frames for finished streams are ignored; others break the protocol."""
+        if frame.sid <= self.max_sid:
+            return
+        raise ProtocolError(f"relay sent {type(frame).__name__} on unopened stream {frame.sid}")
+
+    async def on_control_frame(self, frame: Frame) -> None:
+        """Drain asks us to move; pings are answered by the base class."""
+        if isinstance(frame, Drain):
+            self.log.info("agent.drain_requested", deadline=frame.deadline)
+            self.drain_requested.set()
+            return
+        await super().on_control_frame(frame)
+
+    async def keepalive(self, interval: float, silence_timeout: float) -> None:
+        """Ping the relay; close the socket when nothing arrived for ``silence_timeout``."""
+        tick = min(interval, silence_timeout / 3)
+        next_ping = self.loop.time() + interval
+        while self.close_code is None:
+            await asyncio.sleep(tick)
+            now = self.loop.time()
+            silent = now - self.last_frame_at
+            if silent >= silence_timeout:
+                self.log.warning("agent.relay_silent", silent_s=round(silent, 3))
+                self.close_code = SILENCE
+                self.close_reason = "relay silent"
+                self.fail_streams_silently()
+                return
+            if now >= next_ping:
+                next_ping = now + interval
+                await self.send(Ping(time.time()))
+
+    def fail_streams_silently(self) -> None:
+        """Cancel every stream task; the socket is presumed dead."""
+        for task in list(self.tasks.values()):
+            task.cancel()
+
+    async def finish(self, grace: float) -> None:
+        """Let in-flight streams end (up to ``grace``), then cancel the rest."""
+        if self.tasks:
+            _done, pending = await asyncio.wait(list(self.tasks.values()), timeout=grace)
+            for task in pending:
+                task.cancel()

@@ -1,0 +1,58 @@
+"""The relay's aiohttp application: host routing in front, its own routes behind."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from directory.errors import DirectoryError
+from relay.api import add_routes, admin_authorized
+from relay.proxy import proxy_request
+from relay.responses import json_error
+from relay.routing import slug_from_host
+from relay.state import STATE, RelayState
+from relay.tunnel_endpoint import tunnel_endpoint
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler
+
+__all__ = ["build_app"]
+
+
+def build_app(state: RelayState) -> web.Application:
+    """The application serving both client traffic and the relay's own routes."""
+    base_domain = state.config.base_domain
+
+    @web.middleware
+    async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Host decides first: every path of <slug>.<base-domain> belongs to the host.
+        slug = slug_from_host(request.host, base_domain)
+        if slug is not None:
+            return await proxy_request(state, request, slug)
+        path = request.path
+        if path.startswith("/api/") and not admin_authorized(state, request):
+            return json_error(401, "unauthorized", "admin token required (Authorization: Bearer)")
+        try:
+            return await handler(request)
+        except DirectoryError as exc:
+            if exc.http_status >= 500:
+                state.log.warning("api.store_error", path=path, error=str(exc))
+            return json_error(exc.http_status, exc.code, str(exc))
+        except web.HTTPException as exc:
+            if exc.status >= 400 and exc.empty_body is False and path.startswith("/api/"):
+                return json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+            raise
+
+    app = web.Application(middlewares=[front], client_max_size=1 << 20)
+    app[STATE] = state
+    app.router.add_get("/tunnel", tunnel_endpoint)
+    add_routes(app)
+    # Last and catch-all: keeps routing of host traffic to a few dict lookups (no
+    # HTTPNotFound built per request) and gives other unknown paths a JSON 404.
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return json_error(404, "not_found", f"no route for {request.method} {request.path}")

@@ -1,0 +1,157 @@
+"""Configuration of `relay serve` and `relay agent` (validated msgspec structs).
+
+Every option is a command-line flag and also an environment variable ``RELAY_<NAME>``;
+``REDIS_URL``, ``FLY_MACHINE_ID`` and ``FLY_PRIVATE_IP`` are read as Fly sets them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from relay.errors import ConfigError
+from relay.protocol import Limits
+
+__all__ = ["AgentConfig", "ServeConfig", "parse_hostport"]
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of one relay machine."""
+
+    listen: str = "127.0.0.1:8080"
+    base_domain: str = "localhost"
+    redis_url: str | None = None
+    machine_id: str = ""
+    data_dir: str = ".relay"
+    route_mode: Literal["fly-replay", "forward"] = "fly-replay"
+    advertise: str | None = None
+    key_prefix: str = "relay"
+    admin_token: str | None = None
+    ping_interval: Seconds = 10.0
+    ping_misses: Positive = 3
+    request_timeout: Seconds = 120.0
+    drain_timeout: Seconds = 10.0
+    reconnect_grace: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    reconcile_interval: Seconds = 30.0
+    dns_offline_grace: Seconds = 86400.0
+    hello_timeout: Seconds = 10.0
+    max_frame: Annotated[int, msgspec.Meta(ge=16 * 1024)] = 1 << 20
+    max_streams: Positive = 1000
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
+    max_body: Annotated[int, msgspec.Meta(ge=0)] = 0
+    initial_window: Annotated[int, msgspec.Meta(ge=16 * 1024, le=2**31 - 1)] = 256 * 1024
+    metrics_token: str | None = None
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "info"
+
+    @property
+    def owner_ttl_ms(self) -> int:
+        """Owner-key TTL: one ping interval per allowed miss."""
+        return int(self.ping_interval * self.ping_misses * 1000)
+
+    @property
+    def limits(self) -> Limits:
+        """What this relay accepts from agents."""
+        return Limits(
+            max_frame=self.max_frame,
+            max_streams=self.max_streams,
+            max_header_bytes=self.max_header_bytes,
+            initial_window=self.initial_window,
+            max_body=self.max_body,
+        )
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """The listen address split into host and port."""
+        return parse_hostport(self.listen)
+
+    def resolved(self) -> ServeConfig:
+        """Fill derived defaults (machine id) and check cross-field rules."""
+        self.host_port  # noqa: B018 - validates the address early
+        machine_id = self.machine_id or f"m-{secrets.token_hex(4)}"
+        base = self.base_domain.strip(".").lower()
+        if not base or any(not part for part in base.split(".")):
+            raise ConfigError(f"invalid --base-domain {self.base_domain!r}")
+        if self.advertise is not None:
+            _check_url(self.advertise, "--advertise")
+        if self.redis_url is not None:
+            scheme = urlsplit(self.redis_url).scheme
+            if scheme not in {"redis", "rediss", "unix"}:
+                raise ConfigError(
+                    f"--redis-url must be redis://, rediss:// or unix:// (got {scheme!r})"
+                )
+        return msgspec.structs.replace(self, machine_id=machine_id, base_domain=base)
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as a path."""
+        return Path(self.data_dir)
+
+
+class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of one host agent."""
+
+    server: str = "http://127.0.0.1:8080"
+    token: str = ""
+    to: str = ""
+    ping_interval: Seconds = 10.0
+    silence_timeout: Seconds = 30.0
+    max_backoff: Seconds = 30.0
+    connect_timeout: Seconds = 10.0
+    stable_after: Seconds = 30.0
+    max_frame: Annotated[int, msgspec.Meta(ge=16 * 1024)] = 1 << 20
+    max_streams: Positive = 1000
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
+    initial_window: Annotated[int, msgspec.Meta(ge=16 * 1024, le=2**31 - 1)] = 256 * 1024
+    upstream_connections: Positive = 100
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "info"
+
+    @property
+    def limits(self) -> Limits:
+        """What this agent accepts from the relay."""
+        return Limits(
+            max_frame=self.max_frame,
+            max_streams=self.max_streams,
+            max_header_bytes=self.max_header_bytes,
+            initial_window=self.initial_window,
+        )
+
+    def resolved(self) -> AgentConfig:
+        """Check the settings an agent cannot run without."""
+        if not self.token:
+            raise ConfigError("--token (or RELAY_TOKEN) is required")
+        if not self.to:
+            raise ConfigError("--to (or RELAY_TO) is required, e.g. http://127.0.0.1:3000")
+        _check_url(self.server, "--server")
+        _check_url(self.to, "--to")
+        return self
+
+    @property
+    def tunnel_url(self) -> str:
+        """The relay's tunnel endpoint as a WebSocket URL."""
+        parts = urlsplit(self.server)
+        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+        return f"{scheme}://{parts.netloc}/tunnel"
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:8080`` for IPv6) with a clear error."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"expected HOST:PORT, got {value!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def _check_url(value: str, flag: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https", "ws", "wss"} or not parts.netloc:
+        raise ConfigError(f"{flag} must be an http(s) URL, got {value!r}")

@@ -1,0 +1,250 @@
+"""The tunnel WebSocket shared by both ends: framing, stream table, read loop, close.
+
+Subclasses (the relay's :class:`relay.tunnel.Tunnel` and the agent's session) decide what
+to do with connection-level frames and with frames that open streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any, Protocol
+
+import aiohttp
+
+from relay.channel import StreamChannel
+from relay.errors import MalformedFrame, ProtocolError, TunnelClosed
+from relay.protocol import (
+    STREAM_FRAMES,
+    CloseCode,
+    Frame,
+    FrameCodec,
+    Limits,
+    Ping,
+    Pong,
+)
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+__all__ = ["TunnelConnection", "WebSocketLike"]
+
+
+class WebSocketLike(Protocol):
+    """What we need of aiohttp's server and client WebSocket objects."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the socket is closed."""
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once closed."""
+
+    async def send_bytes(self, data: bytes, compress: int | None = None) -> None:
+        """Send one binary message."""
+
+    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage:
+        """Receive one message."""
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        """Close the socket."""
+
+
+class TunnelConnection:
+    """Frames over one WebSocket, with the streams multiplexed on it."""
+
+    def __init__(
+        self,
+        ws: WebSocketLike,
+        *,
+        local_limits: Limits,
+        peer_limits: Limits,
+        log: FilteringBoundLogger,
+    ) -> None:
+        self.ws = ws
+        self.local_limits = local_limits
+        self.peer_limits = peer_limits
+        self.codec = FrameCodec(
+            max_frame=local_limits.max_frame, max_header_bytes=local_limits.max_header_bytes
+        )
+        self.log = log
+        self.streams: dict[int, StreamChannel] = {}
+        self.idle = asyncio.Event()  # set while no stream is open (drain waits on it)
+        self.idle.set()
+        self.loop = asyncio.get_running_loop()
+        self.last_frame_at = self.loop.time()
+        self.last_pong_at = self.last_frame_at
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._encode = self.codec.encode
+        # Leave room for framing inside the peer's frame limit.
+        self.max_chunk = min(64 * 1024, peer_limits.max_frame - 1024)
+        # Outgoing frames wait here until the writer task packs them into messages.
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._out_limit = 4 * peer_limits.max_frame  # senders wait beyond this
+        self._writer_wake: asyncio.Future[None] | None = None
+        self._room = asyncio.Event()
+        self._room.set()
+        self._flushed = asyncio.Event()
+        self._writer = self.loop.create_task(self._write_loop())
+
+    @property
+    def closed(self) -> bool:
+        """Whether this connection has been closed (by either side)."""
+        return self.close_code is not None or self.ws.closed
+
+    async def send(self, frame: Frame) -> None:
+        """Queue one frame for the writer; waits only when too much is queued.
+
+        Raises :class:`TunnelClosed` once the tunnel is gone.
+        """
+        if self.close_code is not None:
+            raise TunnelClosed("tunnel closed")
+        data = self._encode(frame)
+        self._out.append(data)
+        self._out_bytes += len(data)
+        wake = self._writer_wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+        if self._out_bytes > self._out_limit:
+            # The WebSocket's own write backpressure, passed on to whoever produces.
+            self._room.clear()
+            await self._room.wait()
+            if self.close_code is not None:
+                raise TunnelClosed("tunnel closed")
+
+    async def _write_loop(self) -> None:
+        """Pack queued frames into as few messages as the peer's frame limit allows."""
+        limit = self.peer_limits.max_frame
+        try:
+            while True:
+                if not self._out:
+                    self._writer_wake = self.loop.create_future()
+                    await self._writer_wake
+                    self._writer_wake = None
+                    continue
+                batch, self._out, self._out_bytes = self._out, [], 0
+                self._room.set()
+                start, size = 0, 0
+                for i, data in enumerate(batch):
+                    if size + len(data) > limit - 8 and i > start:
+                        await self.ws.send_bytes(self.codec.pack(batch[start:i]))
+                        start, size = i, 0
+                    size += len(data)
+                await self.ws.send_bytes(self.codec.pack(batch[start:]))
+                if not self._out:
+                    self._flushed.set()
+        except (ConnectionError, RuntimeError) as exc:
+            # aiohttp raises these when the socket closes under us.
+            if self.close_code is None:
+                self.close_code = CloseCode.NORMAL if self.ws.closed else 1006
+                self.close_reason = f"send failed: {exc}"
+            self.fail_streams(TunnelClosed(f"tunnel send failed: {exc}"))
+        finally:
+            self._room.set()
+
+    async def flush(self, timeout: float = 1.0) -> None:
+        """Wait up to ``timeout`` until everything queued has been handed to the socket."""
+        if not self._out or self._writer.done():
+            return
+        self._flushed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._flushed.wait()
+
+    async def _stop_writer(self) -> None:
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+
+    def open_channel(self, sid: int) -> StreamChannel:
+        """Create the local side of stream ``sid``."""
+        channel = StreamChannel(
+            sid,
+            self,
+            send_window=self.peer_limits.initial_window,
+            recv_window=self.local_limits.initial_window,
+            max_chunk=self.max_chunk,
+            on_close=self._forget,
+        )
+        self.streams[sid] = channel
+        self.idle.clear()
+        return channel
+
+    def _forget(self, sid: int) -> None:
+        self.streams.pop(sid, None)
+        if not self.streams:
+            self.idle.set()
+
+    async def read_loop(self) -> None:
+        """Read frames until the socket closes; protocol errors close the tunnel (4004)."""
+        ws = self.ws
+        decode = self.codec.decode
+        loop = self.loop
+        binary = aiohttp.WSMsgType.BINARY
+        try:
+            while True:
+                msg = await ws.receive()
+                if msg.type is binary:
+                    self.last_frame_at = loop.time()
+                    for frame in decode(msg.data):
+                        if isinstance(frame, STREAM_FRAMES):
+                            self.dispatch_stream_frame(frame)
+                        else:
+                            await self.on_control_frame(frame)
+                elif msg.type is aiohttp.WSMsgType.TEXT:
+                    raise MalformedFrame("text message on the tunnel")
+                else:
+                    # CLOSE / CLOSING / CLOSED / ERROR: the peer or the network is done.
+                    if self.close_code is None:
+                        self.close_code = ws.close_code or CloseCode.NORMAL
+                        self.close_reason = "peer closed"
+                    return
+        except ProtocolError as exc:
+            self.log.warning("tunnel.protocol_error", error=str(exc), kind=exc.code)
+            await self.close(exc.close_code, f"protocol error: {exc}")
+        finally:
+            self.fail_streams(TunnelClosed(f"tunnel closed ({self.close_code})"))
+            if self.ws.closed:
+                await self._stop_writer()
+
+    def dispatch_stream_frame(self, frame: Any) -> None:  # noqa: ANN401 - one of STREAM_FRAMES
+        """Route a stream frame to its channel, or to :meth:`on_new_stream`."""
+        channel = self.streams.get(frame.sid)
+        if channel is None:
+            self.on_unknown_stream(frame)
+            return
+        channel.deliver(frame)
+
+    def on_unknown_stream(self, frame: Any) -> None:  # noqa: ANN401 - one of STREAM_FRAMES
+        """A frame for a stream we do not hold; subclasses decide."""
+        raise ProtocolError(f"frame {type(frame).__name__} for unknown stream {frame.sid}")
+
+    async def on_control_frame(self, frame: Frame) -> None:
+        """Handle Ping/Pong; subclasses extend for Hello/Welcome/Drain."""
+        if isinstance(frame, Ping):
+            await self.send(Pong(frame.t))
+        elif isinstance(frame, Pong):
+            self.last_pong_at = self.loop.time()
+        else:
+            raise ProtocolError(f"unexpected {type(frame).__name__} frame")
+
+    def fail_streams(self, error: TunnelClosed) -> None:
+        """Wake every stream with ``error``; the tunnel is gone."""
+        for channel in list(self.streams.values()):
+            channel.fail(error)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the tunnel with ``code`` (first reason wins) and fail its streams."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+        self.fail_streams(TunnelClosed(f"tunnel closed ({code}: {reason})"))
+        # Frames already queued (a Drain, stream resets) go out before the close frame.
+        await self.flush()
+        await self._stop_writer()
+        if not self.ws.closed:
+            # Close reasons are limited to 123 bytes by RFC 6455.
+            await self.ws.close(code=code, message=reason.encode()[:123])

@@ -1,0 +1,335 @@
+"""Tunnel wire protocol: frames and their MessagePack codec (pure, no I/O).
+
+One WebSocket carries the whole tunnel; every WebSocket message is a MessagePack array
+of one or more frames, each a msgspec ``array_like`` struct tagged by a small integer so
+a frame costs a few bytes of framing. Streams are multiplexed by ``sid``; only the relay
+opens streams, so the relay numbers them (1, 2, 3, ...).
+
+Connection set-up (agent first)::
+
+    agent -> relay   Hello(version, agent_version, limits, standby)
+    relay -> agent   Welcome(machine_id, epoch, host_id, slug, ping_interval, limits)
+
+An HTTP exchange::
+
+    relay -> agent   ReqHead(sid, method, target, headers, body, length, trace, chunk, end)
+    relay -> agent   Data(sid, chunk, end)*          request body, when not inlined
+    agent -> relay   RespHead(sid, status, headers, chunk, end)
+    agent -> relay   Data(sid, chunk, end)*          response body, when not inlined
+    either           Window(sid, increment)          credit for the other direction
+    either           Reset(sid, code, reason)        abort the stream (client gone, upstream error)
+
+``chunk``/``end`` on the head frames let a small body ride in the head frame, so a small
+GET costs exactly two frames. ``Data(end=True)`` is the stream's end marker (the design
+sketch's ``End``); it may carry the last chunk.
+
+Flow control works like HTTP/2: each direction of a stream starts with the receiver's
+``initial_window`` bytes of credit (from its ``limits``); the sender stops at zero and the
+receiver sends ``Window`` as its consumer takes data. Head frames and inline chunks do
+not count against the window; ``Data`` chunks and ``WsMsg`` payloads do.
+
+A proxied WebSocket::
+
+    relay -> agent   WsOpen(sid, target, headers, protocols, trace)
+    agent -> relay   WsAccept(sid, protocol) | RespHead(...)   (refused upgrade)
+    either           WsMsg(sid, binary, payload)*
+    either           WsClose(sid, code, reason)
+
+Liveness and drain: ``Ping(t)``/``Pong(t)`` either way; ``Drain(deadline)`` from the relay
+tells the agent to open a new tunnel now, before this one closes with 4001.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Final
+
+import msgspec
+
+from relay.errors import FrameTooLarge, MalformedFrame
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Body",
+    "CloseCode",
+    "Data",
+    "Drain",
+    "Frame",
+    "FrameCodec",
+    "Hello",
+    "Limits",
+    "Ping",
+    "Pong",
+    "ReqHead",
+    "Reset",
+    "ResetCode",
+    "RespHead",
+    "Welcome",
+    "Window",
+    "WsAccept",
+    "WsClose",
+    "WsMsg",
+    "WsOpen",
+]
+
+PROTOCOL_VERSION: Final = 1
+
+StreamId = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
+Credit = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+Headers = list[tuple[str, str]]
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes of the tunnel itself."""
+
+    NORMAL = 1000
+    DRAIN = 4001
+    REPLACED = 4002
+    UNAUTHORIZED = 4003
+    PROTOCOL_ERROR = 4004
+    MISSED_PONG = 4008
+
+
+class ResetCode(enum.IntEnum):
+    """Why a stream was reset."""
+
+    CANCEL = 1  # the client went away or no longer wants the response
+    TIMEOUT = 2  # response headers did not arrive in time
+    UPSTREAM_ERROR = 3  # the local service failed mid-response
+    REFUSED = 4  # too many streams, or the tunnel is going away
+    FLOW_CONTROL = 5  # the peer sent more than its window allowed
+    TOO_LARGE = 6  # a header or body limit was exceeded
+    INTERNAL = 7  # a bug on the sending side
+
+
+class Body(enum.IntEnum):
+    """How a request body is framed."""
+
+    NONE = 0
+    SIZED = 1  # Content-Length known: ``length`` bytes follow
+    CHUNKED = 2  # length unknown until ``end``
+
+
+class Limits(msgspec.Struct, array_like=True, frozen=True):
+    """What one side accepts; each side announces its own."""
+
+    max_frame: Annotated[int, msgspec.Meta(ge=1024)] = 1 << 20
+    max_streams: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=256)] = 64 * 1024
+    initial_window: Annotated[int, msgspec.Meta(ge=1024, le=2**31 - 1)] = 256 * 1024
+    max_body: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: unlimited
+
+
+class Hello(msgspec.Struct, tag=1, array_like=True, frozen=True):
+    """First frame from the agent.
+
+    ``standby``: connect only if no other connection holds the host. An agent that was
+    replaced (4002) comes back as a standby, so two agents with one token never flap.
+    """
+
+    version: int
+    agent_version: str
+    limits: Limits
+    standby: bool = False
+
+
+class Welcome(msgspec.Struct, tag=2, array_like=True, frozen=True):
+    """The relay's answer to Hello once the host is authenticated and owned."""
+
+    machine_id: str
+    epoch: int
+    host_id: str
+    slug: str
+    ping_interval: float
+    limits: Limits
+
+
+class ReqHead(msgspec.Struct, tag=3, array_like=True, frozen=True):
+    """Opens an HTTP stream (relay to agent)."""
+
+    sid: StreamId
+    method: str
+    target: str
+    headers: Headers
+    body: Body = Body.NONE
+    length: int = -1
+    trace: str = ""
+    chunk: bytes = b""
+    end: bool = True
+
+
+class RespHead(msgspec.Struct, tag=4, array_like=True, frozen=True):
+    """Response status and headers (agent to relay)."""
+
+    sid: StreamId
+    status: Annotated[int, msgspec.Meta(ge=100, le=999)]
+    headers: Headers
+    chunk: bytes = b""
+    end: bool = False
+
+
+class Data(msgspec.Struct, tag=5, array_like=True, frozen=True):
+    """A body chunk; ``end`` closes this direction of the stream."""
+
+    sid: StreamId
+    chunk: bytes
+    end: bool = False
+
+
+class Reset(msgspec.Struct, tag=6, array_like=True, frozen=True):
+    """Aborts a stream in both directions."""
+
+    sid: StreamId
+    code: int
+    reason: str = ""
+
+
+class Window(msgspec.Struct, tag=7, array_like=True, frozen=True):
+    """Grants the peer ``increment`` more bytes of credit on ``sid``."""
+
+    sid: StreamId
+    increment: Credit
+
+
+class WsOpen(msgspec.Struct, tag=8, array_like=True, frozen=True):
+    """Opens a proxied WebSocket stream (relay to agent)."""
+
+    sid: StreamId
+    target: str
+    headers: Headers
+    protocols: list[str]
+    trace: str = ""
+
+
+class WsAccept(msgspec.Struct, tag=9, array_like=True, frozen=True):
+    """The upstream accepted the WebSocket; ``protocol`` is the chosen subprotocol."""
+
+    sid: StreamId
+    protocol: str | None = None
+
+
+class WsMsg(msgspec.Struct, tag=10, array_like=True, frozen=True):
+    """One WebSocket message; text travels as UTF-8 bytes with ``binary`` false."""
+
+    sid: StreamId
+    binary: bool
+    payload: bytes
+
+
+class WsClose(msgspec.Struct, tag=11, array_like=True, frozen=True):
+    """The WebSocket closed on one side with this code."""
+
+    sid: StreamId
+    code: Annotated[int, msgspec.Meta(ge=0, le=4999)]
+    reason: str = ""
+
+
+class Ping(msgspec.Struct, tag=12, array_like=True, frozen=True):
+    """Application-level ping; the peer answers Pong with the same ``t``."""
+
+    t: float
+
+
+class Pong(msgspec.Struct, tag=13, array_like=True, frozen=True):
+    """Answer to Ping."""
+
+    t: float
+
+
+class Drain(msgspec.Struct, tag=14, array_like=True, frozen=True):
+    """The relay is going away at ``deadline`` (unix time): reconnect now."""
+
+    deadline: float
+
+
+Frame = (
+    Hello
+    | Welcome
+    | ReqHead
+    | RespHead
+    | Data
+    | Reset
+    | Window
+    | WsOpen
+    | WsAccept
+    | WsMsg
+    | WsClose
+    | Ping
+    | Pong
+    | Drain
+)
+
+#: Frames that belong to a stream (carry ``sid``).
+STREAM_FRAMES: Final = (ReqHead, RespHead, Data, Reset, Window, WsOpen, WsAccept, WsMsg, WsClose)
+
+
+class FrameCodec:
+    """Encodes frames and packs them into messages; decodes messages into valid frames.
+
+    A WebSocket message is a MessagePack array of one or more frames: frames sent in the
+    same event-loop turn share one message, which saves a syscall and a WebSocket header
+    per frame under load. Frames are encoded one by one (so their sizes are known when
+    packing) and joined behind an array header.
+
+    Decoding enforces the message-size limit and the header-size limit, and raises only
+    :class:`relay.errors.ProtocolError` subclasses, whatever the input.
+    """
+
+    __slots__ = ("_decoder", "_encoder", "max_frame", "max_header_bytes")
+
+    def __init__(self, *, max_frame: int = 1 << 20, max_header_bytes: int = 64 * 1024) -> None:
+        self._encoder = msgspec.msgpack.Encoder(enc_hook=_str_subclass)
+        self._decoder = msgspec.msgpack.Decoder(list[Frame])
+        self.max_frame = max_frame
+        self.max_header_bytes = max_header_bytes
+
+    def encode(self, frame: Frame) -> bytes:
+        """Encode one frame (not yet a message: see :meth:`pack`)."""
+        return self._encoder.encode(frame)
+
+    @staticmethod
+    def pack(encoded: list[bytes]) -> bytes:
+        """Join encoded frames into one message (a MessagePack array)."""
+        n = len(encoded)
+        if n < 16:
+            header = bytes((0x90 | n,))
+        elif n < 0x10000:
+            header = b"\xdc" + n.to_bytes(2, "big")
+        else:
+            header = b"\xdd" + n.to_bytes(4, "big")
+        return header + b"".join(encoded)
+
+    def message(self, *frames: Frame) -> bytes:
+        """Encode and pack ``frames`` into one message."""
+        return self.pack([self._encoder.encode(f) for f in frames])
+
+    def decode(self, data: bytes) -> list[Frame]:
+        """Decode and validate one message received from the peer."""
+        if len(data) > self.max_frame:
+            raise FrameTooLarge(f"message of {len(data)} bytes exceeds limit {self.max_frame}")
+        try:
+            frames: list[Frame] = self._decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            # msgspec lets invalid UTF-8 in strings surface as UnicodeDecodeError.
+            raise MalformedFrame(f"undecodable message: {exc}") from exc
+        if not frames:
+            raise MalformedFrame("empty message")
+        for frame in frames:
+            if isinstance(frame, ReqHead | RespHead | WsOpen) and (
+                header_bytes(frame.headers) > self.max_header_bytes
+            ):
+                raise FrameTooLarge(f"headers exceed limit {self.max_header_bytes} bytes")
+        return frames
+
+
+def _str_subclass(value: object) -> str:
+    # aiohttp hands out header names as multidict.istr, a str subclass msgspec refuses;
+    # converting here spares a copy of every header list on the hot path.
+    if isinstance(value, str):
+        return str(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__} in a frame")
+
+
+def header_bytes(headers: Headers) -> int:
+    """Size of a header list as HTTP/1.1 would count it (name, value, separators)."""
+    return sum(len(k) + len(v) + 4 for k, v in headers)

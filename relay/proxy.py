@@ -1,0 +1,238 @@
+"""Client requests for ``<slug>.<base-domain>``: find the tunnel, stream through it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from directory.errors import DirectoryError
+from relay.errors import StreamError, StreamRefused, StreamReset, TunnelClosed
+from relay.http_headers import request_headers_for_upstream, response_headers_for_client
+from relay.protocol import Body, Data, ReqHead, ResetCode, RespHead
+from relay.responses import json_error
+from relay.ws_proxy import proxy_websocket
+
+if TYPE_CHECKING:
+    from relay.channel import StreamChannel
+    from relay.state import RelayState
+    from relay.tunnel import Tunnel
+
+__all__ = ["proxy_request"]
+
+_INLINE_BODY = 16 * 1024  # small request bodies ride in the head frame
+
+
+async def proxy_request(state: RelayState, request: web.Request, slug: str) -> web.StreamResponse:
+    """Serve one client request for ``slug`` through its tunnel."""
+    started = time.perf_counter()
+    response = await _route(state, request, slug)
+    state.metrics.requests_by_status[response.status] += 1
+    state.metrics.request_duration.record(time.perf_counter() - started)
+    return response
+
+
+async def _route(state: RelayState, request: web.Request, slug: str) -> web.StreamResponse:
+    tunnel = state.tunnels.by_slug.get(slug)
+    if tunnel is None:
+        found = await _find_tunnel(state, slug)
+        if isinstance(found, web.Response):
+            return found
+        tunnel = found
+    try:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await proxy_websocket(state, request, tunnel)
+        return await _proxy_http(state, request, tunnel)
+    except StreamRefused as exc:
+        state.metrics.proxy_errors.add(1, {"reason": "stream_refused"})
+        return json_error(503, exc.code, str(exc), retry_after=1)
+
+
+async def _find_tunnel(state: RelayState, slug: str) -> Tunnel | web.Response:
+    """No tunnel here: 404 for unknown slugs, else wait a short grace, else 503."""
+    try:
+        host_id = await state.hosts.resolve_slug(slug)
+        if host_id is None:
+            return json_error(404, "unknown_host", f"no host is registered as {slug!r}")
+        owner = await state.ownership.owner(host_id)
+    except DirectoryError as exc:
+        state.metrics.proxy_errors.add(1, {"reason": "store_unavailable"})
+        state.log.warning("proxy.store_error", slug=slug, error=str(exc))
+        return json_error(503, "store_unavailable", "the directory is unreachable", retry_after=2)
+    # A host that is mid-reconnect (its owner key still live, or it just left this
+    # machine) gets a short grace before the client is told it is offline.
+    grace = state.config.reconnect_grace
+    if owner is not None or state.tunnels.left_within(slug, grace):
+        tunnel = await state.tunnels.wait_for(slug, grace)
+        if tunnel is not None:
+            return tunnel
+    return json_error(
+        503, "host_offline", f"host {slug!r} is not connected right now", retry_after=5
+    )
+
+
+async def _proxy_http(
+    state: RelayState, request: web.Request, tunnel: Tunnel
+) -> web.StreamResponse:
+    channel = tunnel.open_stream()
+    body_task: asyncio.Task[None] | None = None
+    try:
+        head, body_task = await _send_request(state, request, channel)
+        try:
+            async with asyncio.timeout(state.config.request_timeout):
+                first = await channel.receive()
+        except TimeoutError:
+            await channel.reset(ResetCode.TIMEOUT, "response headers timed out")
+            state.metrics.proxy_errors.add(1, {"reason": "timeout"})
+            return json_error(
+                504,
+                "upstream_timeout",
+                f"no response headers within {state.config.request_timeout:g} s",
+            )
+        if not isinstance(first, RespHead):
+            await channel.reset(ResetCode.INTERNAL, "expected a response head")
+            return json_error(502, "upstream_error", f"agent sent {type(first).__name__} first")
+        return await _send_response(state, request, channel, first, head_only=head.method == "HEAD")
+    except StreamReset as exc:
+        state.metrics.proxy_errors.add(1, {"reason": "reset"})
+        if exc.reset_code == ResetCode.TOO_LARGE:
+            return json_error(413, "too_large", exc.reason or "request too large")
+        return json_error(502, "upstream_error", exc.reason or "the host's service failed")
+    except TunnelClosed:
+        state.metrics.proxy_errors.add(1, {"reason": "tunnel_closed"})
+        return json_error(502, "tunnel_closed", "the host's tunnel closed during the request")
+    except (asyncio.CancelledError, ConnectionResetError):
+        # The client went away: tell the agent so it aborts the upstream call.
+        await asyncio.shield(_cancel(channel))
+        raise
+    finally:
+        if body_task is not None and not body_task.done():
+            body_task.cancel()
+        channel.close()
+
+
+async def _cancel(channel: StreamChannel) -> None:
+    with contextlib.suppress(StreamError):
+        await channel.reset(ResetCode.CANCEL, "client disconnected")
+
+
+async def _send_request(
+    state: RelayState, request: web.Request, channel: StreamChannel
+) -> tuple[ReqHead, asyncio.Task[None] | None]:
+    """Send the request head (and small bodies inline); stream larger bodies in a task."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    headers = request_headers_for_upstream(
+        list(request.headers.items()),
+        client_ip=peer[0] if peer else "",
+        proto=request.scheme,
+        host=request.host,
+    )
+    length = request.content_length
+    chunked = request.headers.get("Transfer-Encoding", "").lower().endswith("chunked")
+    max_body = state.config.max_body
+    if max_body and length is not None and length > max_body:
+        raise StreamReset(ResetCode.TOO_LARGE, f"body of {length} bytes exceeds {max_body}")
+    trace = request.headers.get("traceparent", "")
+    if not request.body_exists or (length == 0 and not chunked):
+        head = ReqHead(channel.sid, request.method, request.raw_path, headers, trace=trace)
+        await channel.send(head)
+        return head, None
+    if length is not None and length <= _INLINE_BODY:
+        body = await request.content.readexactly(length)
+        head = ReqHead(
+            channel.sid,
+            request.method,
+            request.raw_path,
+            headers,
+            Body.SIZED,
+            length,
+            trace,
+            body,
+            end=True,
+        )
+        await channel.send(head)
+        return head, None
+    kind = Body.SIZED if length is not None else Body.CHUNKED
+    head = ReqHead(
+        channel.sid,
+        request.method,
+        request.raw_path,
+        headers,
+        kind,
+        length if length is not None else -1,
+        trace,
+        end=False,
+    )
+    await channel.send(head)
+    return head, asyncio.create_task(_pump_body(request, channel, max_body))
+
+
+async def _pump_body(request: web.Request, channel: StreamChannel, max_body: int) -> None:
+    """Stream the client's body to the agent as credit allows; bounded by the window."""
+    sent = 0
+    try:
+        async for chunk in request.content.iter_chunked(channel.max_chunk):
+            sent += len(chunk)
+            if max_body and sent > max_body:
+                await channel.reset(ResetCode.TOO_LARGE, f"body exceeds {max_body} bytes")
+                return
+            await channel.send_body(chunk)
+        await channel.send_end()
+    except StreamError:
+        return  # the stream was reset or the tunnel closed; the response side reports it
+    except ConnectionResetError:
+        await _cancel(channel)
+
+
+async def _send_response(
+    state: RelayState,
+    request: web.Request,
+    channel: StreamChannel,
+    head: RespHead,
+    *,
+    head_only: bool,
+) -> web.StreamResponse:
+    headers = response_headers_for_client(head.headers)
+    if head.end and not head_only:
+        # Whole small body in the head frame: a plain response, length set by aiohttp.
+        whole = web.Response(status=head.status, body=head.chunk)
+        for name, value in headers:
+            if name.lower() != "content-length":
+                whole.headers.add(name, value)
+        return whole
+    response = web.StreamResponse(status=head.status)
+    for name, value in headers:
+        response.headers.add(name, value)
+    await response.prepare(request)
+    try:
+        await _stream_body(response, channel, head)
+    except StreamError as exc:
+        # Headers are out: the only honest signal left is to cut the connection, so the
+        # client sees a truncated body rather than a complete-looking one.
+        state.metrics.proxy_errors.add(1, {"reason": "body_interrupted"})
+        state.log.warning("proxy.body_interrupted", sid=channel.sid, error=str(exc))
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _stream_body(
+    response: web.StreamResponse, channel: StreamChannel, head: RespHead
+) -> None:
+    """Copy the response body to the client, granting credit as the socket takes it."""
+    if head.chunk:
+        await response.write(head.chunk)
+    end = head.end
+    while not end:
+        frame = await channel.receive()
+        if not isinstance(frame, Data):
+            raise StreamReset(ResetCode.INTERNAL, f"unexpected {type(frame).__name__} in body")
+        if frame.chunk:
+            await response.write(frame.chunk)
+            await channel.consumed(len(frame.chunk))
+        end = frame.end

@@ -1,0 +1,50 @@
+"""Everything a request handler of the relay needs, gathered in one object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis
+    from structlog.typing import FilteringBoundLogger
+
+    from directory.hosts import HostRegistry
+    from directory.ownership import OwnershipStore
+    from relay.config import ServeConfig
+    from relay.metrics import Metrics
+    from relay.tunnel import LocalTunnels
+
+__all__ = ["STATE", "RelayState"]
+
+
+@dataclass(eq=False)
+class RelayState:
+    """The relay machine's shared state (one per process)."""
+
+    config: ServeConfig
+    redis: redis.Redis
+    hosts: HostRegistry
+    ownership: OwnershipStore
+    tunnels: LocalTunnels
+    metrics: Metrics
+    log: FilteringBoundLogger
+    admin_token: str
+    draining: bool = False
+    store_ok: bool = True
+    background: set[object] = field(default_factory=set)
+
+    def url_for(self, slug: str) -> str:
+        """The public URL of a host."""
+        base = self.config.base_domain
+        if base == "localhost" or base.endswith(".localhost"):
+            # Local runs: the relay itself answers on its listen port.
+            port = self.config.host_port[1]
+            return f"http://{slug}.{base}:{port}/"
+        # Deployed: TLS is terminated in front of the relay on the default port.
+        return f"https://{slug}.{base}/"
+
+
+STATE: web.AppKey[RelayState] = web.AppKey("relay_state", RelayState)

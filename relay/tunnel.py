@@ -1,0 +1,155 @@
+"""The relay's side of one tunnel, and the table of tunnels this machine holds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from relay.connection import TunnelConnection, WebSocketLike
+from relay.errors import ProtocolError, StreamRefused
+from relay.protocol import CloseCode, Drain, Frame, Ping
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from directory.models import HostRecord
+    from relay.channel import StreamChannel
+    from relay.protocol import Limits
+
+__all__ = ["LocalTunnels", "Tunnel"]
+
+
+class Tunnel(TunnelConnection):
+    """One agent's WebSocket on this relay: opens streams, pings, closes with a code."""
+
+    def __init__(
+        self,
+        ws: WebSocketLike,
+        host: HostRecord,
+        *,
+        epoch: int,
+        remote_addr: str,
+        agent_version: str,
+        local_limits: Limits,
+        peer_limits: Limits,
+        log: FilteringBoundLogger,
+    ) -> None:
+        super().__init__(ws, local_limits=local_limits, peer_limits=peer_limits, log=log)
+        self.host = host
+        self.epoch = epoch
+        self.remote_addr = remote_addr
+        self.agent_version = agent_version
+        self.connected_at = time.time()
+        self.next_sid = 1
+        self.draining = False
+        self.max_streams = min(local_limits.max_streams, peer_limits.max_streams)
+
+    def open_stream(self) -> StreamChannel:
+        """Open a new stream toward the agent; refused at the stream limit or when closing."""
+        if self.close_code is not None or self.draining:
+            raise StreamRefused("tunnel is closing")
+        if len(self.streams) >= self.max_streams:
+            raise StreamRefused(f"tunnel at its limit of {self.max_streams} concurrent streams")
+        sid = self.next_sid
+        self.next_sid = sid + 1
+        return self.open_channel(sid)
+
+    def on_unknown_stream(self, frame: Any) -> None:  # noqa: ANN401 - one of STREAM_FRAMES
+        """Frames for streams that already ended were in flight: ignore; others are errors."""
+        if frame.sid < self.next_sid:
+            return
+        raise ProtocolError(f"agent sent {type(frame).__name__} on unopened stream {frame.sid}")
+
+    async def on_control_frame(self, frame: Frame) -> None:
+        """Agents may only ping and pong after the handshake."""
+        await super().on_control_frame(frame)
+
+    async def ping_loop(self, interval: float, misses: int) -> None:
+        """Ping every ``interval``; close 4008 after ``misses`` intervals of silence."""
+        while self.close_code is None:
+            await asyncio.sleep(interval)
+            silent = self.loop.time() - self.last_frame_at
+            if silent >= interval * misses:
+                self.log.warning("tunnel.missed_pongs", silent_s=round(silent, 3))
+                await self.close(CloseCode.MISSED_PONG, "missed pongs")
+                return
+            await self.send(Ping(time.time()))
+
+    async def drain(self, deadline: float) -> None:
+        """Tell the agent to move (in-band first: a close frame alone may be lost)."""
+        self.draining = True
+        await self.send(Drain(deadline))
+
+
+class LocalTunnels:
+    """Tunnels held by this machine, by host id and by slug."""
+
+    def __init__(self) -> None:
+        self.by_host: dict[str, Tunnel] = {}
+        self.by_slug: dict[str, Tunnel] = {}
+        self._recently_left: dict[str, float] = {}
+        self._arrivals: dict[str, list[asyncio.Future[Tunnel]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_host)
+
+    def add(self, tunnel: Tunnel) -> Tunnel | None:
+        """Hold ``tunnel``; returns the tunnel it replaces, if any."""
+        previous = self.by_host.get(tunnel.host.id)
+        self.by_host[tunnel.host.id] = tunnel
+        self.by_slug[tunnel.host.slug] = tunnel
+        for waiter in self._arrivals.pop(tunnel.host.slug, ()):
+            if not waiter.done():
+                waiter.set_result(tunnel)
+        return previous
+
+    def remove(self, tunnel: Tunnel) -> bool:
+        """Forget ``tunnel`` unless a newer one took its place; True if removed."""
+        if self.by_host.get(tunnel.host.id) is not tunnel:
+            return False
+        del self.by_host[tunnel.host.id]
+        self.by_slug.pop(tunnel.host.slug, None)
+        self._recently_left[tunnel.host.slug] = time.monotonic()
+        return True
+
+    def by_slug_get(self, slug: str) -> Tunnel | None:
+        """The live tunnel for ``slug`` on this machine."""
+        return self.by_slug.get(slug)
+
+    def left_within(self, slug: str, seconds: float) -> bool:
+        """Whether the host's tunnel left this machine in the last ``seconds``."""
+        left = self._recently_left.get(slug)
+        if left is None:
+            return False
+        if time.monotonic() - left > seconds:
+            del self._recently_left[slug]
+            return False
+        return True
+
+    async def wait_for(self, slug: str, timeout: float) -> Tunnel | None:
+        """Wait up to ``timeout`` for a tunnel for ``slug`` to arrive here."""
+        tunnel = self.by_slug.get(slug)
+        if tunnel is not None or timeout <= 0:
+            return tunnel
+        waiter: asyncio.Future[Tunnel] = asyncio.get_running_loop().create_future()
+        self._arrivals.setdefault(slug, []).append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._arrivals.get(slug)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._arrivals[slug]
+
+    def owned(self) -> list[tuple[str, int]]:
+        """(host id, epoch) of every tunnel held, for ownership refresh."""
+        return [(host_id, t.epoch) for host_id, t in self.by_host.items()]
+
+    def all(self) -> list[Tunnel]:
+        """Every tunnel held."""
+        return list(self.by_host.values())

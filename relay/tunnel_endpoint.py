@@ -1,0 +1,158 @@
+"""``GET /tunnel``: authenticate an agent, claim its host, run the tunnel until it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiohttp
+from aiohttp import web
+
+from directory.errors import DirectoryError, Superseded
+from relay.errors import MalformedFrame, ProtocolError
+from relay.protocol import PROTOCOL_VERSION, CloseCode, FrameCodec, Hello, Welcome
+from relay.responses import json_error
+from relay.state import STATE, RelayState
+from relay.tunnel import Tunnel
+
+__all__ = ["tunnel_endpoint"]
+
+_TRY_AGAIN_LATER = 1013  # RFC 6455: the server is overloaded or its store is down
+
+
+async def tunnel_endpoint(request: web.Request) -> web.StreamResponse:
+    """Accept one agent's WebSocket and serve its tunnel until either side closes."""
+    state = request.app[STATE]
+    if state.draining:
+        return json_error(
+            503, "draining", "this relay is draining; connect elsewhere", retry_after=1
+        )
+    cfg = state.config
+    ws = web.WebSocketResponse(
+        max_msg_size=cfg.max_frame, compress=False, autoping=True, autoclose=True
+    )
+    await ws.prepare(request)
+    remote = request.remote or ""
+    log = state.log.bind(remote_addr=remote)
+    token = _bearer(request)
+    try:
+        host = await state.hosts.authenticate(token) if token else None
+    except DirectoryError as exc:
+        log.warning("tunnel.auth_store_error", error=str(exc))
+        await ws.close(code=_TRY_AGAIN_LATER, message=b"directory unavailable, retry")
+        return ws
+    if host is None:
+        log.warning("tunnel.unauthorized")
+        state.metrics.tunnel_closes.add(1, {"code": str(CloseCode.UNAUTHORIZED)})
+        await ws.close(code=CloseCode.UNAUTHORIZED, message=b"unauthorized: host token refused")
+        return ws
+    log = log.bind(host_id=host.id, slug=host.slug)
+    try:
+        hello = await _receive_hello(ws, cfg.hello_timeout, cfg.max_frame)
+    except ProtocolError as exc:
+        log.warning("tunnel.bad_hello", error=str(exc))
+        state.metrics.protocol_errors.add(1, {"kind": exc.code})
+        await ws.close(code=CloseCode.PROTOCOL_ERROR, message=str(exc).encode()[:123])
+        return ws
+    try:
+        if hello.standby and await state.ownership.owner(host.id) is not None:
+            log.info("tunnel.standby_refused")
+            await ws.close(code=CloseCode.REPLACED, message=b"host is held by another connection")
+            return ws
+        epoch = await state.ownership.claim(host.id, cfg.machine_id, cfg.owner_ttl_ms)
+    except Superseded:
+        await ws.close(code=CloseCode.REPLACED, message=b"a newer connection holds this host")
+        return ws
+    except DirectoryError as exc:
+        log.warning("tunnel.claim_failed", error=str(exc))
+        await ws.close(code=_TRY_AGAIN_LATER, message=b"directory unavailable, retry")
+        return ws
+    tunnel = Tunnel(
+        ws,
+        host,
+        epoch=epoch,
+        remote_addr=remote,
+        agent_version=hello.agent_version,
+        local_limits=cfg.limits,
+        peer_limits=hello.limits,
+        log=log.bind(epoch=epoch),
+    )
+    await _serve(state, tunnel)
+    return ws
+
+
+async def _serve(state: RelayState, tunnel: Tunnel) -> None:
+    cfg = state.config
+    log = tunnel.log
+    welcome = Welcome(
+        cfg.machine_id,
+        tunnel.epoch,
+        tunnel.host.id,
+        tunnel.host.slug,
+        cfg.ping_interval,
+        cfg.limits,
+    )
+    started = time.monotonic()
+    pinger: asyncio.Task[None] | None = None
+    try:
+        # Welcome goes out alone and first, before any stream can be opened on the tunnel.
+        await tunnel.ws.send_bytes(tunnel.codec.message(welcome))
+        previous = state.tunnels.add(tunnel)
+        if previous is not None:
+            await previous.close(CloseCode.REPLACED, "replaced by a newer connection")
+        pinger = asyncio.create_task(tunnel.ping_loop(cfg.ping_interval, cfg.ping_misses))
+        log.info("tunnel.connected", agent_version=tunnel.agent_version)
+        await tunnel.read_loop()
+    except ConnectionError as exc:
+        log.info("tunnel.welcome_failed", error=str(exc))
+    finally:
+        if pinger is not None:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pinger
+        state.tunnels.remove(tunnel)
+        await tunnel.close(tunnel.close_code or CloseCode.NORMAL, tunnel.close_reason or "closed")
+        code = tunnel.close_code or CloseCode.NORMAL
+        if code == CloseCode.PROTOCOL_ERROR:
+            state.metrics.protocol_errors.add(1, {"kind": "frame"})
+        state.metrics.tunnel_closes.add(1, {"code": str(code)})
+        await _release(state, tunnel)
+        log.info(
+            "tunnel.disconnected",
+            close_code=code,
+            reason=tunnel.close_reason,
+            duration_s=round(time.monotonic() - started, 3),
+        )
+
+
+async def _release(state: RelayState, tunnel: Tunnel) -> None:
+    """Give up ownership unless a newer epoch holds it (compare-and-delete)."""
+    try:
+        await state.ownership.release(tunnel.host.id, state.config.machine_id, tunnel.epoch)
+    except DirectoryError as exc:
+        # The owner key expires on its own within the TTL; say so rather than hide it.
+        state.metrics.store_errors.add(1, {"op": "release"})
+        tunnel.log.warning("tunnel.release_failed", error=str(exc))
+
+
+async def _receive_hello(ws: web.WebSocketResponse, timeout: float, max_frame: int) -> Hello:
+    try:
+        msg = await ws.receive(timeout=timeout)
+    except TimeoutError as exc:
+        raise MalformedFrame(f"no Hello within {timeout:g} s") from exc
+    if msg.type is not aiohttp.WSMsgType.BINARY:
+        raise MalformedFrame(f"expected a binary Hello frame, got {msg.type.name}")
+    frames = FrameCodec(max_frame=max_frame).decode(msg.data)
+    frame = frames[0]
+    if len(frames) != 1 or not isinstance(frame, Hello):
+        raise MalformedFrame(f"expected a lone Hello, got {type(frame).__name__}")
+    if frame.version != PROTOCOL_VERSION:
+        raise MalformedFrame(f"protocol version {frame.version} unsupported ({PROTOCOL_VERSION})")
+    return frame
+
+
+def _bearer(request: web.Request) -> str | None:
+    value = request.headers.get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None

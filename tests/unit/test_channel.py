@@ -1,0 +1,93 @@
+"""A stream channel over an in-memory sink: credit waits, grants, resets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from relay.channel import StreamChannel
+from relay.errors import StreamReset, StreamStateError
+from relay.protocol import Data, Reset, ResetCode, RespHead, Window, WsMsg
+
+
+class Sink:
+    def __init__(self):
+        self.frames = []
+
+    async def send(self, frame):
+        self.frames.append(frame)
+
+
+def make(sink, send=1024, recv=1024, max_chunk=512):
+    closed = []
+    ch = StreamChannel(
+        1, sink, send_window=send, recv_window=recv, max_chunk=max_chunk, on_close=closed.append
+    )
+    return ch, closed
+
+
+async def test_body_is_split_by_chunk_size_and_waits_for_credit():
+    sink = Sink()
+    ch, _ = make(sink, send=1000, max_chunk=400)
+    task = asyncio.create_task(ch.send_body(b"x" * 1500, end=True))
+    await asyncio.sleep(0.01)
+    assert [len(f.chunk) for f in sink.frames] == [400, 400, 200]
+    assert not task.done()  # out of credit with 500 bytes to go
+    ch.deliver(Window(1, 300))
+    await asyncio.sleep(0.01)
+    ch.deliver(Window(1, 300))
+    await asyncio.wait_for(task, 1)
+    assert sum(len(f.chunk) for f in sink.frames) == 1500
+    assert sink.frames[-1].end
+    assert not any(f.end for f in sink.frames[:-1])
+
+
+async def test_consumer_grants_credit_back():
+    sink = Sink()
+    ch, _ = make(sink, recv=1024)
+    ch.deliver(Data(1, b"a" * 300))
+    frame = await ch.receive()
+    await ch.consumed(len(frame.chunk))
+    assert sink.frames == [Window(1, 300)]
+
+
+async def test_reset_from_peer_wakes_a_blocked_reader_and_sender():
+    sink = Sink()
+    ch, _ = make(sink, send=0 + 1)
+    ch.state.send_window = 0
+    reader = asyncio.create_task(ch.receive())
+    sender = asyncio.create_task(ch.send_body(b"zz"))
+    await asyncio.sleep(0.01)
+    ch.deliver(Reset(1, int(ResetCode.CANCEL), "gone"))
+    for task in (reader, sender):
+        with pytest.raises(StreamReset):
+            await asyncio.wait_for(task, 1)
+
+
+async def test_frames_queued_before_a_reset_are_still_delivered_in_order():
+    sink = Sink()
+    ch, _ = make(sink)
+    ch.deliver(RespHead(1, 200, []))
+    ch.deliver(Data(1, b"abc"))
+    ch.deliver(Reset(1, 3))
+    assert isinstance(await ch.receive(), RespHead)
+    assert (await ch.receive()).chunk == b"abc"
+    with pytest.raises(StreamReset):
+        await ch.receive()
+
+
+async def test_local_reset_is_sent_once():
+    sink = Sink()
+    ch, _ = make(sink)
+    await ch.reset(ResetCode.CANCEL)
+    await ch.reset(ResetCode.CANCEL)
+    assert sink.frames == [Reset(1, int(ResetCode.CANCEL), "")]
+
+
+async def test_websocket_messages_may_overdraw_a_positive_window_by_one_message():
+    sink = Sink()
+    ch, _ = make(sink, recv=100)
+    ch.deliver(WsMsg(1, True, b"x" * 150))  # allowed: window was positive
+    with pytest.raises(StreamStateError):
+        ch.deliver(WsMsg(1, True, b"y"))

@@ -1,0 +1,137 @@
+"""The frame codec: every frame round-trips; arbitrary bytes raise only ProtocolError."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.errors import FrameTooLarge, MalformedFrame, ProtocolError
+from relay.protocol import (
+    Body,
+    Data,
+    Drain,
+    FrameCodec,
+    Hello,
+    Limits,
+    Ping,
+    Pong,
+    ReqHead,
+    Reset,
+    RespHead,
+    Welcome,
+    Window,
+    WsAccept,
+    WsClose,
+    WsMsg,
+    WsOpen,
+)
+
+sids = st.integers(min_value=1, max_value=2**40)
+text = st.text(max_size=40)
+headers = st.lists(st.tuples(st.text(min_size=1, max_size=20), text), max_size=8)
+chunks = st.binary(max_size=2048)
+limits = st.builds(
+    Limits,
+    max_frame=st.integers(1024, 1 << 24),
+    max_streams=st.integers(1, 10_000),
+    max_header_bytes=st.integers(256, 1 << 20),
+    initial_window=st.integers(1024, 2**31 - 1),
+    max_body=st.integers(0, 1 << 40),
+)
+frames = st.one_of(
+    st.builds(Hello, st.integers(0, 10), text, limits, st.booleans()),
+    st.builds(Welcome, text, st.integers(1, 2**50), text, text, st.floats(0.01, 100), limits),
+    st.builds(
+        ReqHead,
+        sids,
+        st.sampled_from(["GET", "POST", "PUT", "PROPFIND"]),
+        text,
+        headers,
+        st.sampled_from(list(Body)),
+        st.integers(-1, 1 << 40),
+        text,
+        chunks,
+        st.booleans(),
+    ),
+    st.builds(RespHead, sids, st.integers(100, 599), headers, chunks, st.booleans()),
+    st.builds(Data, sids, chunks, st.booleans()),
+    st.builds(Reset, sids, st.integers(0, 10), text),
+    st.builds(Window, sids, st.integers(1, 2**31 - 1)),
+    st.builds(WsOpen, sids, text, headers, st.lists(text, max_size=3), text),
+    st.builds(WsAccept, sids, st.none() | text),
+    st.builds(WsMsg, sids, st.booleans(), chunks),
+    st.builds(WsClose, sids, st.integers(0, 4999), text),
+    st.builds(Ping, st.floats(allow_nan=False)),
+    st.builds(Pong, st.floats(allow_nan=False)),
+    st.builds(Drain, st.floats(allow_nan=False)),
+)
+
+codec = FrameCodec(max_frame=1 << 22, max_header_bytes=1 << 20)
+
+
+@given(frames)
+def test_every_frame_round_trips(frame):
+    assert codec.decode(codec.message(frame)) == [frame]
+
+
+@given(st.lists(frames, min_size=1, max_size=70))
+def test_a_batch_of_frames_round_trips_in_order(batch):
+    """Frames queued in one loop turn share a message; packing keeps every frame and its order."""
+    assert codec.decode(codec.pack([codec.encode(f) for f in batch])) == batch
+
+
+@given(st.binary(max_size=512))
+@settings(max_examples=2000)
+def test_arbitrary_bytes_raise_only_protocol_errors(data):
+    try:
+        codec.decode(data)
+    except ProtocolError:
+        pass
+
+
+@given(frames, st.data())
+def test_corrupted_frames_raise_only_protocol_errors(frame, data):
+    encoded = bytearray(codec.message(frame))
+    index = data.draw(st.integers(0, len(encoded) - 1))
+    encoded[index] = data.draw(st.integers(0, 255))
+    try:
+        codec.decode(bytes(encoded))
+    except ProtocolError:
+        pass
+
+
+def test_small_get_costs_few_bytes():
+    head = ReqHead(1, "GET", "/", [("accept", "*/*")])
+    assert len(codec.message(head)) < 40
+
+
+def test_oversized_frame_is_refused_before_decoding():
+    small = FrameCodec(max_frame=1024)
+    with pytest.raises(FrameTooLarge):
+        small.decode(codec.message(Data(1, b"x" * 2000)))
+
+
+def test_oversized_header_block_is_refused():
+    small = FrameCodec(max_header_bytes=300)
+    head = ReqHead(1, "GET", "/", [("x-big", "v" * 400)])
+    with pytest.raises(FrameTooLarge):
+        small.decode(codec.message(head))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        msgspec.msgpack.encode([[5, 0, b"", False]]),  # sid 0 is not a stream
+        msgspec.msgpack.encode([[7, 1, 0]]),  # a zero window increment
+        msgspec.msgpack.encode([[99, 1]]),  # unknown kind
+        msgspec.msgpack.encode([{"sid": 1}]),  # not array-like
+        msgspec.msgpack.encode([5, 1, b"", False]),  # a frame outside a message array
+        msgspec.msgpack.encode([]),  # an empty message
+        b"",
+    ],
+)
+def test_invalid_frames_are_malformed(bad):
+    with pytest.raises(MalformedFrame):
+        codec.decode(bad)
