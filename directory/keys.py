@@ -74,6 +74,10 @@ class Keys:
         """The sorted set of machine ids, scored by last-seen time."""
         return self._key("machines")
 
+    def cluster_secret(self) -> str:
+        """The shared secret relay machines authenticate each other with."""
+        return self._key("cluster-secret")
+
     def owner_channel(self) -> str:
         """The pub/sub channel on which takeover notices are published."""
         return self._key("owner-events")

@@ -48,6 +48,7 @@ class StreamChannel:
         "_credit",
         "_error",
         "_inbox",
+        "_loop",
         "_on_close",
         "_readable",
         "_sink",
@@ -75,6 +76,7 @@ class StreamChannel:
         self._credit: asyncio.Future[None] | None = None
         self._error: StreamError | None = None
         self._on_close = on_close
+        self._loop = asyncio.get_running_loop()
 
     # -- fed by the tunnel's read loop (never awaits) ----------------------------------
 
@@ -121,7 +123,7 @@ class StreamChannel:
         while not self._inbox:
             if self._error is not None:
                 raise self._error
-            self._readable = asyncio.get_running_loop().create_future()
+            self._readable = self._loop.create_future()
             try:
                 await self._readable
             finally:
@@ -190,7 +192,7 @@ class StreamChannel:
             n = self.state.sendable(min(wanted, self.max_chunk))
             if n > 0:
                 return n
-            self._credit = asyncio.get_running_loop().create_future()
+            self._credit = self._loop.create_future()
             try:
                 await self._credit
             finally:

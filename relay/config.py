@@ -34,6 +34,8 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     advertise: str | None = None
     key_prefix: str = "relay"
     admin_token: str | None = None
+    cluster_secret: str | None = None
+    trust_fly_headers: bool = False
     ping_interval: Seconds = 10.0
     ping_misses: Positive = 3
     request_timeout: Seconds = 120.0
@@ -79,15 +81,21 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
         base = self.base_domain.strip(".").lower()
         if not base or any(not part for part in base.split(".")):
             raise ConfigError(f"invalid --base-domain {self.base_domain!r}")
-        if self.advertise is not None:
-            _check_url(self.advertise, "--advertise")
+        advertise = self.advertise
+        if advertise is None:
+            host, port = self.host_port
+            host = "127.0.0.1" if host in {"0.0.0.0", "", "::"} else host
+            advertise = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        _check_url(advertise, "--advertise")
         if self.redis_url is not None:
             scheme = urlsplit(self.redis_url).scheme
             if scheme not in {"redis", "rediss", "unix"}:
                 raise ConfigError(
                     f"--redis-url must be redis://, rediss:// or unix:// (got {scheme!r})"
                 )
-        return msgspec.structs.replace(self, machine_id=machine_id, base_domain=base)
+        return msgspec.structs.replace(
+            self, machine_id=machine_id, base_domain=base, advertise=advertise
+        )
 
     @property
     def data_path(self) -> Path:

@@ -14,7 +14,6 @@ What it copies from Fly's proxy, so multi-machine behaviour can be tested on one
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import re
 import signal
@@ -27,6 +26,7 @@ from multidict import CIMultiDict
 
 from relay.config import parse_hostport
 from relay.errors import ConfigError
+from relay.forward import pump_websockets
 from relay.http_headers import HOP_BY_HOP
 from relay.logs import configure_logging, get_logger
 from relay.responses import json_error
@@ -102,19 +102,9 @@ class Edge:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, machine)
         headers = _outbound_headers(request)
-        length = request.content_length
-        replayable = request.body_exists is False or (
-            length is not None and length <= MAX_REPLAY_BODY
-        )
-        body: bytes | aiohttp.StreamReader | None
-        if not request.body_exists:
-            body = None
-        elif replayable:
-            body = await request.read()
-        else:
-            body = request.content
-        source = machine
-        for _ in range(MAX_REPLAYS + 1):
+        body, replayable = await _body_of(request)
+        tried: set[str] = set()
+        for _ in range(MAX_REPLAYS + len(self.cfg.machines) + 1):
             try:
                 upstream = await self.session.request(
                     request.method,
@@ -123,9 +113,19 @@ class Edge:
                     data=body,
                     allow_redirects=False,
                 )
+            except aiohttp.ClientConnectorError as exc:
+                # Like Fly's proxy: a machine that refuses connections (stopped, restarting)
+                # is skipped and the request goes to the next one, unless it was pinned.
+                self.log.info("edge.machine_unreachable", machine=machine, error=str(exc))
+                fallback = self._fallback(request, machine, tried)
+                if fallback is None:
+                    return json_error(502, "machine_unreachable", f"{machine}: {exc}")
+                tried.add(machine)
+                machine = fallback
+                continue
             except aiohttp.ClientError as exc:
-                self.log.warning("edge.machine_unreachable", machine=machine, error=str(exc))
-                return json_error(502, "machine_unreachable", f"{machine}: {exc}")
+                self.log.warning("edge.machine_failed", machine=machine, error=str(exc))
+                return json_error(502, "machine_failed", f"{machine}: {exc}")
             target = replay_target(upstream.headers)
             if target is None:
                 return await _relay_response(request, upstream)
@@ -140,10 +140,18 @@ class Edge:
             if target not in self.cfg.machines:
                 return json_error(502, "replay_unknown_instance", f"no machine {target!r}")
             headers = CIMultiDict(headers)
-            headers["fly-replay-src"] = f"instance={source};region=local;state="
+            headers["fly-replay-src"] = f"instance={machine};region=local;state="
             self.log.debug("edge.replayed", source=machine, target=target)
             machine = target
         return json_error(508, "replay_loop", "too many fly-replay hops")
+
+    def _fallback(self, request: web.Request, failed: str, tried: set[str]) -> str | None:
+        if "fly-force-instance-id" in request.headers:
+            return None
+        for machine in self.cfg.machines:
+            if machine != failed and machine not in tried:
+                return machine
+        return None
 
     async def _websocket(self, request: web.Request, machine: str) -> web.StreamResponse:
         headers = CIMultiDict(
@@ -156,8 +164,8 @@ class Edge:
             for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
             if p.strip()
         ]
-        source = machine
-        for _ in range(MAX_REPLAYS + 1):
+        tried: set[str] = set()
+        for _ in range(MAX_REPLAYS + len(self.cfg.machines) + 1):
             url = self.cfg.machines[machine].replace("http", "ws", 1) + request.raw_path
             try:
                 upstream = await self.session.ws_connect(
@@ -167,17 +175,34 @@ class Edge:
                 target = replay_target(exc.headers or {})
                 if target is None or target not in self.cfg.machines:
                     return web.Response(status=exc.status, text=exc.message)
-                headers["fly-replay-src"] = f"instance={source};region=local;state="
+                headers["fly-replay-src"] = f"instance={machine};region=local;state="
                 machine = target
                 continue
+            except aiohttp.ClientConnectorError as exc:
+                fallback = self._fallback(request, machine, tried)
+                if fallback is None:
+                    return json_error(502, "machine_unreachable", f"{machine}: {exc}")
+                tried.add(machine)
+                machine = fallback
+                continue
             except aiohttp.ClientError as exc:
-                return json_error(502, "machine_unreachable", f"{machine}: {exc}")
+                return json_error(502, "machine_failed", f"{machine}: {exc}")
             return await _pump_websocket(request, upstream)
         return json_error(508, "replay_loop", "too many fly-replay hops")
 
     async def close(self) -> None:
         """Close the client pool."""
         await self.session.close()
+
+
+async def _body_of(request: web.Request) -> tuple[bytes | aiohttp.StreamReader | None, bool]:
+    """The body to send, and whether the request could be replayed (Fly's 1 MB rule)."""
+    if not request.body_exists:
+        return None, True
+    length = request.content_length
+    if length is not None and length <= MAX_REPLAY_BODY:
+        return await request.read(), True
+    return request.content, False
 
 
 def _outbound_headers(request: web.Request) -> CIMultiDict[str]:
@@ -212,30 +237,8 @@ async def _pump_websocket(
         protocols=[upstream.protocol] if upstream.protocol else (), max_msg_size=0
     )
     await client.prepare(request)
-
-    async def copy(
-        src: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
-        dst: aiohttp.ClientWebSocketResponse | web.WebSocketResponse,
-    ) -> None:
-        async for msg in src:
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                await dst.send_str(msg.data)
-            elif msg.type is aiohttp.WSMsgType.BINARY:
-                await dst.send_bytes(msg.data)
-        code = src.close_code if src.close_code not in {None, 1005, 1006} else 1000
-        await dst.close(code=code or 1000)
-
     async with upstream:
-        tasks = [
-            asyncio.create_task(copy(client, upstream)),
-            asyncio.create_task(copy(upstream, client)),
-        ]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if not task.done():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(task), 1.0)
-                task.cancel()
+        await pump_websockets(client, upstream)
     return client
 
 

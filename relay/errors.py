@@ -12,6 +12,7 @@
     │   ├── StreamReset            the peer (or we) reset the stream
     │   ├── StreamRefused          no room for another stream on this tunnel
     │   └── TunnelClosed           the tunnel went away under the stream
+    ├── PeerUnreachable            another relay machine could not be reached
     ├── LocalStreamError           our own code misused a stream (a bug, never the peer)
     └── ConfigError                bad configuration: a clear message, exit 2
 
@@ -27,6 +28,7 @@ __all__ = [
     "FrameTooLarge",
     "LocalStreamError",
     "MalformedFrame",
+    "PeerUnreachable",
     "ProtocolError",
     "RelayError",
     "StreamError",
@@ -104,6 +106,13 @@ class TunnelClosed(StreamError):
     """The tunnel closed while the stream was in use."""
 
     code = "tunnel_closed"
+
+
+class PeerUnreachable(RelayError):
+    """A peer relay machine refused or dropped the connection before anything was sent."""
+
+    http_status = 502
+    code = "peer_unreachable"
 
 
 class LocalStreamError(RelayError):

@@ -2,7 +2,10 @@
 
 Hot-path counts (requests by status) are plain integers summed in place and read by
 observable instruments at scrape time: an OTel ``Counter.add`` costs ~9 µs, an integer
-increment a few dozen nanoseconds. Rare events use ordinary OTel counters.
+increment a few dozen nanoseconds. The request-duration histogram is recorded on every
+request, and OTel's ``Histogram.record`` costs ~6 µs against ~1 µs for prometheus_client's,
+so that one instrument is a prometheus_client histogram in the same registry. Rare events
+use ordinary OTel counters.
 """
 
 from __future__ import annotations
@@ -13,8 +16,7 @@ from typing import TYPE_CHECKING
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import REGISTRY, Histogram, generate_latest
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -49,12 +51,6 @@ class Metrics:
         self._reader = PrometheusMetricReader()
         self._provider = MeterProvider(
             metric_readers=[self._reader],
-            views=[
-                View(
-                    instrument_name="relay_request_duration_seconds",
-                    aggregation=ExplicitBucketHistogramAggregation(_DURATION_BUCKETS),
-                )
-            ],
         )
         meter = self._provider.get_meter("relay")
         self.requests_by_status: Tally[int] = Tally()
@@ -69,10 +65,9 @@ class Metrics:
             callbacks=[self._observe_tunnels],
             description="Tunnels held by this machine",
         )
-        self.request_duration = meter.create_histogram(
+        self.request_duration = _histogram(
             "relay_request_duration_seconds",
-            unit="s",
-            description="Time from request arrival to response headers sent",
+            "Time from a client request's arrival until its response is handed to the client",
         )
         self.tunnel_closes = meter.create_counter(
             "relay_tunnel_closes_total", description="Tunnels closed, by close code"
@@ -82,6 +77,13 @@ class Metrics:
         )
         self.proxy_errors = meter.create_counter(
             "relay_proxy_errors_total", description="Requests that failed inside the relay"
+        )
+        self.replays = meter.create_counter(
+            "relay_replay_total",
+            description="Requests answered with fly-replay to the owning machine",
+        )
+        self.forwards = meter.create_counter(
+            "relay_forward_total", description="Requests forwarded to the owning machine"
         )
         self.stream_resets = meter.create_counter(
             "relay_stream_resets_total", description="Streams reset, by reason"
@@ -100,6 +102,17 @@ class Metrics:
         """Stop the provider and detach its collector from the registry."""
         REGISTRY.unregister(self._reader._collector)  # noqa: SLF001 - no public handle
         self._provider.shutdown()
+
+
+_histograms: dict[str, Histogram] = {}
+
+
+def _histogram(name: str, description: str) -> Histogram:
+    # prometheus_client refuses a second registration of a name; one process may build
+    # Metrics more than once (tests), so reuse the first.
+    if name not in _histograms:
+        _histograms[name] = Histogram(name, description, buckets=_DURATION_BUCKETS)
+    return _histograms[name]
 
 
 def render_prometheus() -> bytes:

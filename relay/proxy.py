@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from directory.errors import DirectoryError
-from relay.errors import StreamError, StreamRefused, StreamReset, TunnelClosed
+from relay.errors import PeerUnreachable, StreamError, StreamRefused, StreamReset, TunnelClosed
+from relay.forward import Origin, forward, origin_of, replay, replayable
 from relay.http_headers import request_headers_for_upstream, response_headers_for_client
 from relay.protocol import Body, Data, ReqHead, ResetCode, RespHead
 from relay.responses import json_error
@@ -31,15 +32,15 @@ async def proxy_request(state: RelayState, request: web.Request, slug: str) -> w
     started = time.perf_counter()
     response = await _route(state, request, slug)
     state.metrics.requests_by_status[response.status] += 1
-    state.metrics.request_duration.record(time.perf_counter() - started)
+    state.metrics.request_duration.observe(time.perf_counter() - started)
     return response
 
 
 async def _route(state: RelayState, request: web.Request, slug: str) -> web.StreamResponse:
     tunnel = state.tunnels.by_slug.get(slug)
     if tunnel is None:
-        found = await _find_tunnel(state, slug)
-        if isinstance(found, web.Response):
+        found = await _locate(state, request, slug)
+        if isinstance(found, web.StreamResponse):
             return found
         tunnel = found
     try:
@@ -51,27 +52,66 @@ async def _route(state: RelayState, request: web.Request, slug: str) -> web.Stre
         return json_error(503, exc.code, str(exc), retry_after=1)
 
 
-async def _find_tunnel(state: RelayState, slug: str) -> Tunnel | web.Response:
-    """No tunnel here: 404 for unknown slugs, else wait a short grace, else 503."""
+async def _locate(
+    state: RelayState, request: web.Request, slug: str
+) -> Tunnel | web.StreamResponse:
+    """No tunnel here: 404, replay or forward to the owner, or wait a grace, else 503."""
     try:
         host_id = await state.hosts.resolve_slug(slug)
         if host_id is None:
             return json_error(404, "unknown_host", f"no host is registered as {slug!r}")
-        owner = await state.ownership.owner(host_id)
+        found = await _via_owner(state, request, slug, host_id)
     except DirectoryError as exc:
         state.metrics.proxy_errors.add(1, {"reason": "store_unavailable"})
         state.log.warning("proxy.store_error", slug=slug, error=str(exc))
         return json_error(503, "store_unavailable", "the directory is unreachable", retry_after=2)
-    # A host that is mid-reconnect (its owner key still live, or it just left this
-    # machine) gets a short grace before the client is told it is offline.
-    grace = state.config.reconnect_grace
-    if owner is not None or state.tunnels.left_within(slug, grace):
-        tunnel = await state.tunnels.wait_for(slug, grace)
-        if tunnel is not None:
-            return tunnel
+    if found is not None:
+        return found
     return json_error(
         503, "host_offline", f"host {slug!r} is not connected right now", retry_after=5
     )
+
+
+async def _via_owner(
+    state: RelayState, request: web.Request, slug: str, host_id: str
+) -> Tunnel | web.StreamResponse | None:
+    """Follow the owner key (twice at most: before and after a short grace)."""
+    origin = origin_of(state, request)
+    grace = state.config.reconnect_grace
+    for attempt in range(2):
+        owner = await state.ownership.owner(host_id)
+        if owner is not None and owner.machine_id != state.config.machine_id:
+            if origin.hopped:
+                # One hop at most: the directory changed under us; never hop again.
+                state.metrics.proxy_errors.add(1, {"reason": "loop_guard"})
+                break
+            sent = await _to_owner(state, request, owner.machine_id, origin)
+            if sent is not None:
+                return sent
+        if attempt or (owner is None and not state.tunnels.left_within(slug, grace)):
+            break
+        # Mid-reconnect (owner key live, owner machine gone, or it just left here): wait
+        # a short grace for the tunnel to land here or for a machine to claim it.
+        tunnel = await state.tunnels.wait_for(slug, host_id, grace)
+        if tunnel is not None:
+            return tunnel
+    return state.tunnels.by_slug.get(slug)
+
+
+async def _to_owner(
+    state: RelayState, request: web.Request, machine_id: str, origin: Origin
+) -> web.StreamResponse | None:
+    """Replay or forward to the owning machine; None when that machine is gone."""
+    machine = await state.machines.get(machine_id)
+    if machine is None or machine.state == "stopped":
+        return None
+    if state.config.route_mode == "fly-replay" and replayable(request):
+        return replay(state, machine_id)
+    try:
+        return await forward(state, request, machine, origin)
+    except PeerUnreachable as exc:
+        state.log.info("proxy.owner_unreachable", machine=machine_id, error=str(exc))
+        return None
 
 
 async def _proxy_http(
@@ -123,11 +163,11 @@ async def _send_request(
     state: RelayState, request: web.Request, channel: StreamChannel
 ) -> tuple[ReqHead, asyncio.Task[None] | None]:
     """Send the request head (and small bodies inline); stream larger bodies in a task."""
-    peer = request.transport.get_extra_info("peername") if request.transport else None
+    origin = origin_of(state, request)
     headers = request_headers_for_upstream(
         list(request.headers.items()),
-        client_ip=peer[0] if peer else "",
-        proto=request.scheme,
+        client_ip=origin.client_ip,
+        proto=origin.proto,
         host=request.host,
     )
     length = request.content_length

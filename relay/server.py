@@ -11,17 +11,20 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+import aiohttp
 from aiohttp import web
 
 from directory.embedded import EmbeddedValkey
 from directory.errors import DirectoryError
 from directory.hosts import HostRegistry
 from directory.keys import Keys
+from directory.machines import MachineRegistry
 from directory.ownership import OwnershipStore
 from directory.store import connect
 from relay.app import build_app
 from relay.errors import TunnelClosed
 from relay.logs import configure_logging, get_logger
+from relay.machine_loops import heartbeat_once, refresh_loop, takeover_loop
 from relay.metrics import Metrics
 from relay.protocol import CloseCode
 from relay.state import RelayState
@@ -80,6 +83,7 @@ async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated:
     keys = Keys(cfg.key_prefix)
     tunnels = LocalTunnels()
     metrics = Metrics(tunnels_current=lambda: len(tunnels))
+    machines = MachineRegistry(redis, keys)
     state = RelayState(
         config=cfg,
         redis=redis,
@@ -89,6 +93,14 @@ async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated:
         metrics=metrics,
         log=log,
         admin_token=admin_token,
+        machines=machines,
+        peer_client=aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            auto_decompress=False,
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+        ),
+        cluster_secret=cfg.cluster_secret or await machines.cluster_secret(),
     )
     runner = web.AppRunner(
         build_app(state), handler_cancellation=True, access_log=None, auto_decompress=False
@@ -101,9 +113,10 @@ async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await heartbeat_once(state)
     loops = [
-        asyncio.create_task(_refresh_loop(state), name="ownership-refresh"),
-        asyncio.create_task(_takeover_loop(state), name="takeover-watch"),
+        asyncio.create_task(refresh_loop(state), name="ownership-refresh"),
+        asyncio.create_task(takeover_loop(state), name="takeover-watch"),
     ]
     _banner(state, admin_token, generated=generated)
     log.info("relay.started", listen=cfg.listen, base_domain=cfg.base_domain)
@@ -117,6 +130,7 @@ async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await runner.cleanup()
+        await state.peer_client.close()
         await redis.aclose()
         metrics.shutdown()
     log.info("relay.stopped")
@@ -142,68 +156,40 @@ def _banner(state: RelayState, admin_token: str, *, generated: bool) -> None:
     sys.stdout.flush()
 
 
-async def _refresh_loop(state: RelayState) -> None:
-    """Extend our owner keys each ping interval, in pipelined batches; drop lost hosts."""
-    cfg = state.config
-    while True:
-        await asyncio.sleep(cfg.ping_interval)
-        owned = state.tunnels.owned()
-        if not owned:
-            continue
-        try:
-            if state.store_ok:
-                lost = await state.ownership.refresh(owned, cfg.machine_id, cfg.owner_ttl_ms)
-            else:
-                lost = await state.ownership.reassert(owned, cfg.machine_id, cfg.owner_ttl_ms)
-                state.log.info("ownership.reasserted", tunnels=len(owned), lost=len(lost))
-            state.store_ok = True
-        except DirectoryError as exc:
-            state.store_ok = False
-            state.metrics.store_errors.add(1, {"op": "refresh"})
-            state.log.warning("ownership.refresh_failed", error=str(exc), tunnels=len(owned))
-            continue
-        for host_id in lost:
-            tunnel = state.tunnels.by_host.get(host_id)
-            if tunnel is not None:
-                tunnel.log.info("tunnel.ownership_lost")
-                await tunnel.close(CloseCode.REPLACED, "replaced by a newer connection")
-
-
-async def _takeover_loop(state: RelayState) -> None:
-    """Close our stale tunnel at once when a newer epoch claims one of our hosts."""
-    backoff = 0.1
-    while True:
-        try:
-            async for notice in state.ownership.takeovers():
-                backoff = 0.1
-                tunnel = state.tunnels.by_host.get(notice.host_id)
-                if tunnel is not None and tunnel.epoch < notice.epoch:
-                    tunnel.log.info("tunnel.taken_over", by_machine=notice.machine_id)
-                    await tunnel.close(CloseCode.REPLACED, "replaced by a newer connection")
-        except DirectoryError as exc:
-            state.log.warning("ownership.takeover_watch_failed", error=str(exc))
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, 5.0)
-
-
 async def _drain(state: RelayState) -> None:
-    """Stop taking tunnels, move agents away (drain frame, then 4001), release, exit."""
+    """Move every agent away (drain frame, make before break), then close 4001 and go.
+
+    Readiness fails from the first moment; tunnels keep serving until their agent has a
+    new tunnel elsewhere and their in-flight streams are done, within the drain window.
+    """
     cfg = state.config
     state.draining = True
     deadline = time.time() + cfg.drain_timeout
     tunnels = state.tunnels.all()
     state.log.info("relay.draining", tunnels=len(tunnels))
+    try:
+        await heartbeat_once(state)
+    except DirectoryError as exc:
+        state.log.warning("relay.drain_heartbeat_failed", error=str(exc))
     for tunnel in tunnels:
         try:
             await tunnel.drain(deadline)
         except TunnelClosed:
             continue  # it went away on its own, which is what a drain wants
-    # Agents open their new tunnel elsewhere on the drain frame; give in-flight streams
-    # the window to finish, then close what is left with 4001.
-    busy = [t.idle.wait() for t in state.tunnels.all()]
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(cfg.drain_timeout):
-            await asyncio.gather(*busy)
-    for tunnel in state.tunnels.all():
+    settled = [asyncio.create_task(t.settled()) for t in tunnels]
+    if settled:
+        _done, late = await asyncio.wait(settled, timeout=cfg.drain_timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            state.log.warning("relay.drain_window_exceeded", unsettled=len(late))
+    for tunnel in tunnels:
         await tunnel.close(CloseCode.DRAIN, "server draining")
-    state.log.info("relay.drained")
+    # Each tunnel's handler releases its ownership as it ends; give them a moment.
+    if state.handlers:
+        await asyncio.wait(list(state.handlers), timeout=2.0)
+    try:
+        await state.machines.remove(cfg.machine_id)
+    except DirectoryError as exc:
+        state.log.warning("relay.machine_remove_failed", error=str(exc))
+    state.log.info("relay.drained", tunnels=len(tunnels))

@@ -8,10 +8,14 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    import asyncio
+
+    import aiohttp
     import redis.asyncio as redis
     from structlog.typing import FilteringBoundLogger
 
     from directory.hosts import HostRegistry
+    from directory.machines import MachineRegistry
     from directory.ownership import OwnershipStore
     from relay.config import ServeConfig
     from relay.metrics import Metrics
@@ -32,9 +36,13 @@ class RelayState:
     metrics: Metrics
     log: FilteringBoundLogger
     admin_token: str
+    machines: MachineRegistry
+    peer_client: aiohttp.ClientSession  # machine-to-machine forwarding
+    cluster_secret: str
     draining: bool = False
     store_ok: bool = True
-    background: set[object] = field(default_factory=set)
+    # Tunnel handlers still running: a drain waits for them so each releases ownership.
+    handlers: set[asyncio.Task[None]] = field(default_factory=set)
 
     def url_for(self, slug: str) -> str:
         """The public URL of a host."""

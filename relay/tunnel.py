@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from relay.connection import TunnelConnection, WebSocketLike
 from relay.errors import ProtocolError, StreamRefused
-from relay.protocol import CloseCode, Drain, Frame, Ping
+from relay.protocol import CloseCode, Drain, Ping
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -43,11 +43,13 @@ class Tunnel(TunnelConnection):
         self.connected_at = time.time()
         self.next_sid = 1
         self.draining = False
+        # Set once the host lives elsewhere (its agent moved during a drain) or we closed.
+        self.moved = asyncio.Event()
         self.max_streams = min(local_limits.max_streams, peer_limits.max_streams)
 
     def open_stream(self) -> StreamChannel:
         """Open a new stream toward the agent; refused at the stream limit or when closing."""
-        if self.close_code is not None or self.draining:
+        if self.close_code is not None:
             raise StreamRefused("tunnel is closing")
         if len(self.streams) >= self.max_streams:
             raise StreamRefused(f"tunnel at its limit of {self.max_streams} concurrent streams")
@@ -60,10 +62,6 @@ class Tunnel(TunnelConnection):
         if frame.sid < self.next_sid:
             return
         raise ProtocolError(f"agent sent {type(frame).__name__} on unopened stream {frame.sid}")
-
-    async def on_control_frame(self, frame: Frame) -> None:
-        """Agents may only ping and pong after the handshake."""
-        await super().on_control_frame(frame)
 
     async def ping_loop(self, interval: float, misses: int) -> None:
         """Ping every ``interval``; close 4008 after ``misses`` intervals of silence."""
@@ -81,6 +79,16 @@ class Tunnel(TunnelConnection):
         self.draining = True
         await self.send(Drain(deadline))
 
+    async def settled(self) -> None:
+        """Wait until the agent has moved elsewhere (or the tunnel closed) and no stream is open."""
+        await self.moved.wait()
+        await self.idle.wait()
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the tunnel; anyone waiting for it to settle is released."""
+        self.moved.set()
+        await super().close(code, reason)
+
 
 class LocalTunnels:
     """Tunnels held by this machine, by host id and by slug."""
@@ -89,7 +97,8 @@ class LocalTunnels:
         self.by_host: dict[str, Tunnel] = {}
         self.by_slug: dict[str, Tunnel] = {}
         self._recently_left: dict[str, float] = {}
-        self._arrivals: dict[str, list[asyncio.Future[Tunnel]]] = {}
+        self._arrivals: dict[str, list[asyncio.Future[Tunnel | None]]] = {}
+        self._claims: dict[str, list[asyncio.Future[Tunnel | None]]] = {}
 
     def __len__(self) -> int:
         return len(self.by_host)
@@ -127,24 +136,36 @@ class LocalTunnels:
             return False
         return True
 
-    async def wait_for(self, slug: str, timeout: float) -> Tunnel | None:
-        """Wait up to ``timeout`` for a tunnel for ``slug`` to arrive here."""
+    def claimed(self, host_id: str) -> None:
+        """A machine (maybe another) just claimed ``host_id``: wake whoever waits for it."""
+        for waiter in self._claims.pop(host_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_for(self, slug: str, host_id: str, timeout: float) -> Tunnel | None:
+        """Wait up to ``timeout`` for the host to land here (returned) or be claimed elsewhere.
+
+        Returns None on timeout or when another machine claimed the host; the caller
+        looks the owner up again.
+        """
         tunnel = self.by_slug.get(slug)
         if tunnel is not None or timeout <= 0:
             return tunnel
-        waiter: asyncio.Future[Tunnel] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Tunnel | None] = asyncio.get_running_loop().create_future()
         self._arrivals.setdefault(slug, []).append(waiter)
+        self._claims.setdefault(host_id, []).append(waiter)
         try:
             async with asyncio.timeout(timeout):
                 return await waiter
         except TimeoutError:
             return None
         finally:
-            waiters = self._arrivals.get(slug)
-            if waiters is not None and waiter in waiters:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self._arrivals[slug]
+            for table, key in ((self._arrivals, slug), (self._claims, host_id)):
+                waiters = table.get(key)
+                if waiters is not None and waiter in waiters:
+                    waiters.remove(waiter)
+                    if not waiters:
+                        del table[key]
 
     def owned(self) -> list[tuple[str, int]]:
         """(host id, epoch) of every tunnel held, for ownership refresh."""

@@ -95,6 +95,9 @@ async def _serve(state: RelayState, tunnel: Tunnel) -> None:
     )
     started = time.monotonic()
     pinger: asyncio.Task[None] | None = None
+    handler = asyncio.current_task()
+    if handler is not None:
+        state.handlers.add(handler)
     try:
         # Welcome goes out alone and first, before any stream can be opened on the tunnel.
         await tunnel.ws.send_bytes(tunnel.codec.message(welcome))
@@ -118,6 +121,8 @@ async def _serve(state: RelayState, tunnel: Tunnel) -> None:
             state.metrics.protocol_errors.add(1, {"kind": "frame"})
         state.metrics.tunnel_closes.add(1, {"code": str(code)})
         await _release(state, tunnel)
+        if handler is not None:
+            state.handlers.discard(handler)
         log.info(
             "tunnel.disconnected",
             close_code=code,

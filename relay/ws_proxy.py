@@ -10,6 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from relay.errors import StreamError
+from relay.forward import origin_of
 from relay.http_headers import response_headers_for_client, websocket_headers_for_upstream
 from relay.protocol import ResetCode, RespHead, WsAccept, WsClose, WsMsg, WsOpen
 from relay.responses import json_error
@@ -28,7 +29,7 @@ async def proxy_websocket(
     """Open the upstream WebSocket through the agent, then pump messages both ways."""
     channel = tunnel.open_stream()
     try:
-        peer = request.transport.get_extra_info("peername") if request.transport else None
+        origin = origin_of(state, request)
         protocols = [
             p.strip()
             for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
@@ -40,8 +41,8 @@ async def proxy_websocket(
                 request.raw_path,
                 websocket_headers_for_upstream(
                     list(request.headers.items()),
-                    client_ip=peer[0] if peer else "",
-                    proto=request.scheme,
+                    client_ip=origin.client_ip,
+                    proto=origin.proto,
                     host=request.host,
                 ),
                 protocols,

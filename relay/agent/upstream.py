@@ -67,11 +67,11 @@ class Upstream:
             async with self.session.request(
                 head.method,
                 URL(self._base + head.target, encoded=True),
-                headers=CIMultiDict(head.headers),
+                headers=head.headers,
                 data=data,
                 allow_redirects=False,
             ) as resp:
-                headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers]
+                headers = list(resp.headers.items())
                 length = resp.content_length
                 if head.method == "HEAD" or resp.status in _NO_BODY_STATUS or resp.status < 200:
                     sent_head = True

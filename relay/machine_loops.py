@@ -1,0 +1,101 @@
+"""Background loops of one relay machine: heartbeat and ownership refresh, takeover watch.
+
+Both run for the life of `relay serve` and survive store outages: a failed pass is
+counted, logged and retried; after an outage the machine re-asserts ownership of the
+tunnels it still holds (a store restarted empty included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from directory.errors import DirectoryError
+from relay.protocol import CloseCode
+
+if TYPE_CHECKING:
+    from directory.machines import MachineState
+    from directory.models import TakeoverNotice
+    from relay.state import RelayState
+
+__all__ = ["heartbeat_once", "refresh_loop", "takeover_loop"]
+
+
+async def heartbeat_once(state: RelayState) -> None:
+    """Write this machine's liveness record (address, state, tunnel count) with its TTL."""
+    cfg = state.config
+    machine_state: MachineState = "draining" if state.draining else "running"
+    await state.machines.heartbeat(
+        cfg.machine_id, cfg.advertise or "", machine_state, len(state.tunnels), cfg.owner_ttl_ms
+    )
+
+
+async def refresh_loop(state: RelayState) -> None:
+    """Each ping interval: heartbeat, then extend our owner keys in pipelined batches."""
+    cfg = state.config
+    while True:
+        await asyncio.sleep(cfg.ping_interval)
+        await refresh_once(state)
+
+
+async def refresh_once(state: RelayState) -> None:
+    """One pass of heartbeat + ownership refresh; never raises for store failures."""
+    cfg = state.config
+    owned = state.tunnels.owned()
+    try:
+        await heartbeat_once(state)
+        lost: list[str] = []
+        if owned:
+            if state.store_ok:
+                lost = await state.ownership.refresh(owned, cfg.machine_id, cfg.owner_ttl_ms)
+            if lost or not state.store_ok:
+                # Keys that vanished (expired during an outage, or the store restarted
+                # empty) are ours again unless a newer epoch was handed out meanwhile.
+                retry = [(h, e) for h, e in owned if h in set(lost)] if state.store_ok else owned
+                lost = await state.ownership.reassert(retry, cfg.machine_id, cfg.owner_ttl_ms)
+                state.log.info("ownership.reasserted", tunnels=len(retry), lost=len(lost))
+    except DirectoryError as exc:
+        if state.store_ok:
+            state.log.warning("store.unreachable", error=str(exc), tunnels=len(owned))
+        state.store_ok = False
+        state.metrics.store_errors.add(1, {"op": "refresh"})
+        return
+    if not state.store_ok:
+        state.log.info("store.recovered", tunnels=len(owned))
+    state.store_ok = True
+    for host_id in lost:
+        tunnel = state.tunnels.by_host.get(host_id)
+        if tunnel is not None:
+            tunnel.log.info("tunnel.ownership_lost")
+            await tunnel.close(CloseCode.REPLACED, "replaced by a newer connection")
+
+
+async def takeover_loop(state: RelayState) -> None:
+    """React at once when any machine claims a host (pub/sub), resubscribing after errors."""
+    backoff = 0.1
+    while True:
+        try:
+            async for notice in state.ownership.takeovers():
+                backoff = 0.1
+                await _on_claim(state, notice)
+        except DirectoryError as exc:
+            state.log.warning("ownership.takeover_watch_failed", error=str(exc))
+            state.metrics.store_errors.add(1, {"op": "subscribe"})
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 5.0)
+
+
+async def _on_claim(state: RelayState, notice: TakeoverNotice) -> None:
+    state.tunnels.claimed(notice.host_id)
+    tunnel = state.tunnels.by_host.get(notice.host_id)
+    if tunnel is None or tunnel.epoch >= notice.epoch:
+        return
+    if tunnel.draining:
+        # Make before break: the agent moved on our drain frame. Route new requests to
+        # the new owner, let this tunnel finish what it carries; the drain closes it.
+        state.tunnels.remove(tunnel)
+        tunnel.moved.set()
+        tunnel.log.info("tunnel.moved", to_machine=notice.machine_id)
+        return
+    tunnel.log.info("tunnel.taken_over", by_machine=notice.machine_id)
+    await tunnel.close(CloseCode.REPLACED, "replaced by a newer connection")
