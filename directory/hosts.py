@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HOST_ID_PREFIX", "MAX_NAME_LENGTH", "HostRegistry", "hash_token"]
 
+TOKEN_PREFIX = "rt_"
 HOST_ID_PREFIX = "h_"
 MAX_NAME_LENGTH = 100
 # A generated slug collides with probability ~ hosts / 36**8; a few retries are plenty.
@@ -127,7 +128,9 @@ class HostRegistry:
             candidates = [validate_slug(slug, allow_reserved=allow_reserved)]
         else:
             candidates = [generate_slug() for _ in range(_SLUG_ATTEMPTS)]
-        token = secrets.token_urlsafe(32)
+        # A fixed prefix: a token never starts with "-" (which a CLI would take for a flag)
+        # and secret scanners can recognise it.
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token_hash = hash_token(token)
         host_id = HOST_ID_PREFIX + secrets.token_hex(8)
         for candidate in candidates:

@@ -136,6 +136,24 @@ async def delete_host(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def list_machines(request: web.Request) -> web.Response:
+    """``GET /api/machines``: every live relay machine."""
+    state = request.app[STATE]
+    machines = await state.machines.list()
+    return json_response(
+        [
+            {
+                "machine_id": m.machine_id,
+                "address": m.address,
+                "state": m.state,
+                "tunnels": m.tunnels,
+                "last_seen": _rfc3339(m.last_seen),
+            }
+            for m in machines
+        ]
+    )
+
+
 async def healthz(_request: web.Request) -> web.Response:
     """The process lives."""
     return json_response({"status": "ok"})
@@ -196,6 +214,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/hosts", list_hosts)
     app.router.add_get("/api/hosts/{ref}", show_host)
     app.router.add_delete("/api/hosts/{ref}", delete_host)
+    app.router.add_get("/api/machines", list_machines)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

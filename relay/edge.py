@@ -38,6 +38,7 @@ __all__ = ["MAX_REPLAY_BODY", "EdgeConfig", "parse_machines", "run_edge"]
 
 MAX_REPLAY_BODY = 1024 * 1024
 MAX_REPLAYS = 3
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _INSTANCE = re.compile(r"(?:^|[;,\s])instance=([A-Za-z0-9_.-]+)")
 _WS_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
@@ -105,27 +106,12 @@ class Edge:
         body, replayable = await _body_of(request)
         tried: set[str] = set()
         for _ in range(MAX_REPLAYS + len(self.cfg.machines) + 1):
-            try:
-                upstream = await self.session.request(
-                    request.method,
-                    self.cfg.machines[machine] + request.raw_path,
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                )
-            except aiohttp.ClientConnectorError as exc:
-                # Like Fly's proxy: a machine that refuses connections (stopped, restarting)
-                # is skipped and the request goes to the next one, unless it was pinned.
-                self.log.info("edge.machine_unreachable", machine=machine, error=str(exc))
-                fallback = self._fallback(request, machine, tried)
-                if fallback is None:
-                    return json_error(502, "machine_unreachable", f"{machine}: {exc}")
-                tried.add(machine)
-                machine = fallback
+            upstream = await self._send(request, machine, headers, body, tried)
+            if isinstance(upstream, str):
+                machine = upstream
                 continue
-            except aiohttp.ClientError as exc:
-                self.log.warning("edge.machine_failed", machine=machine, error=str(exc))
-                return json_error(502, "machine_failed", f"{machine}: {exc}")
+            if isinstance(upstream, web.Response):
+                return upstream
             target = replay_target(upstream.headers)
             if target is None:
                 return await _relay_response(request, upstream)
@@ -144,6 +130,42 @@ class Edge:
             self.log.debug("edge.replayed", source=machine, target=target)
             machine = target
         return json_error(508, "replay_loop", "too many fly-replay hops")
+
+    async def _send(
+        self,
+        request: web.Request,
+        machine: str,
+        headers: CIMultiDict[str],
+        body: bytes | aiohttp.StreamReader | None,
+        tried: set[str],
+    ) -> aiohttp.ClientResponse | web.Response | str:
+        """One attempt: the machine's response, an error response, or the next machine."""
+        try:
+            return await self.session.request(
+                request.method,
+                self.cfg.machines[machine] + request.raw_path,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+            )
+        except aiohttp.ClientConnectorError as exc:
+            # Like Fly's proxy: a machine that refuses connections (stopped, restarting)
+            # is skipped and the request goes to the next one, unless it was pinned.
+            self.log.info("edge.machine_unreachable", machine=machine, error=str(exc))
+            fallback = self._fallback(request, machine, tried)
+            tried.add(machine)
+            return fallback or json_error(502, "machine_unreachable", f"{machine}: {exc}")
+        except aiohttp.ServerDisconnectedError as exc:
+            # A pooled connection the machine closed as we reused it (it is shutting
+            # down): like a proxy's next-upstream rule, retry idempotent requests once.
+            if request.method in _IDEMPOTENT and machine not in tried:
+                tried.add(machine)
+                return self._fallback(request, machine, tried) or machine
+            self.log.warning("edge.machine_failed", machine=machine, error=str(exc))
+            return json_error(502, "machine_failed", f"{machine}: {exc}")
+        except aiohttp.ClientError as exc:
+            self.log.warning("edge.machine_failed", machine=machine, error=str(exc))
+            return json_error(502, "machine_failed", f"{machine}: {exc}")
 
     def _fallback(self, request: web.Request, failed: str, tried: set[str]) -> str | None:
         if "fly-force-instance-id" in request.headers:

@@ -99,8 +99,7 @@ class Metrics:
         return [Observation(self._tunnels_current())]
 
     def shutdown(self) -> None:
-        """Stop the provider and detach its collector from the registry."""
-        REGISTRY.unregister(self._reader._collector)  # noqa: SLF001 - no public handle
+        """Stop the provider (its reader detaches its collector from the registry)."""
         self._provider.shutdown()
 
 

@@ -31,6 +31,10 @@ async def proxy_request(state: RelayState, request: web.Request, slug: str) -> w
     """Serve one client request for ``slug`` through its tunnel."""
     started = time.perf_counter()
     response = await _route(state, request, slug)
+    if state.draining:
+        # No keep-alive while draining: a proxy must not reuse a connection we are about
+        # to close under it.
+        response.force_close()
     state.metrics.requests_by_status[response.status] += 1
     state.metrics.request_duration.observe(time.perf_counter() - started)
     return response

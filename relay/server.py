@@ -50,7 +50,7 @@ def load_admin_token(configured: str | None, data_dir: Path) -> tuple[str, bool]
         token = path.read_text().strip()
         if token:
             return token, False
-    token = secrets.token_urlsafe(32)
+    token = "ra_" + secrets.token_urlsafe(32)  # prefixed: never starts with "-"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")

@@ -161,12 +161,15 @@ class Cluster:
         await wait_until(relay.healthy, timeout=20, what=f"relay {machine_id} /healthz\n")
         return relay
 
-    def agent(self, relay: Relay, token: str, to: str, *args: str, name: str = "agent") -> Proc:
+    def agent(
+        self, relay: Relay | str, token: str, to: str, *args: str, name: str = "agent"
+    ) -> Proc:
+        server = relay if isinstance(relay, str) else relay.url
         argv = [
             RELAY,
             "agent",
             "--server",
-            relay.url,
+            server,
             "--token",
             token,
             "--to",
@@ -183,9 +186,39 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
+    async def edge(self, relays: list[Relay]) -> Edge:
+        port = free_port()
+        argv = [RELAY, "edge", "--listen", f"127.0.0.1:{port}"]
+        for relay in relays:
+            argv += ["--machine", f"{relay.machine_id}={relay.url}"]
+        proc = Proc("edge", argv, self.env(), self.tmp / "edge.log").start()
+        self.procs.append(proc)
+        edge = Edge(proc, port)
+
+        async def up() -> bool:
+            async with httpx.AsyncClient(timeout=1) as c:
+                return (await c.get(f"{edge.url}/healthz")).status_code == 200
+
+        await wait_until(up, timeout=15, what="relay edge up")
+        return edge
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
+
+
+@dataclass
+class Edge:
+    proc: Proc
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, slug: str, **kw) -> httpx.AsyncClient:
+        kw.setdefault("timeout", 30)
+        return httpx.AsyncClient(base_url=self.url, headers={"Host": f"{slug}.localhost"}, **kw)
 
 
 @dataclass

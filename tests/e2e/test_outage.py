@@ -1,0 +1,75 @@
+"""End-to-end: the store goes away and comes back (with and without its data)."""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import pytest
+import redis.asyncio as redis_async
+
+from directory.embedded import EmbeddedValkey
+from tests.e2e.harness import Cluster, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+async def owner_of(url: str, prefix: str, host_id: str) -> bytes | None:
+    client = redis_async.Redis.from_url(url)
+    try:
+        return await client.get(f"{prefix}:owner:{host_id}")
+    finally:
+        await client.aclose()
+
+
+async def ready(relay) -> int:
+    async with httpx.AsyncClient(timeout=2) as c:
+        return (await c.get(f"{relay.url}/readyz")).status_code
+
+
+@pytest.mark.parametrize("wipe", [False, True], ids=["restart", "restart-empty"])
+async def test_store_outage_keeps_held_tunnels_serving_and_ownership_comes_back(
+    tmp_path, upstream, wipe
+):
+    store_dir = tmp_path / "store"
+    store = EmbeddedValkey(store_dir)
+    url = await store.start()
+    cluster = Cluster(tmp_path, url, prefix="outage")
+    try:
+        relay = await cluster.relay()
+        host = await relay.add_host("steady")
+        other = await relay.add_host("elsewhere")
+        cluster.agent(relay, host["token"], upstream.url)
+        await relay.wait_online(host["slug"])
+        assert await owner_of(url, "outage", host["id"]) is not None
+
+        await store.stop()
+        if wipe:
+            shutil.rmtree(store_dir / "valkey" / "appendonlydir")
+        async with relay.client(host["slug"]) as c:
+            for _ in range(20):  # held tunnel: served without the directory
+                assert (await c.get("/hello")).status_code == 200
+        async with relay.client(other["slug"]) as c:
+            r = await c.get("/")  # needs the directory: a clear 503
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "store_unavailable"
+        assert await ready(relay) == 503
+        await wait_until(
+            lambda: '"store.unreachable"' in relay.proc.log(), what="outage noticed by refresh"
+        )
+
+        store = EmbeddedValkey(store_dir)
+        assert await store.start() == url
+        await wait_until(
+            lambda: owner_of(url, "outage", host["id"]), timeout=10, what="owner re-asserted"
+        )
+        assert await ready(relay) == 200
+        assert '"store.recovered"' in relay.proc.log()
+        async with relay.client(host["slug"]) as c:
+            assert (await c.get("/hello")).status_code == 200
+        if not wipe:
+            async with relay.client(other["slug"]) as c:
+                assert (await c.get("/")).status_code == 503  # known, offline
+    finally:
+        cluster.stop()
+        await store.stop()
