@@ -92,6 +92,15 @@ def websocket_headers_for_upstream(
     return out
 
 
-def response_headers_for_client(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Upstream response headers minus hop-by-hop and internal ones."""
-    return _end_to_end(headers, frozenset())
+_LENGTH: Final = frozenset({"content-length"})
+
+
+def response_headers_for_client(
+    headers: list[tuple[str, str]], *, keep_length: bool = True
+) -> list[tuple[str, str]]:
+    """Upstream response headers minus hop-by-hop and internal ones.
+
+    ``keep_length=False`` drops Content-Length too, for bodies whose length the server
+    framework sets itself.
+    """
+    return _end_to_end(headers, frozenset() if keep_length else _LENGTH)

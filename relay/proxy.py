@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from directory.errors import DirectoryError
 from relay.errors import PeerUnreachable, StreamError, StreamRefused, StreamReset, TunnelClosed
@@ -126,8 +127,7 @@ async def _proxy_http(
     try:
         head, body_task = await _send_request(state, request, channel)
         try:
-            async with asyncio.timeout(state.config.request_timeout):
-                first = await channel.receive()
+            first = await channel.receive_within(state.config.request_timeout)
         except TimeoutError:
             await channel.reset(ResetCode.TIMEOUT, "response headers timed out")
             state.metrics.proxy_errors.add(1, {"reason": "timeout"})
@@ -239,17 +239,16 @@ async def _send_response(
     *,
     head_only: bool,
 ) -> web.StreamResponse:
-    headers = response_headers_for_client(head.headers)
     if head.end and not head_only:
         # Whole small body in the head frame: a plain response, length set by aiohttp.
-        whole = web.Response(status=head.status, body=head.chunk)
-        for name, value in headers:
-            if name.lower() != "content-length":
-                whole.headers.add(name, value)
-        return whole
-    response = web.StreamResponse(status=head.status)
-    for name, value in headers:
-        response.headers.add(name, value)
+        return web.Response(
+            status=head.status,
+            body=head.chunk,
+            headers=CIMultiDict(response_headers_for_client(head.headers, keep_length=False)),
+        )
+    response = web.StreamResponse(
+        status=head.status, headers=CIMultiDict(response_headers_for_client(head.headers))
+    )
     await response.prepare(request)
     try:
         await _stream_body(response, channel, head)

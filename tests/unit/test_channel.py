@@ -91,3 +91,20 @@ async def test_websocket_messages_may_overdraw_a_positive_window_by_one_message(
     ch.deliver(WsMsg(1, True, b"x" * 150))  # allowed: window was positive
     with pytest.raises(StreamStateError):
         ch.deliver(WsMsg(1, True, b"y"))
+
+
+async def test_receive_within_times_out_without_touching_the_stream():
+    sink = Sink()
+    ch, _ = make(sink)
+    with pytest.raises(TimeoutError):
+        await ch.receive_within(0.01)
+    ch.deliver(RespHead(1, 204, []))
+    assert (await ch.receive_within(1)).status == 204
+    assert sink.frames == []
+
+
+async def test_receive_within_returns_a_frame_that_arrives_in_time():
+    sink = Sink()
+    ch, _ = make(sink)
+    asyncio.get_running_loop().call_later(0.01, ch.deliver, RespHead(1, 200, []))
+    assert (await ch.receive_within(5)).status == 200
