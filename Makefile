@@ -18,12 +18,16 @@ run: install
 	$(BIN)/relay serve
 
 test: install
+	@sh scripts/ensure-test-deps.sh  # PowerDNS for the DNS end-to-end tests (apt, once)
 	$(BIN)/python -m pytest -q
 
 bench: install
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m loadtest.small_get
 	$(BIN)/python -m loadtest.download
+	$(BIN)/python -m loadtest.events_bench
+	@sh scripts/ensure-test-deps.sh
+	$(BIN)/python -m loadtest.dns_bench
 
 lint: install
 	$(BIN)/ruff check relay directory tests loadtest

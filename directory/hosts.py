@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HOST_ID_PREFIX", "MAX_NAME_LENGTH", "HostRegistry", "hash_token"]
 
-TOKEN_PREFIX = "rt_"
+TOKEN_PREFIX = "rt_"  # noqa: S105 - a public prefix, not a secret
 HOST_ID_PREFIX = "h_"
 MAX_NAME_LENGTH = 100
 # A generated slug collides with probability ~ hosts / 36**8; a few retries are plenty.
@@ -115,17 +115,23 @@ class HostRegistry:
         self._keys = keys
 
     async def create(
-        self, name: str, slug: str | None = None, *, allow_reserved: bool = False
+        self,
+        name: str,
+        slug: str | None = None,
+        *,
+        allow_reserved: bool = False,
+        test: bool = False,
     ) -> tuple[HostRecord, str]:
         """Register a host; returns its record and its token (the only time it is shown).
 
         A given slug is validated (:class:`InvalidSlug`) and must be free (:class:`SlugTaken`);
         without one, a random slug is generated, retrying on the rare collision.
-        ``allow_reserved`` lets test hosts use reserved words and test prefixes.
+        ``allow_reserved`` lets tools use reserved words and test prefixes; a ``test`` host
+        may use the test prefixes and is marked so its DNS records go to the test zone.
         """
         name = _validate_name(name)
         if slug is not None:
-            candidates = [validate_slug(slug, allow_reserved=allow_reserved)]
+            candidates = [validate_slug(slug, allow_reserved=allow_reserved, test=test)]
         else:
             candidates = [generate_slug() for _ in range(_SLUG_ATTEMPTS)]
         # A fixed prefix: a token never starts with "-" (which a CLI would take for a flag)
@@ -134,7 +140,7 @@ class HostRegistry:
         token_hash = hash_token(token)
         host_id = HOST_ID_PREFIX + secrets.token_hex(8)
         for candidate in candidates:
-            record = HostRecord(host_id, name, candidate, token_hash, time.time())
+            record = HostRecord(host_id, name, candidate, token_hash, time.time(), test=test)
             with translate_errors(f"create host {name!r}"):
                 created = await _CREATE(
                     self._redis,

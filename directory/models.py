@@ -23,7 +23,11 @@ __all__ = [
 
 
 class HostRecord(msgspec.Struct, frozen=True, tag_field="kind", tag="host"):
-    """A registered host. ``token_hash`` is the sha256 hex digest of its token."""
+    """A registered host. ``token_hash`` is the sha256 hex digest of its token.
+
+    ``test`` marks a test host: it may use the reserved test prefixes, and its DNS records
+    live in the test zone when one is configured.
+    """
 
     id: str
     name: str
@@ -31,6 +35,7 @@ class HostRecord(msgspec.Struct, frozen=True, tag_field="kind", tag="host"):
     token_hash: str
     created_at: float
     version: int = 1
+    test: bool = False
 
 
 class OwnerRecord(msgspec.Struct, frozen=True, tag_field="kind", tag="owner"):

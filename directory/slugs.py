@@ -9,7 +9,9 @@ A slug is one DNS label, ``<slug>.<base-domain>``. Rules, in the order they are 
 3. no ``-`` first or last (a hostname label rule);
 4. no ``--`` at positions 3-4: that shape (``xn--``) is reserved for IDNA A-labels;
 5. not a reserved word (names the relay, mail or DNS infrastructure use) and not starting
-   with a reserved test prefix. Test hosts may use these (``allow_reserved=True``).
+   with a reserved test prefix. ``allow_reserved=True`` lifts both (tools); test hosts
+   (``test=True``) may use the test prefixes but not the reserved words, because all
+   hosts share one slug namespace.
 
 Generated slugs are :data:`SLUG_LENGTH` characters of :data:`ALPHABET` drawn with
 ``secrets``; they never contain ``-``, so they can never start with a test prefix.
@@ -70,7 +72,7 @@ def generate_slug(*, choice: Callable[[str], str] = secrets.choice) -> str:
             return slug
 
 
-def validate_slug(slug: str, *, allow_reserved: bool = False) -> str:
+def validate_slug(slug: str, *, allow_reserved: bool = False, test: bool = False) -> str:
     """The normalized (lowercase) slug, or :class:`InvalidSlug` saying which rule it breaks."""
     if not isinstance(slug, str):
         raise InvalidSlug(f"a slug must be a string, not {type(slug).__name__}")
@@ -81,13 +83,13 @@ def validate_slug(slug: str, *, allow_reserved: bool = False) -> str:
             f"non-ASCII characters {bad!r} are not allowed"
         )
     normalized = slug.lower()
-    problem = _problem(normalized, allow_reserved=allow_reserved)
+    problem = _problem(normalized, allow_reserved=allow_reserved, test=test)
     if problem is not None:
         raise InvalidSlug(f"slug {slug!r} is not allowed: {problem}")
     return normalized
 
 
-def _problem(slug: str, *, allow_reserved: bool) -> str | None:
+def _problem(slug: str, *, allow_reserved: bool, test: bool = False) -> str | None:
     """Why a lowercase ASCII slug is refused, or None when it is fine."""
     if not slug:
         return "a slug cannot be empty"
@@ -105,6 +107,6 @@ def _problem(slug: str, *, allow_reserved: bool) -> str | None:
     if slug in RESERVED_WORDS:
         return f"{slug!r} is a reserved name"
     for prefix in RESERVED_TEST_PREFIXES:
-        if slug.startswith(prefix):
+        if slug.startswith(prefix) and not test:
             return f"the prefix {prefix!r} is reserved for test hosts"
     return None

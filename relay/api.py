@@ -11,14 +11,17 @@ import msgspec
 from aiohttp import web
 
 from directory.errors import DirectoryError
+from directory.events import HostRegistered, HostRemoved
 from directory.store import translate_errors
+from relay.dns_api import DnsStatus, dns_statuses
 from relay.metrics import render_prometheus
 from relay.protocol import CloseCode
 from relay.responses import json_error, json_response
 from relay.state import STATE, RelayState
 
 if TYPE_CHECKING:
-    from directory.models import HostRecord, OwnerRecord
+    from directory.models import HostRecord
+    from directory.presence import Presence
 
 __all__ = ["add_routes", "admin_authorized"]
 
@@ -28,15 +31,7 @@ class CreateHost(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     name: str
     slug: str | None = None
-
-
-class DnsStatus(msgspec.Struct, frozen=True):
-    """DNS state of a host (wildcard mode: nothing per host to write)."""
-
-    state: str = "disabled"
-    records: list[str] = msgspec.field(default_factory=list)
-    last_error: str | None = None
-    last_error_at: str | None = None
+    test: bool = False  # a test host: may use test prefixes, lives in the DNS test zone
 
 
 class HostView(msgspec.Struct, frozen=True):
@@ -76,22 +71,25 @@ def _rfc3339(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _view(state: RelayState, host: HostRecord, owner: OwnerRecord | None) -> HostView:
-    local = state.tunnels.by_host.get(host.id)
+def _view(
+    state: RelayState, host: HostRecord, presence: Presence | None, dns: DnsStatus | None = None
+) -> HostView:
+    # Status comes from the presence projection only (one truth for every machine).
+    p = presence
     return HostView(
         id=host.id,
         slug=host.slug,
         name=host.name,
         url=state.url_for(host.slug),
-        online=owner is not None,
-        machine_id=owner.machine_id if owner else None,
-        epoch=owner.epoch if owner else None,
-        last_connected_at=_rfc3339(local.connected_at) if local else None,
-        last_disconnected_at=None,
-        disconnect_reason=None,
-        agent_version=local.agent_version if local else None,
-        remote_addr=local.remote_addr if local else None,
-        dns=DnsStatus(),
+        online=p.online if p else False,
+        machine_id=p.machine_id if p else None,
+        epoch=p.epoch if p else None,
+        last_connected_at=_rfc3339(p.last_connected_at) if p else None,
+        last_disconnected_at=_rfc3339(p.last_disconnected_at) if p else None,
+        disconnect_reason=p.disconnect_reason if p else None,
+        agent_version=p.agent_version if p else None,
+        remote_addr=p.remote_addr if p else None,
+        dns=dns or DnsStatus(),
     )
 
 
@@ -102,7 +100,10 @@ async def create_host(request: web.Request) -> web.Response:
         body = _decode_create(await request.read())
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return json_error(422, "invalid_body", f"expected {{name, slug?}}: {exc}")
-    host, token = await state.hosts.create(body.name, body.slug)
+    host, token = await state.hosts.create(body.name, body.slug, test=body.test)
+    state.events.emit(HostRegistered(host_id=host.id, slug=host.slug, name=host.name))
+    if state.dns is not None:
+        await state.dns.mark_dirty([host.id])  # its record now, not at the next event read
     state.log.info("api.host_created", host_id=host.id, slug=host.slug)
     created = CreatedHost(host.id, host.slug, host.name, state.url_for(host.slug), token)
     return json_response(created, status=201)
@@ -112,16 +113,18 @@ async def list_hosts(request: web.Request) -> web.Response:
     """``GET /api/hosts``."""
     state = request.app[STATE]
     hosts = await state.hosts.list()
-    owners = await state.ownership.owners([h.id for h in hosts])
-    return json_response([_view(state, h, owners.get(h.id)) for h in hosts])
+    presence = await state.presence.get_many([h.id for h in hosts])
+    dns = await dns_statuses(state, [h.id for h in hosts])
+    return json_response([_view(state, h, presence.get(h.id), dns.get(h.id)) for h in hosts])
 
 
 async def show_host(request: web.Request) -> web.Response:
     """``GET /api/hosts/{id or slug}``."""
     state = request.app[STATE]
     host = await state.hosts.get(request.match_info["ref"])
-    owner = await state.ownership.owner(host.id)
-    return json_response(_view(state, host, owner))
+    presence = await state.presence.get(host.id)
+    dns = await dns_statuses(state, [host.id])
+    return json_response(_view(state, host, presence, dns.get(host.id)))
 
 
 async def delete_host(request: web.Request) -> web.Response:
@@ -129,6 +132,9 @@ async def delete_host(request: web.Request) -> web.Response:
     state = request.app[STATE]
     host = await state.hosts.get(request.match_info["ref"])
     await state.hosts.delete(host.id)
+    state.events.emit(HostRemoved(host_id=host.id, slug=host.slug))
+    if state.dns is not None:
+        await state.dns.mark_dirty([host.id])  # its records go within the worker's poll
     tunnel = state.tunnels.by_host.get(host.id)
     if tunnel is not None:
         await tunnel.close(CloseCode.UNAUTHORIZED, "host removed")

@@ -8,6 +8,8 @@ from aiohttp import web
 
 from directory.errors import DirectoryError
 from relay.api import add_routes, admin_authorized
+from relay.dns_api import add_dns_routes
+from relay.events_api import add_event_routes
 from relay.proxy import proxy_request
 from relay.responses import json_error
 from relay.routing import slug_from_host
@@ -23,11 +25,15 @@ __all__ = ["build_app"]
 def build_app(state: RelayState) -> web.Application:
     """The application serving both client traffic and the relay's own routes."""
     base_domain = state.config.base_domain
+    # Test hosts' records live in --dns-test-zone; their requests arrive under it.
+    test_zone = (state.config.dns_test_zone or "").strip(".").lower() or None
 
     @web.middleware
     async def front(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Host decides first: every path of <slug>.<base-domain> belongs to the host.
         slug = slug_from_host(request.host, base_domain)
+        if slug is None and test_zone is not None:
+            slug = slug_from_host(request.host, test_zone)
         if slug is not None:
             return await proxy_request(state, request, slug)
         path = request.path
@@ -48,6 +54,8 @@ def build_app(state: RelayState) -> web.Application:
     app[STATE] = state
     app.router.add_get("/tunnel", tunnel_endpoint)
     add_routes(app)
+    add_event_routes(app)
+    add_dns_routes(app)
     # Last and catch-all: keeps routing of host traffic to a few dict lookups (no
     # HTTPNotFound built per request) and gives other unknown paths a JSON 404.
     app.router.add_route("*", "/{tail:.*}", _not_found)

@@ -17,7 +17,9 @@ import msgspec
 
 from directory.errors import DirectoryError
 from relay.config import AgentConfig, ServeConfig, parse_hostport
-from relay.errors import ConfigError
+from relay.directory_cli import add_directory_parser, run_directory_command
+from relay.dns_cli import add_dns_commands, run_dns_command
+from relay.errors import ConfigError, StartupError
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Sequence
@@ -35,6 +37,15 @@ _HELP = {
     "server": "relay URL",
     "token": "host token (shown once by `relay hosts add`)",
     "to": "local service to expose, e.g. http://127.0.0.1:3000",
+    "dns_mode": "wildcard: one *.<base-domain> record, nothing per host; managed: per-host records",
+    "dns_provider": "memory|cloudflare|powerdns (managed mode; secrets from the environment)",
+    "dns_zone": "DNS zone holding <slug>.<base-domain>; default: the base domain",
+    "dns_test_zone": "separate zone for test hosts (created with test: true)",
+    "dns_target": "what records point at: a name (CNAME) or IPv4/IPv6 addresses (A/AAAA)",
+    "dns_offline_grace": "seconds a host's records outlive its disconnect",
+    "dns_orphan_grace": "a sync spares orphans younger than this (seconds)",
+    "dns_max_deletes": "most records one sync deletes",
+    "dns_rate_limit": "DNS API calls allowed per --dns-rate-window, shared by all machines",
 }
 
 
@@ -132,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     for p in hosts_sub.choices.values():
         p.add_argument("--server", default=os.environ.get("RELAY_SERVER", "http://127.0.0.1:8080"))
         p.add_argument("--data-dir", default=os.environ.get("RELAY_DATA_DIR", ".relay"))
+    add_directory_parser(sub)
+    add_dns_commands(sub)
     return parser
 
 
@@ -151,13 +164,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             parse_hostport(args.listen)
             return _run(run_edge(EdgeConfig(args.listen, parse_machines(args.machine))))
+        if args.command == "directory":
+            return run_directory_command(args)
+        if args.command == "dns":
+            return run_dns_command(args)
         from relay.admin_client import run_hosts_command  # noqa: PLC0415
 
         return run_hosts_command(args)
     except ConfigError as exc:
         sys.stderr.write(f"relay: {exc}\n")
         return 2
-    except DirectoryError as exc:
+    except (DirectoryError, StartupError) as exc:
         sys.stderr.write(f"relay: {exc}\n")
         return 1
 

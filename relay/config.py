@@ -42,7 +42,28 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     drain_timeout: Seconds = 10.0
     reconnect_grace: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     reconcile_interval: Seconds = 30.0
+    # Event log (relay/events.py): approximate MAXLEN of the stream, outbox capacity, and
+    # how long an entry may sit with a consumer before another one reclaims it.
+    events_maxlen: Positive = 100_000
+    events_outbox: Positive = 10_000
+    events_claim_idle: Seconds = 30.0
     dns_offline_grace: Seconds = 86400.0
+    # DNS (relay/dns_setup.py; secrets come from the environment, never from here).
+    dns_mode: Literal["wildcard", "managed"] = "wildcard"
+    dns_provider: Literal["memory", "cloudflare", "powerdns"] | None = None
+    dns_zone: str | None = None
+    dns_test_zone: str | None = None
+    dns_target: str | None = None
+    dns_ttl: Positive = 300
+    dns_sync_interval: Seconds = 900.0
+    dns_orphan_grace: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    dns_max_deletes: Annotated[int, msgspec.Meta(ge=0)] = 100
+    dns_rate_limit: Positive = 1200
+    dns_rate_window: Seconds = 300.0
+    cloudflare_api_base: str = "https://api.cloudflare.com/client/v4"
+    cloudflare_proxied: bool = False
+    pdns_api_url: str | None = None
+    pdns_server_id: str = "localhost"
     hello_timeout: Seconds = 10.0
     max_frame: Annotated[int, msgspec.Meta(ge=16 * 1024)] = 1 << 20
     max_streams: Positive = 1000
@@ -93,6 +114,9 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(
                     f"--redis-url must be redis://, rediss:// or unix:// (got {scheme!r})"
                 )
+        from relay.dns_setup import check_dns_config  # noqa: PLC0415 - keep `relay agent` lean
+
+        check_dns_config(msgspec.structs.replace(self, base_domain=base))
         return msgspec.structs.replace(
             self, machine_id=machine_id, base_domain=base, advertise=advertise
         )

@@ -14,6 +14,7 @@
     │   └── TunnelClosed           the tunnel went away under the stream
     ├── PeerUnreachable            another relay machine could not be reached
     ├── LocalStreamError           our own code misused a stream (a bug, never the peer)
+    ├── StartupError               the process cannot start (port in use): exit 1
     └── ConfigError                bad configuration: a clear message, exit 2
 
 Every error carries ``close_code`` (protocol errors) or ``http_status`` (what a client of
@@ -31,6 +32,7 @@ __all__ = [
     "PeerUnreachable",
     "ProtocolError",
     "RelayError",
+    "StartupError",
     "StreamError",
     "StreamRefused",
     "StreamReset",
@@ -119,6 +121,12 @@ class LocalStreamError(RelayError):
     """Our side tried something the stream's state forbids; a bug, not the peer's fault."""
 
     code = "local_stream_error"
+
+
+class StartupError(RelayError):
+    """The relay cannot start in this environment (e.g. its port is taken)."""
+
+    code = "startup_failed"
 
 
 class ConfigError(RelayError):

@@ -53,6 +53,7 @@ class Metrics:
             metric_readers=[self._reader],
         )
         meter = self._provider.get_meter("relay")
+        self.meter = meter  # other modules register their own instruments on it
         self.requests_by_status: Tally[int] = Tally()
         self._tunnels_current = tunnels_current
         meter.create_observable_counter(

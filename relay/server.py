@@ -22,7 +22,9 @@ from directory.machines import MachineRegistry
 from directory.ownership import OwnershipStore
 from directory.store import connect
 from relay.app import build_app
-from relay.errors import TunnelClosed
+from relay.dns_setup import build_dns_service
+from relay.errors import StartupError, TunnelClosed
+from relay.events import EventServices, register_event_metrics
 from relay.logs import configure_logging, get_logger
 from relay.machine_loops import heartbeat_once, refresh_loop, takeover_loop
 from relay.metrics import Metrics
@@ -84,6 +86,8 @@ async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated:
     tunnels = LocalTunnels()
     metrics = Metrics(tunnels_current=lambda: len(tunnels))
     machines = MachineRegistry(redis, keys)
+    events = EventServices(cfg, redis, keys)
+    register_event_metrics(metrics.meter, events.emitter)
     state = RelayState(
         config=cfg,
         redis=redis,
@@ -101,19 +105,32 @@ async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
         ),
         cluster_secret=cfg.cluster_secret or await machines.cluster_secret(),
+        events=events.emitter,
+        presence=events.presence,
     )
+    state.dns = build_dns_service(state)
     runner = web.AppRunner(
         build_app(state), handler_cancellation=True, access_log=None, auto_decompress=False
     )
     await runner.setup()
     host, port = cfg.host_port
     site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await state.dns.aclose()
+        await state.peer_client.close()
+        await redis.aclose()
+        metrics.shutdown()
+        raise StartupError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await heartbeat_once(state)
+    events.start()
+    state.dns.start()
     loops = [
         asyncio.create_task(refresh_loop(state), name="ownership-refresh"),
         asyncio.create_task(takeover_loop(state), name="takeover-watch"),
@@ -122,6 +139,7 @@ async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated:
     log.info("relay.started", listen=cfg.listen, base_domain=cfg.base_domain)
     try:
         await stop.wait()
+        events.draining()
         await _drain(state)
     finally:
         for task in loops:
@@ -130,6 +148,8 @@ async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await runner.cleanup()
+        await state.dns.aclose()
+        await events.close()  # after the tunnels' last Disconnected, before the store goes
         await state.peer_client.close()
         await redis.aclose()
         metrics.shutdown()

@@ -14,10 +14,13 @@ if TYPE_CHECKING:
     import redis.asyncio as redis
     from structlog.typing import FilteringBoundLogger
 
+    from directory.dns.service import DnsService
     from directory.hosts import HostRegistry
     from directory.machines import MachineRegistry
     from directory.ownership import OwnershipStore
+    from directory.presence import PresenceStore
     from relay.config import ServeConfig
+    from relay.events import EventEmitter
     from relay.metrics import Metrics
     from relay.tunnel import LocalTunnels
 
@@ -39,10 +42,13 @@ class RelayState:
     machines: MachineRegistry
     peer_client: aiohttp.ClientSession  # machine-to-machine forwarding
     cluster_secret: str
+    events: EventEmitter  # tunnel events to the log (relay/events.py)
+    presence: PresenceStore  # the presence projection, read by the API
     draining: bool = False
     store_ok: bool = True
     # Tunnel handlers still running: a drain waits for them so each releases ownership.
     handlers: set[asyncio.Task[None]] = field(default_factory=set)
+    dns: DnsService | None = None  # DNS records of hosts (relay/dns_setup.py)
 
     def url_for(self, slug: str) -> str:
         """The public URL of a host."""

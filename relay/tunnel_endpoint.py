@@ -11,6 +11,7 @@ from aiohttp import web
 
 from directory.errors import DirectoryError, Superseded
 from relay.errors import MalformedFrame, ProtocolError
+from relay.events import tunnel_connected, tunnel_disconnected
 from relay.protocol import PROTOCOL_VERSION, CloseCode, FrameCodec, Hello, Welcome
 from relay.responses import json_error
 from relay.state import STATE, RelayState
@@ -98,10 +99,13 @@ async def _serve(state: RelayState, tunnel: Tunnel) -> None:
     handler = asyncio.current_task()
     if handler is not None:
         state.handlers.add(handler)
+    announced = False  # a Connected event was emitted, so a Disconnected must follow
     try:
         # Welcome goes out alone and first, before any stream can be opened on the tunnel.
         await tunnel.ws.send_bytes(tunnel.codec.message(welcome))
         previous = state.tunnels.add(tunnel)
+        tunnel_connected(state, tunnel)  # before the replaced tunnel's Disconnected
+        announced = True
         if previous is not None:
             await previous.close(CloseCode.REPLACED, "replaced by a newer connection")
         pinger = asyncio.create_task(tunnel.ping_loop(cfg.ping_interval, cfg.ping_misses))
@@ -120,6 +124,8 @@ async def _serve(state: RelayState, tunnel: Tunnel) -> None:
         if code == CloseCode.PROTOCOL_ERROR:
             state.metrics.protocol_errors.add(1, {"kind": "frame"})
         state.metrics.tunnel_closes.add(1, {"code": str(code)})
+        if announced:
+            tunnel_disconnected(state, tunnel, code)
         await _release(state, tunnel)
         if handler is not None:
             state.handlers.discard(handler)
