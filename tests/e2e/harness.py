@@ -153,13 +153,22 @@ class Cluster:
             "0.5",
             *args,
         ]
-        proc = Proc(
-            f"relay-{machine_id}", argv, self.env(**env), self.tmp / f"relay-{machine_id}.log"
-        ).start()
-        self.procs.append(proc)
-        relay = Relay(proc, port, machine_id)
-        await wait_until(relay.healthy, timeout=20, what=f"relay {machine_id} /healthz\n")
-        return relay
+        for _attempt in range(3):
+            proc = Proc(
+                f"relay-{machine_id}", argv, self.env(**env), self.tmp / f"relay-{machine_id}.log"
+            ).start()
+            self.procs.append(proc)
+            relay = Relay(proc, port, machine_id)
+            try:
+                await wait_until(relay.healthy, timeout=20, what=f"relay {machine_id} /healthz\n")
+                return relay
+            except AssertionError:
+                # free_port() can race with another process grabbing the port: try another.
+                if "address already in use" not in proc.log():
+                    raise
+                port = free_port()
+                argv[argv.index("--listen") + 1] = f"127.0.0.1:{port}"
+        raise AssertionError(f"relay {machine_id} found no free port")
 
     def agent(
         self, relay: Relay | str, token: str, to: str, *args: str, name: str = "agent"
