@@ -80,7 +80,7 @@ def _view(
         id=host.id,
         slug=host.slug,
         name=host.name,
-        url=state.url_for(host.slug),
+        url=state.url_for(host.slug, test=host.test),
         online=p.online if p else False,
         machine_id=p.machine_id if p else None,
         epoch=p.epoch if p else None,
@@ -105,7 +105,9 @@ async def create_host(request: web.Request) -> web.Response:
     if state.dns is not None:
         await state.dns.mark_dirty([host.id])  # its record now, not at the next event read
     state.log.info("api.host_created", host_id=host.id, slug=host.slug)
-    created = CreatedHost(host.id, host.slug, host.name, state.url_for(host.slug), token)
+    created = CreatedHost(
+        host.id, host.slug, host.name, state.url_for(host.slug, test=host.test), token
+    )
     return json_response(created, status=201)
 
 

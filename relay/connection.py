@@ -205,6 +205,8 @@ class TunnelConnection:
         except ProtocolError as exc:
             self.log.warning("tunnel.protocol_error", error=str(exc), kind=exc.code)
             await self.close(exc.close_code, f"protocol error: {exc}")
+        except TunnelClosed:
+            return  # answering a ping as the tunnel closed: nothing left to do
         finally:
             self.fail_streams(TunnelClosed(f"tunnel closed ({self.close_code})"))
             if self.ws.closed:

@@ -155,7 +155,7 @@ class Edge:
             fallback = self._fallback(request, machine, tried)
             tried.add(machine)
             return fallback or json_error(502, "machine_unreachable", f"{machine}: {exc}")
-        except aiohttp.ServerDisconnectedError as exc:
+        except aiohttp.ClientConnectionError as exc:
             # A pooled connection the machine closed as we reused it (it is shutting
             # down): like a proxy's next-upstream rule, retry idempotent requests once.
             if request.method in _IDEMPOTENT and machine not in tried:
@@ -273,7 +273,7 @@ async def run_edge(cfg: EdgeConfig) -> int:
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, auto_decompress=False)
     await runner.setup()
     host, port = parse_hostport(cfg.listen)
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, backlog=1024).start()  # reconnect storms
     edge.log.info("edge.started", listen=cfg.listen, machines=sorted(cfg.machines))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -93,7 +93,7 @@ async def _on_claim(state: RelayState, notice: TakeoverNotice) -> None:
     if tunnel.draining:
         # Make before break: the agent moved on our drain frame. Route new requests to
         # the new owner, let this tunnel finish what it carries; the drain closes it.
-        state.tunnels.remove(tunnel)
+        state.tunnels.retire(tunnel)
         tunnel.moved.set()
         tunnel.log.info("tunnel.moved", to_machine=notice.machine_id)
         return

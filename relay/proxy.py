@@ -87,7 +87,11 @@ async def _via_owner(
         owner = await state.ownership.owner(host_id)
         if owner is not None and owner.machine_id != state.config.machine_id:
             if origin.hopped:
-                # One hop at most: the directory changed under us; never hop again.
+                # One hop at most. A tunnel that moved away during our drain still
+                # serves; otherwise the directory changed under us: never hop again.
+                retired = state.tunnels.retired.get(slug)
+                if retired is not None and not retired.closed:
+                    return retired
                 state.metrics.proxy_errors.add(1, {"reason": "loop_guard"})
                 break
             sent = await _to_owner(state, request, owner.machine_id, origin)

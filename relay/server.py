@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import signal
@@ -144,9 +143,11 @@ async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated:
     finally:
         for task in loops:
             task.cancel()
-        for task in loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Bounded: redis-py can swallow a cancellation that lands inside a command, and
+        # a stuck loop must not keep a draining machine from exiting.
+        _done, stuck = await asyncio.wait(loops, timeout=2.0)
+        if stuck:
+            log.warning("relay.loops_stuck_at_exit", loops=[t.get_name() for t in stuck])
         await runner.cleanup()
         await state.dns.aclose()
         await events.close()  # after the tunnels' last Disconnected, before the store goes

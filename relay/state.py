@@ -50,9 +50,11 @@ class RelayState:
     handlers: set[asyncio.Task[None]] = field(default_factory=set)
     dns: DnsService | None = None  # DNS records of hosts (relay/dns_setup.py)
 
-    def url_for(self, slug: str) -> str:
-        """The public URL of a host."""
+    def url_for(self, slug: str, *, test: bool = False) -> str:
+        """The public URL of a host (test hosts live under the DNS test zone, if any)."""
         base = self.config.base_domain
+        if test and self.config.dns_test_zone:
+            base = self.config.dns_test_zone.strip(".").lower()
         if base == "localhost" or base.endswith(".localhost"):
             # Local runs: the relay itself answers on its listen port.
             port = self.config.host_port[1]

@@ -96,6 +96,8 @@ class LocalTunnels:
     def __init__(self) -> None:
         self.by_host: dict[str, Tunnel] = {}
         self.by_slug: dict[str, Tunnel] = {}
+        # Tunnels whose agent moved away during a drain but that still carry streams.
+        self.retired: dict[str, Tunnel] = {}
         self._recently_left: dict[str, float] = {}
         self._arrivals: dict[str, list[asyncio.Future[Tunnel | None]]] = {}
         self._claims: dict[str, list[asyncio.Future[Tunnel | None]]] = {}
@@ -113,8 +115,19 @@ class LocalTunnels:
                 waiter.set_result(tunnel)
         return previous
 
+    def retire(self, tunnel: Tunnel) -> None:
+        """Route new requests elsewhere, but keep ``tunnel`` for those that may not hop.
+
+        Its host lives on another machine now; requests already replayed here (which
+        must not hop again) can still use this tunnel until the drain closes it.
+        """
+        if self.remove(tunnel):
+            self.retired[tunnel.host.slug] = tunnel
+
     def remove(self, tunnel: Tunnel) -> bool:
         """Forget ``tunnel`` unless a newer one took its place; True if removed."""
+        if self.retired.get(tunnel.host.slug) is tunnel:
+            del self.retired[tunnel.host.slug]
         if self.by_host.get(tunnel.host.id) is not tunnel:
             return False
         del self.by_host[tunnel.host.id]

@@ -10,13 +10,12 @@ Loops (managed mode only; wildcard mode writes nothing and runs nothing):
   offline longer than the grace, and repairs anything a lost event missed), and runs a
   full sync each ``sync_interval``.
 
-Events reach :meth:`DnsService.handle_event`, which only marks hosts dirty.
+Events reach :meth:`DnsService.handle_events`, which only marks hosts dirty.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -54,6 +53,7 @@ __all__ = ["DNS_GROUP", "DnsService", "HostDnsStatus", "ZoneRecord"]
 DNS_GROUP = "dns"
 
 _IDLE_BACKOFF_CAP = 5.0
+_CLOSE_TIMEOUT = 5.0
 
 
 class HostDnsStatus(msgspec.Struct, frozen=True):
@@ -109,6 +109,7 @@ class DnsService:
         self._holder = holder
         self._poll = poll_interval
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._consumer: StreamConsumer | None = None
@@ -156,13 +157,19 @@ class DnsService:
     async def aclose(self) -> None:
         """Stop the loops and close the providers; the service refuses use afterwards."""
         self._closed = True
+        # The loops also stop on their own when they see the flag: redis-py (8.1, asyncio)
+        # can swallow a task's cancellation mid-command, and the task then runs on.
+        self._stopping.set()
+        self._wake.set()
         if self._consumer is not None:
             await self._consumer.close()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            # asyncio.wait neither raises on its timeout nor swallows our own cancellation.
+            _, pending = await asyncio.wait(self._tasks, timeout=_CLOSE_TIMEOUT)
+            if pending:
+                self._log.warning("dns.close_timeout", tasks=sorted(t.get_name() for t in pending))
         self._tasks = []
         for provider in self.providers.values():
             await provider.aclose()
@@ -283,7 +290,7 @@ class DnsService:
 
     async def _worker_loop(self) -> None:
         backoff = self._poll
-        while True:
+        while not self._closed:
             try:
                 ids = await self.states.pop_dirty(self.settings.batch_hosts)
                 if ids:
@@ -300,9 +307,8 @@ class DnsService:
                 self._log.exception("dns.worker_failed")
                 backoff = min(backoff * 2, _IDLE_BACKOFF_CAP)
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(backoff):
-                    await self._wake.wait()
+            if not self._closed:
+                await _nap(self._wake, backoff)
 
     async def _leader_loop(self) -> None:
         settings = self.settings
@@ -310,7 +316,7 @@ class DnsService:
         lease_ms = int(max(settings.sweep_interval * 3, 15.0) * 1000)
         next_sweep = 0.0
         next_sync = time.monotonic() + settings.sync_interval
-        while True:
+        while not self._closed:
             try:
                 if await self.states.hold_lease(self._holder, lease_ms):
                     now = time.monotonic()
@@ -324,7 +330,7 @@ class DnsService:
                 self._log.warning("dns.leader_store_error", error=str(exc))
             except Exception:  # noqa: BLE001 - a bug must not stop sweeps for good: log, go on
                 self._log.exception("dns.leader_failed")
-            await asyncio.sleep(tick)
+            await _nap(self._stopping, tick)
 
     async def sweep(self) -> int:
         """Mark every host (registered, or with DNS state left) dirty; returns how many."""
@@ -342,3 +348,12 @@ def _host_of(event: AnyEvent) -> str | None:
         return None  # our own reports; reacting to them would loop
     host_id = getattr(event, "host_id", None)
     return host_id if isinstance(host_id, str) and host_id else None
+
+
+async def _nap(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` pass, whichever comes first."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=seconds)
+    finally:
+        waiter.cancel()
