@@ -86,7 +86,10 @@ async def takeover_loop(state: RelayState) -> None:
 
 
 async def _on_claim(state: RelayState, notice: TakeoverNotice) -> None:
-    state.tunnels.claimed(notice.host_id)
+    if notice.machine_id != state.config.machine_id:
+        # Our own claims are announced by the tunnel's arrival in the local table; waking
+        # waiters on the notice would send them looking before the tunnel is there.
+        state.tunnels.claimed(notice.host_id)
     tunnel = state.tunnels.by_host.get(notice.host_id)
     if tunnel is None or tunnel.epoch >= notice.epoch:
         return

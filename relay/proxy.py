@@ -72,6 +72,8 @@ async def _locate(
         return json_error(503, "store_unavailable", "the directory is unreachable", retry_after=2)
     if found is not None:
         return found
+    origin = origin_of(state, request)
+    state.log.info("proxy.host_offline", slug=slug, hopped=origin.hopped)
     return json_error(
         503, "host_offline", f"host {slug!r} is not connected right now", retry_after=5
     )
