@@ -32,38 +32,62 @@ def admin_token(data_dir: str) -> str:
         ) from exc
 
 
-def run_hosts_command(args: argparse.Namespace) -> int:
-    """Run one `relay hosts` action; prints JSON, returns the exit status."""
+def api_request(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    *,
+    params: dict[str, str] | None = None,
+    body: object = None,
+    timeout: float = 10.0,
+) -> tuple[bool, object]:
+    """Call a running relay's admin API (``--server``, admin token from env or data dir).
+
+    Returns ``(ok, payload)``; failures are already reported on stderr in one line.
+    """
     headers = {"Authorization": f"Bearer {admin_token(args.data_dir)}"}
     base = args.server.rstrip("/")
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=10) as client:
-            if args.action == "add":
-                body = {"name": args.name} | ({"slug": args.slug} if args.slug else {})
-                response = client.post("/api/hosts", json=body)
-            elif args.action == "list":
-                response = client.get("/api/hosts")
-            elif args.action == "show":
-                response = client.get(f"/api/hosts/{args.ref}")
-            else:
-                response = client.delete(f"/api/hosts/{args.ref}")
+        with httpx.Client(base_url=base, headers=headers, timeout=timeout) as client:
+            response = client.request(method, path, params=params, json=body)
     except httpx.HTTPError as exc:
         sys.stderr.write(f"relay: cannot reach {base}: {exc}\n")
-        return 1
+        return False, None
     if response.status_code == 204:
-        sys.stdout.write(json.dumps({"deleted": args.ref}) + "\n")
-        return 0
+        return True, None
     try:
         payload = response.json()
     except ValueError:
         sys.stderr.write(f"relay: HTTP {response.status_code} from {base}: {response.text[:200]}\n")
-        return 1
+        return False, None
     if response.is_error:
         error = payload.get("error", {}) if isinstance(payload, dict) else {}
         sys.stderr.write(
             f"relay: {error.get('message', response.reason_phrase)} "
             f"(HTTP {response.status_code}, {error.get('code', 'error')})\n"
         )
-        return 1
+        return False, payload
+    return True, payload
+
+
+def print_json(payload: object) -> None:
+    """Write an API answer to stdout, indented."""
     sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+def run_hosts_command(args: argparse.Namespace) -> int:
+    """Run one `relay hosts` action; prints JSON, returns the exit status."""
+    if args.action == "add":
+        body = {"name": args.name} | ({"slug": args.slug} if args.slug else {})
+        ok, payload = api_request(args, "POST", "/api/hosts", body=body)
+    elif args.action == "list":
+        ok, payload = api_request(args, "GET", "/api/hosts")
+    elif args.action == "show":
+        ok, payload = api_request(args, "GET", f"/api/hosts/{args.ref}")
+    else:
+        ok, payload = api_request(args, "DELETE", f"/api/hosts/{args.ref}")
+        payload = {"deleted": args.ref}
+    if not ok:
+        return 1
+    print_json(payload)
     return 0

@@ -8,9 +8,7 @@ changed (``--dry-run`` only reports). Exit status 0 on success, 1 on failure.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -38,30 +36,13 @@ def add_directory_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 def run_directory_command(args: argparse.Namespace) -> int:
     """Run `relay directory rebuild`; prints the report as JSON."""
-    import httpx  # noqa: PLC0415 - only admin commands need an HTTP client
+    from relay.admin_client import api_request, print_json  # noqa: PLC0415
 
-    from relay.admin_client import admin_token  # noqa: PLC0415
-
-    headers = {"Authorization": f"Bearer {admin_token(args.data_dir)}"}
-    base = args.server.rstrip("/")
     params = {"dry_run": "1"} if args.dry_run else {}
-    try:
-        with httpx.Client(base_url=base, headers=headers, timeout=_TIMEOUT_S) as client:
-            response = client.post("/api/directory/rebuild", params=params)
-    except httpx.HTTPError as exc:
-        sys.stderr.write(f"relay: cannot reach {base}: {exc}\n")
+    ok, payload = api_request(
+        args, "POST", "/api/directory/rebuild", params=params, timeout=_TIMEOUT_S
+    )
+    if not ok:
         return 1
-    try:
-        payload = response.json()
-    except ValueError:
-        sys.stderr.write(f"relay: HTTP {response.status_code} from {base}: {response.text[:200]}\n")
-        return 1
-    if response.is_error:
-        error = payload.get("error", {}) if isinstance(payload, dict) else {}
-        sys.stderr.write(
-            f"relay: {error.get('message', response.reason_phrase)} "
-            f"(HTTP {response.status_code}, {error.get('code', 'error')})\n"
-        )
-        return 1
-    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    print_json(payload)
     return 0

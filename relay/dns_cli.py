@@ -9,15 +9,11 @@
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import httpx
-
-from relay.admin_client import admin_token
+from relay.admin_client import api_request, print_json
 
 if TYPE_CHECKING:
     import argparse
@@ -44,32 +40,18 @@ def add_dns_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def run_dns_command(args: argparse.Namespace) -> int:
     """Run one `relay dns` action; prints JSON, returns the exit status."""
-    headers = {"Authorization": f"Bearer {admin_token(args.data_dir)}"}
-    base = args.server.rstrip("/")
-    try:
-        with httpx.Client(base_url=base, headers=headers, timeout=_SYNC_TIMEOUT) as client:
-            if args.action == "sync":
-                params = {"dry_run": "1"} if args.dry_run else {}
-                response = client.post("/api/dns/sync", params=params)
-            elif args.action == "records":
-                response = client.get("/api/dns/records")
-            else:
-                response = client.delete(f"/api/dns/records/{quote(args.fqdn, safe='')}")
-    except httpx.HTTPError as exc:
-        sys.stderr.write(f"relay: cannot reach {base}: {exc}\n")
-        return 1
-    try:
-        payload = response.json()
-    except ValueError:
-        sys.stderr.write(f"relay: HTTP {response.status_code} from {base}: {response.text[:200]}\n")
-        return 1
-    if response.is_error:
-        error = payload.get("error", {}) if isinstance(payload, dict) else {}
-        sys.stderr.write(
-            f"relay: {error.get('message', response.reason_phrase)} "
-            f"(HTTP {response.status_code}, {error.get('code', 'error')})\n"
+    if args.action == "sync":
+        params = {"dry_run": "1"} if args.dry_run else {}
+        ok, payload = api_request(
+            args, "POST", "/api/dns/sync", params=params, timeout=_SYNC_TIMEOUT
         )
+    elif args.action == "records":
+        ok, payload = api_request(args, "GET", "/api/dns/records")
+    else:
+        ok, payload = api_request(args, "DELETE", f"/api/dns/records/{quote(args.fqdn, safe='')}")
+    if not ok:
         return 1
-    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    print_json(payload)
     # A sync that met errors says so in its exit status, for scripts and cron.
-    return 1 if args.action == "sync" and payload.get("errors") else 0
+    failed = isinstance(payload, dict) and bool(payload.get("errors"))
+    return 1 if args.action == "sync" and failed else 0
