@@ -46,12 +46,17 @@ def test_agent_needs_a_token_and_a_target():
         AgentConfig(to="http://127.0.0.1:1").resolved()
     with pytest.raises(ConfigError, match="--to"):
         AgentConfig(token="t").resolved()
-    assert AgentConfig(server="https://r.example", token="t", to="http://127.0.0.1:1").tunnel_url == "wss://r.example/tunnel"
+    assert (
+        AgentConfig(server="https://r.example", token="t", to="http://127.0.0.1:1").tunnel_url
+        == "wss://r.example/tunnel"
+    )
 
 
 def test_cli_rejects_bad_values_with_exit_2(capsys, monkeypatch):
     monkeypatch.delenv("RELAY_TOKEN", raising=False)
-    assert main(["agent", "--token", "t", "--to", "http://127.0.0.1:1", "--ping-interval", "-1"]) == 2
+    assert (
+        main(["agent", "--token", "t", "--to", "http://127.0.0.1:1", "--ping-interval", "-1"]) == 2
+    )
     assert "invalid option" in capsys.readouterr().err
 
 
