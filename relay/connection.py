@@ -141,6 +141,8 @@ class TunnelConnection:
             if self.close_code is None:
                 self.close_code = CloseCode.NORMAL if self.ws.closed else 1006
                 self.close_reason = f"send failed: {exc}"
+            # The streams those frames belonged to fail below, each with its own error.
+            self.log.info("tunnel.send_failed", error=str(exc), frames_unsent=len(self._out))
             self.fail_streams(TunnelClosed(f"tunnel send failed: {exc}"))
         finally:
             self._room.set()
@@ -150,9 +152,12 @@ class TunnelConnection:
         if not self._out or self._writer.done():
             return
         self._flushed.clear()
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(timeout):
                 await self._flushed.wait()
+        except TimeoutError:
+            # A peer that stopped reading: say what never left before the socket closes.
+            self.log.warning("tunnel.flush_timeout", frames_unsent=len(self._out))
 
     async def _stop_writer(self) -> None:
         self._writer.cancel()
