@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import structlog
 
 from directory._scripts import KeyArgs, LuaScript, run_batches
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
     from directory.keys import Keys
 
-__all__ = ["BATCH_SIZE", "OwnershipStore"]
+__all__ = ["BATCH_SIZE", "OwnershipStore", "Reasserted"]
 
 # Hosts per EVALSHA in refresh/reassert. A batch runs atomically, blocking the store for
 # its duration; 500 GET+PEXPIREs take well under a millisecond.
@@ -85,31 +86,39 @@ return lost
 """,
 )
 
-# KEYS: owner_1, epoch_1, owner_2, epoch_2, ... ARGV[1]: ttl_ms, then per host: record, epoch.
-# Missing key: write ours back, unless the epoch counter shows a newer connection was made
-# meanwhile (then we are stale: lost). Ours: extend. Someone else's: lost. The counter is
-# lifted to at least our epoch, so a store that restarted empty still fences correctly.
+# KEYS: owner_1, epoch_1, owner_2, epoch_2, ... ARGV[1]: ttl_ms, ARGV[2], ARGV[3]: our owner
+# record split around its epoch, then per host: record, epoch.
+# Ours: extend. Someone else's: lost. Missing (expired during an outage, or the store
+# restarted empty): ours again under a NEW epoch, unless the counter shows a newer
+# connection was made meanwhile (then we are stale: lost). The new epoch matters: while
+# the key was gone the presence reconciler may have reported this epoch's end
+# (owner_expired), and only a newer epoch's Connected can bring the host back online.
+# The counter is lifted to at least our epoch first, so a store that restarted empty
+# still fences. Returns {lost indexes, {index, new epoch, ...}} (1-based indexes).
 _REASSERT = LuaScript(
     "reassert",
     """
-local lost = {}
+local lost, reclaimed = {}, {}
 for i = 1, #KEYS / 2 do
   local owner_key, epoch_key = KEYS[2 * i - 1], KEYS[2 * i]
-  local record, epoch = ARGV[2 * i], tonumber(ARGV[2 * i + 1])
+  local record, epoch = ARGV[2 * i + 2], tonumber(ARGV[2 * i + 3])
   local current = redis.call('GET', owner_key)
   local counter = tonumber(redis.call('GET', epoch_key) or '0') or 0
   if current == record then
     redis.call('PEXPIRE', owner_key, ARGV[1])
   elseif current == false and counter <= epoch then
-    redis.call('SET', owner_key, record, 'PX', ARGV[1])
+    if counter < epoch then
+      redis.call('SET', epoch_key, ARGV[2 * i + 3])
+    end
+    local e = string.format('%d', redis.call('INCR', epoch_key))
+    redis.call('SET', owner_key, ARGV[2] .. e .. ARGV[3], 'PX', ARGV[1])
+    reclaimed[#reclaimed + 1] = i
+    reclaimed[#reclaimed + 1] = tonumber(e)
   else
     lost[#lost + 1] = i
   end
-  if counter < epoch then
-    redis.call('SET', epoch_key, ARGV[2 * i + 1])
-  end
 end
-return lost
+return {lost, reclaimed}
 """,
 )
 
@@ -123,6 +132,18 @@ end
 return 0
 """,
 )
+
+
+class Reasserted(msgspec.Struct):
+    """What :meth:`OwnershipStore.reassert` found.
+
+    ``lost``: hosts held by another or a newer connection now; their tunnels must close.
+    ``reclaimed``: hosts whose record was missing and is ours again, under the new epoch
+    given here; the tunnel takes that epoch and announces itself again.
+    """
+
+    lost: list[str] = msgspec.field(default_factory=list)
+    reclaimed: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def _split_at_epoch(encoded: bytes) -> tuple[bytes, bytes]:
@@ -204,25 +225,37 @@ class OwnershipStore:
 
     async def reassert(
         self, owned: Sequence[tuple[str, int]], machine_id: str, ttl_ms: int
-    ) -> list[str]:
-        """After a store outage: write back our missing records, extend those still ours.
+    ) -> Reasserted:
+        """After a store outage: extend our records, re-claim the missing ones.
 
-        Returns the hosts another (or a newer) connection holds now. Also lifts each epoch
-        counter to at least our epoch, so a store that restarted empty keeps fencing.
+        A missing record is written back under a new epoch (see :class:`Reasserted`);
+        hosts another (or a newer) connection holds now are reported lost. Also lifts
+        each epoch counter to at least our epoch, so a store that restarted empty keeps
+        fencing. All batches go out in one pipelined round trip.
         """
         _check_ttl(ttl_ms)
+        owner_head, owner_tail = _split_at_epoch(encode(OwnerRecord(machine_id, 0)))
         chunks = _batches(owned)
         batches: list[KeyArgs] = []
         for chunk in chunks:
             keys: list[str] = []
-            args: list[str | bytes | int] = [ttl_ms]
+            args: list[str | bytes | int] = [ttl_ms, owner_head, owner_tail]
             for host_id, epoch in chunk:
                 keys += [self._keys.owner(host_id), self._keys.epoch(host_id)]
                 args += [encode(OwnerRecord(machine_id, epoch)), epoch]
             batches.append((keys, args))
         with translate_errors(f"reassert {len(owned)} owner records"):
             replies = await run_batches(self._redis, _REASSERT, batches)
-        return _lost(chunks, replies)
+        result = Reasserted()
+        for chunk, reply in zip(chunks, replies, strict=True):
+            if not (isinstance(reply, list) and len(reply) == 2):  # {lost, reclaimed}
+                raise StoreError(f"unexpected reply from the reassert script: {reply!r}")
+            lost, reclaimed = reply
+            result.lost += _lost([chunk], [lost])
+            pairs = iter(reclaimed)
+            for index, epoch in zip(pairs, pairs, strict=True):
+                result.reclaimed[chunk[int(index) - 1][0]] = int(epoch)
+        return result
 
     async def release(self, host_id: str, machine_id: str, epoch: int) -> bool:
         """Delete the owner record if it is still exactly ours; True if it was deleted."""

@@ -11,6 +11,8 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from directory.errors import DirectoryError
+from directory.ownership import Reasserted
+from relay.events import tunnel_connected
 from relay.protocol import CloseCode
 
 if TYPE_CHECKING:
@@ -42,18 +44,27 @@ async def refresh_once(state: RelayState) -> None:
     """One pass of heartbeat + ownership refresh; never raises for store failures."""
     cfg = state.config
     owned = state.tunnels.owned()
+    reasserted = Reasserted()
     try:
         await heartbeat_once(state)
-        lost: list[str] = []
         if owned:
-            if state.store_ok:
-                lost = await state.ownership.refresh(owned, cfg.machine_id, cfg.owner_ttl_ms)
+            lost = (
+                await state.ownership.refresh(owned, cfg.machine_id, cfg.owner_ttl_ms)
+                if state.store_ok
+                else []
+            )
             if lost or not state.store_ok:
                 # Keys that vanished (expired during an outage, or the store restarted
                 # empty) are ours again unless a newer epoch was handed out meanwhile.
-                retry = [(h, e) for h, e in owned if h in set(lost)] if state.store_ok else owned
-                lost = await state.ownership.reassert(retry, cfg.machine_id, cfg.owner_ttl_ms)
-                state.log.info("ownership.reasserted", tunnels=len(retry), lost=len(lost))
+                gone = set(lost)
+                retry = [(h, e) for h, e in owned if h in gone] if state.store_ok else owned
+                reasserted = await state.ownership.reassert(retry, cfg.machine_id, cfg.owner_ttl_ms)
+                state.log.info(
+                    "ownership.reasserted",
+                    tunnels=len(retry),
+                    reclaimed=len(reasserted.reclaimed),
+                    lost=len(reasserted.lost),
+                )
     except DirectoryError as exc:
         if state.store_ok:
             state.log.warning("store.unreachable", error=str(exc), tunnels=len(owned))
@@ -63,11 +74,36 @@ async def refresh_once(state: RelayState) -> None:
     if not state.store_ok:
         state.log.info("store.recovered", tunnels=len(owned))
     state.store_ok = True
-    for host_id in lost:
+    await _adopt_new_epochs(state, dict(owned), reasserted.reclaimed)
+    for host_id in reasserted.lost:
         tunnel = state.tunnels.by_host.get(host_id)
         if tunnel is not None:
             tunnel.log.info("tunnel.ownership_lost")
             await tunnel.close(CloseCode.REPLACED, "replaced by a newer connection")
+
+
+async def _adopt_new_epochs(
+    state: RelayState, owned: dict[str, int], reclaimed: dict[str, int]
+) -> None:
+    """Give re-claimed tunnels their new epoch and announce them again (Connected).
+
+    While the record was gone the reconciler may have reported the old epoch's end, so
+    presence shows the host offline until a newer epoch connects. A tunnel that closed
+    meanwhile reported its end under the old epoch: the new record is released at once.
+    """
+    for host_id, epoch in reclaimed.items():
+        tunnel = state.tunnels.by_host.get(host_id)
+        if tunnel is not None and tunnel.epoch == owned[host_id]:
+            tunnel.epoch = epoch
+            tunnel.log = tunnel.log.bind(epoch=epoch)
+            tunnel.log.info("tunnel.reclaimed", old_epoch=owned[host_id])
+            tunnel_connected(state, tunnel)
+            continue
+        try:
+            await state.ownership.release(host_id, state.config.machine_id, epoch)
+        except DirectoryError as exc:
+            state.metrics.store_errors.add(1, {"op": "release"})
+            state.log.warning("ownership.release_failed", host_id=host_id, error=str(exc))
 
 
 async def takeover_loop(state: RelayState) -> None:
@@ -86,10 +122,12 @@ async def takeover_loop(state: RelayState) -> None:
 
 
 async def _on_claim(state: RelayState, notice: TakeoverNotice) -> None:
-    if notice.machine_id != state.config.machine_id:
-        # Our own claims are announced by the tunnel's arrival in the local table; waking
-        # waiters on the notice would send them looking before the tunnel is there.
-        state.tunnels.claimed(notice.host_id)
+    if notice.machine_id == state.config.machine_id:
+        # Our own claims need nothing here: a new tunnel replaces an older one of the same
+        # host in the local table (by epoch), and its arrival there wakes waiting requests
+        # (waking them on the notice would send them looking before the tunnel is there).
+        return
+    state.tunnels.claimed(notice.host_id)
     tunnel = state.tunnels.by_host.get(notice.host_id)
     if tunnel is None or tunnel.epoch >= notice.epoch:
         return

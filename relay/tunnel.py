@@ -106,8 +106,15 @@ class LocalTunnels:
         return len(self.by_host)
 
     def add(self, tunnel: Tunnel) -> Tunnel | None:
-        """Hold ``tunnel``; returns the tunnel it replaces, if any."""
+        """Hold ``tunnel``; returns the tunnel to close as replaced, if any.
+
+        Newest epoch wins: two connections of one host on this machine may reach the
+        table in either order, and one that lost the claim race is refused here (it is
+        returned itself) rather than displacing the newer one.
+        """
         previous = self.by_host.get(tunnel.host.id)
+        if previous is not None and previous.epoch > tunnel.epoch:
+            return tunnel
         self.by_host[tunnel.host.id] = tunnel
         self.by_slug[tunnel.host.slug] = tunnel
         for waiter in self._arrivals.pop(tunnel.host.slug, ()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 
 import httpx
 import pytest
@@ -39,8 +40,11 @@ async def test_store_outage_keeps_held_tunnels_serving_and_ownership_comes_back(
         relay = await cluster.relay()
         host = await relay.add_host("steady")
         other = await relay.add_host("elsewhere")
+        leaving = await relay.add_host("leaving")
         cluster.agent(relay, host["token"], upstream.url)
+        leaver = cluster.agent(relay, leaving["token"], upstream.url, name="leaver")
         await relay.wait_online(host["slug"])
+        await relay.wait_online(leaving["slug"])
         assert await owner_of(url, "outage", host["id"]) is not None
 
         await store.stop()
@@ -57,6 +61,9 @@ async def test_store_outage_keeps_held_tunnels_serving_and_ownership_comes_back(
         await wait_until(
             lambda: '"store.unreachable"' in relay.proc.log(), what="outage noticed by refresh"
         )
+        # A tunnel that ends during the outage: its Disconnected waits in the outbox.
+        leaver.signal(signal.SIGTERM)
+        assert await leaver.wait_exit() == 0
 
         store = EmbeddedValkey(store_dir)
         assert await store.start() == url
@@ -75,6 +82,15 @@ async def test_store_outage_keeps_held_tunnels_serving_and_ownership_comes_back(
         if not wipe:
             async with relay.client(other["slug"]) as c:
                 assert (await c.get("/")).status_code == 503  # known, offline
+
+            # No event lost: the end that happened during the outage reaches presence,
+            # and the held tunnel shows online (re-announced if its record had expired).
+            async def presence_caught_up() -> bool:
+                held, left = await relay.host(host["id"]), await relay.host(leaving["id"])
+                return held["online"] and left["disconnect_reason"] == "closed"
+
+            await wait_until(presence_caught_up, timeout=10, what="presence after the outage")
+            assert (await relay.host(leaving["id"]))["online"] is False
     finally:
         cluster.stop()
         await store.stop()

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from datetime import datetime
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
@@ -57,8 +58,9 @@ async def events(relay, **params):
 class Blackhole:
     """A TCP proxy that, once blackholed, swallows bytes both ways and never closes."""
 
-    def __init__(self, target_port):
+    def __init__(self, target_port=None, *, unix_path=None):
         self.target_port = target_port
+        self.unix_path = unix_path  # or forward to a unix socket (the test store's)
         self.port = free_port()
         self.blackholed = False
         self.tasks = set()
@@ -73,7 +75,10 @@ class Blackhole:
         return self
 
     async def accept(self, reader, writer):
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        if self.unix_path is not None:
+            up_reader, up_writer = await asyncio.open_unix_connection(self.unix_path)
+        else:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self.writers += [writer, up_writer]
         for src, dst in ((reader, up_writer), (up_reader, writer)):
             task = asyncio.create_task(self.pipe(src, dst))
@@ -212,6 +217,58 @@ async def test_a_killed_relay_is_noticed_as_owner_expired(cluster, upstream):
     # owner TTL + one reconcile interval (+ the reconciler's settle and scheduling slack)
     assert elapsed < OWNER_TTL + 0.5 + 1.0, elapsed
     assert '"presence.owner_expired"' in survivor.proc.log()
+
+
+async def test_a_machine_cut_off_from_the_store_is_online_again_under_a_new_epoch(
+    cluster, upstream, valkey_url
+):
+    # The reconciler (on the machine that still reaches the store) rightly reports the
+    # cut-off machine's host as owner_expired; once the machine is back it still holds the
+    # tunnel, and presence must say so again, without the agent reconnecting.
+    survivor = await cluster.relay("--reconcile-interval", "0.5", machine_id="survivor")
+    assert valkey_url.startswith("unix://"), valkey_url
+    proxy = await Blackhole(unix_path=unquote(urlsplit(valkey_url).path)).start()
+    try:
+        cutoff = await cluster.relay(
+            "--redis-url", f"redis://127.0.0.1:{proxy.port}/0", machine_id="cutoff"
+        )
+        host = await survivor.add_host("cut")
+        agent = cluster.agent(cutoff, host["token"], upstream.url)
+        first = await wait_status(
+            survivor, host["id"], lambda s: s["online"] and s["machine_id"] == "cutoff"
+        )
+        proxy.blackholed = True
+        gone = await wait_status(
+            survivor, host["id"], lambda s: not s["online"], timeout=10, what="owner expired"
+        )
+        assert gone["disconnect_reason"] == "owner_expired"
+        assert gone["epoch"] == first["epoch"]
+        async with cutoff.client(host["slug"]) as c:  # the held tunnel still serves
+            assert (await c.get("/hello")).status_code == 200
+
+        proxy.restore()
+        back = await wait_status(
+            survivor,
+            host["id"],
+            lambda s: s["online"] and s["epoch"] > first["epoch"],
+            timeout=15,
+            what="online again under a new epoch",
+        )
+        assert back["machine_id"] == "cutoff"
+        assert back["remote_addr"] == first["remote_addr"]
+        assert back["disconnect_reason"] == "owner_expired"  # why it last went away, kept
+        assert agent.log().count('"agent.connected"') == 1, "the agent never reconnected"
+        assert '"tunnel.reclaimed"' in cutoff.proc.log()
+        client = redis_async.Redis.from_url(valkey_url)
+        try:
+            owner = json.loads(await client.get(f"{cluster.prefix}:owner:{host['id']}"))
+        finally:
+            await client.aclose()
+        assert (owner["machine_id"], owner["epoch"]) == ("cutoff", back["epoch"])
+        async with cutoff.client(host["slug"]) as c:
+            assert (await c.get("/hello")).status_code == 200
+    finally:
+        await proxy.stop()
 
 
 async def test_a_consumer_killed_mid_batch_has_its_entries_reclaimed_and_applied_once(

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from directory.errors import CorruptRecord, DirectoryError, Superseded
 from directory.models import OwnerRecord, TakeoverNotice, encode
-from directory.ownership import BATCH_SIZE, OwnershipStore
+from directory.ownership import BATCH_SIZE, OwnershipStore, Reasserted
 from tests.servers import wait_for
 
 TTL = 30_000
@@ -144,7 +144,10 @@ async def test_an_owner_key_expires_on_its_own_and_then_refresh_reports_it_lost(
 
 async def test_refreshing_1200_hosts_is_one_round_trip(ownership, redis_client, keys, round_trips):
     owned = [(f"h_{i:04d}", i + 1) for i in range(1200)]
-    assert await ownership.reassert(owned, "m1", 1_000) == []
+    assert await ownership.reassert(owned, "m1", 1_000) == Reasserted(
+        reclaimed={h: e + 1 for h, e in owned}
+    )
+    owned = [(h, e + 1) for h, e in owned]
     # Someone else took host 1100 (in the third batch): refresh must name exactly it.
     stolen = owned[1100][0]
     await redis_client.set(keys.owner(stolen), encode(OwnerRecord("m2", 5000)), px=TTL)
@@ -169,14 +172,14 @@ async def test_scripts_still_work_after_the_store_forgets_them(ownership, redis_
     await redis_client.script_flush()
     assert await ownership.refresh([("h_1", epoch)], "m1", TTL) == []
     await redis_client.script_flush()
-    assert await ownership.reassert([("h_1", epoch)], "m1", TTL) == []
+    assert await ownership.reassert([("h_1", epoch)], "m1", TTL) == Reasserted()
     await redis_client.script_flush()
     newer = await ownership.claim("h_1", "m2", TTL)
     await redis_client.script_flush()
     assert await ownership.release("h_1", "m2", newer) is True
 
 
-async def test_reassert_after_flushall_restores_records_and_keeps_fencing(
+async def test_reassert_after_flushall_reclaims_under_new_epochs_and_keeps_fencing(
     ownership, redis_client, keys
 ):
     owned = [("h_a", await ownership.claim("h_a", "m1", TTL)) for _ in range(3)]
@@ -185,14 +188,31 @@ async def test_reassert_after_flushall_restores_records_and_keeps_fencing(
     await redis_client.flushall()
     await redis_client.script_flush()
 
-    assert await ownership.reassert(owned, "m1", 5_000) == []
+    result = await ownership.reassert(owned, "m1", 5_000)
 
-    for host_id, epoch in owned:
+    assert result.lost == []
+    # Each missing record is ours again under an epoch newer than any handed out before.
+    assert result.reclaimed == {host_id: epoch + 1 for host_id, epoch in owned}
+    for host_id, epoch in result.reclaimed.items():
         assert await ownership.owner(host_id) == OwnerRecord("m1", epoch)
         assert 0 < await redis_client.pttl(keys.owner(host_id)) <= 5_000
-        assert int(await redis_client.get(keys.epoch(host_id))) >= epoch
-    # A new connection after recovery must outrank the reasserted one.
-    assert await ownership.claim("h_a", "m2", TTL) > owned[0][1]
+        assert int(await redis_client.get(keys.epoch(host_id))) == epoch
+    # The new epoch refreshes and releases like a claimed one.
+    assert await ownership.refresh(list(result.reclaimed.items()), "m1", TTL) == []
+    # A new connection after recovery must outrank the reclaimed one.
+    assert await ownership.claim("h_a", "m2", TTL) > result.reclaimed["h_a"]
+
+
+async def test_reassert_of_an_expired_record_takes_a_new_epoch(ownership, redis_client, keys):
+    epoch = await ownership.claim("h_1", "m1", TTL)
+    await redis_client.delete(keys.owner("h_1"))  # expired while the machine was cut off
+    result = await ownership.reassert([("h_1", epoch)], "m1", TTL)
+    assert result == Reasserted(reclaimed={"h_1": epoch + 1})
+    assert await ownership.owner("h_1") == OwnerRecord("m1", epoch + 1)
+    # The old epoch no longer matches: it can neither refresh nor release the record.
+    assert await ownership.refresh([("h_1", epoch)], "m1", TTL) == ["h_1"]
+    assert await ownership.release("h_1", "m1", epoch) is False
+    assert await ownership.release("h_1", "m1", epoch + 1) is True
 
 
 async def test_reassert_extends_our_records_and_reports_the_ones_lost(
@@ -201,8 +221,8 @@ async def test_reassert_extends_our_records_and_reports_the_ones_lost(
     ours = await ownership.claim("h_ours", "m1", 1_000)
     old = await ownership.claim("h_taken", "m1", TTL)
     await ownership.claim("h_taken", "m2", TTL)
-    lost = await ownership.reassert([("h_ours", ours), ("h_taken", old)], "m1", 60_000)
-    assert lost == ["h_taken"]
+    result = await ownership.reassert([("h_ours", ours), ("h_taken", old)], "m1", 60_000)
+    assert result == Reasserted(lost=["h_taken"])
     assert await redis_client.pttl(keys.owner("h_ours")) > 50_000
     assert (await ownership.owner("h_taken")).machine_id == "m2"
 
@@ -212,7 +232,7 @@ async def test_reassert_does_not_resurrect_an_epoch_a_newer_connection_replaced(
     newer = await ownership.claim("h_1", "m2", TTL)
     assert await ownership.release("h_1", "m2", newer)
     # The key is gone, but the counter shows a newer connection happened: ours is stale.
-    assert await ownership.reassert([("h_1", old)], "m1", TTL) == ["h_1"]
+    assert await ownership.reassert([("h_1", old)], "m1", TTL) == Reasserted(lost=["h_1"])
     assert await ownership.owner("h_1") is None
 
 
