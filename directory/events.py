@@ -80,7 +80,7 @@ DisconnectReason = Literal["closed", "missed_pong", "drain", "replaced", "owner_
 _log = structlog.get_logger("directory.events")
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+class Event(msgspec.Struct, gc=False, frozen=True, kw_only=True, tag_field="kind"):
     """Base of every event: its schema ``version`` and when it happened (``at``, unix s)."""
 
     version: int = 1

@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 
-class HostRecord(msgspec.Struct, frozen=True, tag_field="kind", tag="host"):
+class HostRecord(msgspec.Struct, gc=False, frozen=True, tag_field="kind", tag="host"):
     """A registered host. ``token_hash`` is the sha256 hex digest of its token.
 
     ``test`` marks a test host: it may use the reserved test prefixes, and its DNS records
@@ -38,14 +38,14 @@ class HostRecord(msgspec.Struct, frozen=True, tag_field="kind", tag="host"):
     test: bool = False
 
 
-class OwnerRecord(msgspec.Struct, frozen=True, tag_field="kind", tag="owner"):
+class OwnerRecord(msgspec.Struct, gc=False, frozen=True, tag_field="kind", tag="owner"):
     """Which machine holds a host's tunnel, and with which fencing epoch."""
 
     machine_id: str
     epoch: int
 
 
-class TakeoverNotice(msgspec.Struct, frozen=True, tag_field="kind", tag="takeover"):
+class TakeoverNotice(msgspec.Struct, gc=False, frozen=True, tag_field="kind", tag="takeover"):
     """Published when a machine claims a host: older epochs elsewhere must close."""
 
     host_id: str

@@ -58,7 +58,7 @@ _log = structlog.get_logger("directory.presence")
 _Raw = bytes | str  # a value as redis-py hands it over (bytes: we never decode responses)
 
 
-class Presence(msgspec.Struct, frozen=True, tag_field="kind", tag="presence"):
+class Presence(msgspec.Struct, gc=False, frozen=True, tag_field="kind", tag="presence"):
     """What the directory knows of a host's tunnel (``epoch`` is the newest seen).
 
     The last three fields are the fold's bookkeeping, not shown by the API: the epochs of

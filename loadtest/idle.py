@@ -21,7 +21,9 @@ import argparse
 import asyncio
 import collections
 import importlib
+import json
 import secrets
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +133,7 @@ class Figures:
     connect_error: str = ""
     store_errors: int = 0  # relay log lines about the store being unavailable
     full_gcs: list[float] | None = None  # ms of every gen2 collection of the relay
+    census: tuple[dict[str, int], dict[str, int]] = ({}, {})  # GC-tracked objects by type
 
 
 async def command_calls(client) -> collections.Counter[str]:
@@ -221,14 +224,26 @@ class IdleBench:
             self.fig.connect_drops = listen_drops() - drops0
         return True
 
+    async def census(self) -> dict[str, int]:
+        """The relay's GC-tracked objects by type (gcprobe writes them on SIGUSR2)."""
+        path = self.gc_dir / f"relay-{self.relay.pid}-census.json"
+        path.unlink(missing_ok=True)
+        self.relay.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 30
+        while not path.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return json.loads(path.read_text()) if path.exists() else {}
+
     async def memory(self) -> None:
         """Relay RSS (and the store's and agents' memory) now, after the connect."""
         fig, rss0, mem0 = self.fig, self.fig.rss[0], self.fig.store_bytes[0]
+        fig.census = (fig.census[0], await self.census())
         fig.rss = (rss0, rss_kib(self.relay.pid))
         fig.store_bytes = (mem0, (await self.client.info("memory"))["used_memory"])
         fig.agents_rss = sum(rss_kib(a.pid) for a in self.agents)
 
     async def baseline(self) -> Window:
+        self.fig.census = (await self.census(), {})
         self.fig.rss = (rss_kib(self.relay.pid), 0)
         self.fig.store_bytes = ((await self.client.info("memory"))["used_memory"], 0)
         return await measure(self.meter, self.client, self.args.cycles, self.args.ping_interval)
@@ -324,6 +339,17 @@ def report_memory(fig: Figures, n: int) -> None:
         f"  elsewhere    : agents {fig.agents_rss / n:.1f} KiB RSS per tunnel;"
         f" store used_memory +{(mem1 - mem0) / n:.0f} B per tunnel"
     )
+    before, after = fig.census
+    if before and after:
+        grown = collections.Counter(after)
+        grown.subtract(before)
+        frozen = grown.pop("(frozen)", 0)
+        top = ", ".join(f"{k} {v / n:.1f}" for k, v in grown.most_common(8))
+        print(
+            f"  GC-tracked   : {(grown.total() + frozen) / n:.1f} objects per tunnel in the relay,"
+            f" {frozen / n:.1f} of them frozen; a full collection walks the other"
+            f" {grown.total() / n:.1f}; most: {top}"
+        )
     print(f"  relay CPU    : {fig.relay_cpu * 100:.0f} % of one core while holding them idle")
 
 

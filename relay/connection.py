@@ -54,6 +54,29 @@ class WebSocketLike(Protocol):
 class TunnelConnection:
     """Frames over one WebSocket, with the streams multiplexed on it."""
 
+    # Slots: a relay holds tens of thousands of these; a __dict__ would cost ~1.5 KiB each.
+    __slots__ = (
+        "_encode",
+        "_idle",
+        "_out",
+        "_out_bytes",
+        "_out_limit",
+        "_room",
+        "_writer",
+        "close_code",
+        "close_reason",
+        "codec",
+        "last_frame_at",
+        "last_pong_at",
+        "local_limits",
+        "log",
+        "loop",
+        "max_chunk",
+        "peer_limits",
+        "streams",
+        "ws",
+    )
+
     def __init__(
         self,
         ws: WebSocketLike,
@@ -65,13 +88,9 @@ class TunnelConnection:
         self.ws = ws
         self.local_limits = local_limits
         self.peer_limits = peer_limits
-        self.codec = FrameCodec(
-            max_frame=local_limits.max_frame, max_header_bytes=local_limits.max_header_bytes
-        )
+        self.codec = FrameCodec.shared(local_limits.max_frame, local_limits.max_header_bytes)
         self.log = log
         self.streams: dict[int, StreamChannel] = {}
-        self.idle = asyncio.Event()  # set while no stream is open (drain waits on it)
-        self.idle.set()
         self.loop = asyncio.get_running_loop()
         self.last_frame_at = self.loop.time()
         self.last_pong_at = self.last_frame_at
@@ -80,23 +99,24 @@ class TunnelConnection:
         self._encode = self.codec.encode
         # Leave room for framing inside the peer's frame limit.
         self.max_chunk = min(64 * 1024, peer_limits.max_frame - 1024)
-        # Outgoing frames wait here until the writer task packs them into messages.
+        # Outgoing frames wait here until the writer task packs them into messages. The
+        # writer runs only while there is something to send, and the events below are
+        # made only when someone waits: an idle tunnel holds no task and no waiter (a
+        # relay holds tens of thousands of idle tunnels).
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._out_limit = 4 * peer_limits.max_frame  # senders wait beyond this
-        self._writer_wake: asyncio.Future[None] | None = None
-        self._room = asyncio.Event()
-        self._room.set()
-        self._flushed = asyncio.Event()
-        self._writer = self.loop.create_task(self._write_loop())
+        self._writer: asyncio.Task[None] | None = None
+        self._room: asyncio.Event | None = None  # set when the writer takes the queue
+        self._idle: asyncio.Event | None = None  # set when the last stream ends
 
     @property
     def closed(self) -> bool:
         """Whether this connection has been closed (by either side)."""
         return self.close_code is not None or self.ws.closed
 
-    async def send(self, frame: Frame) -> None:
-        """Queue one frame for the writer; waits only when too much is queued.
+    def queue(self, frame: Frame) -> None:
+        """Queue one frame for the writer without waiting (small control frames).
 
         Raises :class:`TunnelClosed` once the tunnel is gone.
         """
@@ -105,28 +125,40 @@ class TunnelConnection:
         data = self._encode(frame)
         self._out.append(data)
         self._out_bytes += len(data)
-        wake = self._writer_wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+        if self._writer is None:
+            # Started now, it runs after the current callback: frames queued in the same
+            # event-loop turn go out together, in one message.
+            self._writer = self.loop.create_task(self._write_loop())
+
+    async def send(self, frame: Frame) -> None:
+        """Queue one frame for the writer; waits only when too much is queued.
+
+        Raises :class:`TunnelClosed` once the tunnel is gone.
+        """
+        self.queue(frame)
         if self._out_bytes > self._out_limit:
             # The WebSocket's own write backpressure, passed on to whoever produces.
-            self._room.clear()
+            if self._room is None:
+                self._room = asyncio.Event()
             await self._room.wait()
             if self.close_code is not None:
                 raise TunnelClosed("tunnel closed")
 
+    def _release_senders(self) -> None:
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+
     async def _write_loop(self) -> None:
-        """Pack queued frames into as few messages as the peer's frame limit allows."""
+        """Pack queued frames into as few messages as the peer's frame limit allows.
+
+        Ends when the queue is empty; the next :meth:`queue` starts a new writer.
+        """
         limit = self.peer_limits.max_frame
         try:
-            while True:
-                if not self._out:
-                    self._writer_wake = self.loop.create_future()
-                    await self._writer_wake
-                    self._writer_wake = None
-                    continue
+            while self._out:
                 batch, self._out, self._out_bytes = self._out, [], 0
-                self._room.set()
+                self._release_senders()
                 start, size = 0, 0
                 for i, data in enumerate(batch):
                     if size + len(data) > limit - 8 and i > start:
@@ -134,8 +166,6 @@ class TunnelConnection:
                         start, size = i, 0
                     size += len(data)
                 await self.ws.send_bytes(self.codec.pack(batch[start:]))
-                if not self._out:
-                    self._flushed.set()
         except (ConnectionError, RuntimeError) as exc:
             # aiohttp raises these when the socket closes under us.
             if self.close_code is None:
@@ -145,24 +175,32 @@ class TunnelConnection:
             self.log.info("tunnel.send_failed", error=str(exc), frames_unsent=len(self._out))
             self.fail_streams(TunnelClosed(f"tunnel send failed: {exc}"))
         finally:
-            self._room.set()
+            self._writer = None
+            self._release_senders()
 
     async def flush(self, timeout: float = 1.0) -> None:
         """Wait up to ``timeout`` until everything queued has been handed to the socket."""
-        if not self._out or self._writer.done():
+        writer = self._writer
+        if writer is None:
             return
-        self._flushed.clear()
-        try:
-            async with asyncio.timeout(timeout):
-                await self._flushed.wait()
-        except TimeoutError:
+        done, _ = await asyncio.wait({writer}, timeout=timeout)
+        if not done:
             # A peer that stopped reading: say what never left before the socket closes.
             self.log.warning("tunnel.flush_timeout", frames_unsent=len(self._out))
 
     async def _stop_writer(self) -> None:
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    async def wait_idle(self) -> None:
+        """Wait until no stream is open on this connection."""
+        if self.streams:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            await self._idle.wait()
 
     def open_channel(self, sid: int) -> StreamChannel:
         """Create the local side of stream ``sid``."""
@@ -175,13 +213,13 @@ class TunnelConnection:
             on_close=self._forget,
         )
         self.streams[sid] = channel
-        self.idle.clear()
         return channel
 
     def _forget(self, sid: int) -> None:
         self.streams.pop(sid, None)
-        if not self.streams:
-            self.idle.set()
+        if not self.streams and self._idle is not None:
+            self._idle.set()
+            self._idle = None
 
     async def read_loop(self) -> None:
         """Read frames until the socket closes; protocol errors close the tunnel (4004)."""
@@ -232,7 +270,7 @@ class TunnelConnection:
     async def on_control_frame(self, frame: Frame) -> None:
         """Handle Ping/Pong; subclasses extend for Hello/Welcome/Drain."""
         if isinstance(frame, Ping):
-            await self.send(Pong(frame.t))
+            self.queue(Pong(frame.t))
         elif isinstance(frame, Pong):
             self.last_pong_at = self.loop.time()
         else:

@@ -135,7 +135,7 @@ async def _on_claim(state: RelayState, notice: TakeoverNotice) -> None:
         # Make before break: the agent moved on our drain frame. Route new requests to
         # the new owner, let this tunnel finish what it carries; the drain closes it.
         state.tunnels.retire(tunnel)
-        tunnel.moved.set()
+        tunnel.mark_moved()
         tunnel.log.info("tunnel.moved", to_machine=notice.machine_id)
         return
     tunnel.log.info("tunnel.taken_over", by_machine=notice.machine_id)

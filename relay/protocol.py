@@ -42,6 +42,7 @@ tells the agent to open a new tunnel now, before this one closes with 4001.
 from __future__ import annotations
 
 import enum
+import functools
 from typing import Annotated, Final
 
 import msgspec
@@ -110,7 +111,7 @@ class Body(enum.IntEnum):
     CHUNKED = 2  # length unknown until ``end``
 
 
-class Limits(msgspec.Struct, array_like=True, frozen=True):
+class Limits(msgspec.Struct, gc=False, array_like=True, frozen=True):
     """What one side accepts; each side announces its own."""
 
     max_frame: Annotated[int, msgspec.Meta(ge=1024)] = 1 << 20
@@ -120,7 +121,7 @@ class Limits(msgspec.Struct, array_like=True, frozen=True):
     max_body: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: unlimited
 
 
-class Hello(msgspec.Struct, tag=1, array_like=True, frozen=True):
+class Hello(msgspec.Struct, gc=False, tag=1, array_like=True, frozen=True):
     """First frame from the agent.
 
     ``standby``: connect only if no other connection holds the host. An agent that was
@@ -133,7 +134,7 @@ class Hello(msgspec.Struct, tag=1, array_like=True, frozen=True):
     standby: bool = False
 
 
-class Welcome(msgspec.Struct, tag=2, array_like=True, frozen=True):
+class Welcome(msgspec.Struct, gc=False, tag=2, array_like=True, frozen=True):
     """The relay's answer to Hello once the host is authenticated and owned."""
 
     machine_id: str
@@ -144,7 +145,7 @@ class Welcome(msgspec.Struct, tag=2, array_like=True, frozen=True):
     limits: Limits
 
 
-class ReqHead(msgspec.Struct, tag=3, array_like=True, frozen=True):
+class ReqHead(msgspec.Struct, gc=False, tag=3, array_like=True, frozen=True):
     """Opens an HTTP stream (relay to agent)."""
 
     sid: StreamId
@@ -158,7 +159,7 @@ class ReqHead(msgspec.Struct, tag=3, array_like=True, frozen=True):
     end: bool = True
 
 
-class RespHead(msgspec.Struct, tag=4, array_like=True, frozen=True):
+class RespHead(msgspec.Struct, gc=False, tag=4, array_like=True, frozen=True):
     """Response status and headers (agent to relay)."""
 
     sid: StreamId
@@ -168,7 +169,7 @@ class RespHead(msgspec.Struct, tag=4, array_like=True, frozen=True):
     end: bool = False
 
 
-class Data(msgspec.Struct, tag=5, array_like=True, frozen=True):
+class Data(msgspec.Struct, gc=False, tag=5, array_like=True, frozen=True):
     """A body chunk; ``end`` closes this direction of the stream."""
 
     sid: StreamId
@@ -176,7 +177,7 @@ class Data(msgspec.Struct, tag=5, array_like=True, frozen=True):
     end: bool = False
 
 
-class Reset(msgspec.Struct, tag=6, array_like=True, frozen=True):
+class Reset(msgspec.Struct, gc=False, tag=6, array_like=True, frozen=True):
     """Aborts a stream in both directions."""
 
     sid: StreamId
@@ -184,14 +185,14 @@ class Reset(msgspec.Struct, tag=6, array_like=True, frozen=True):
     reason: str = ""
 
 
-class Window(msgspec.Struct, tag=7, array_like=True, frozen=True):
+class Window(msgspec.Struct, gc=False, tag=7, array_like=True, frozen=True):
     """Grants the peer ``increment`` more bytes of credit on ``sid``."""
 
     sid: StreamId
     increment: Credit
 
 
-class WsOpen(msgspec.Struct, tag=8, array_like=True, frozen=True):
+class WsOpen(msgspec.Struct, gc=False, tag=8, array_like=True, frozen=True):
     """Opens a proxied WebSocket stream (relay to agent)."""
 
     sid: StreamId
@@ -201,14 +202,14 @@ class WsOpen(msgspec.Struct, tag=8, array_like=True, frozen=True):
     trace: str = ""
 
 
-class WsAccept(msgspec.Struct, tag=9, array_like=True, frozen=True):
+class WsAccept(msgspec.Struct, gc=False, tag=9, array_like=True, frozen=True):
     """The upstream accepted the WebSocket; ``protocol`` is the chosen subprotocol."""
 
     sid: StreamId
     protocol: str | None = None
 
 
-class WsMsg(msgspec.Struct, tag=10, array_like=True, frozen=True):
+class WsMsg(msgspec.Struct, gc=False, tag=10, array_like=True, frozen=True):
     """One WebSocket message; text travels as UTF-8 bytes with ``binary`` false."""
 
     sid: StreamId
@@ -216,7 +217,7 @@ class WsMsg(msgspec.Struct, tag=10, array_like=True, frozen=True):
     payload: bytes
 
 
-class WsClose(msgspec.Struct, tag=11, array_like=True, frozen=True):
+class WsClose(msgspec.Struct, gc=False, tag=11, array_like=True, frozen=True):
     """The WebSocket closed on one side with this code."""
 
     sid: StreamId
@@ -224,19 +225,19 @@ class WsClose(msgspec.Struct, tag=11, array_like=True, frozen=True):
     reason: str = ""
 
 
-class Ping(msgspec.Struct, tag=12, array_like=True, frozen=True):
+class Ping(msgspec.Struct, gc=False, tag=12, array_like=True, frozen=True):
     """Application-level ping; the peer answers Pong with the same ``t``."""
 
     t: float
 
 
-class Pong(msgspec.Struct, tag=13, array_like=True, frozen=True):
+class Pong(msgspec.Struct, gc=False, tag=13, array_like=True, frozen=True):
     """Answer to Ping."""
 
     t: float
 
 
-class Drain(msgspec.Struct, tag=14, array_like=True, frozen=True):
+class Drain(msgspec.Struct, gc=False, tag=14, array_like=True, frozen=True):
     """The relay is going away at ``deadline`` (unix time): reconnect now."""
 
     deadline: float
@@ -282,6 +283,16 @@ class FrameCodec:
         self._decoder = msgspec.msgpack.Decoder(list[Frame])
         self.max_frame = max_frame
         self.max_header_bytes = max_header_bytes
+
+    @staticmethod
+    @functools.lru_cache(maxsize=16)
+    def shared(max_frame: int, max_header_bytes: int) -> FrameCodec:
+        """One codec per pair of limits, shared by every connection that uses them.
+
+        A codec holds no per-connection state; sharing saves an encoder and a decoder
+        per tunnel on a relay holding tens of thousands.
+        """
+        return FrameCodec(max_frame=max_frame, max_header_bytes=max_header_bytes)
 
     def encode(self, frame: Frame) -> bytes:
         """Encode one frame (not yet a message: see :meth:`pack`)."""

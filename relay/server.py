@@ -24,6 +24,7 @@ from relay.app import build_app
 from relay.dns_setup import build_dns_service
 from relay.errors import StartupError, TunnelClosed
 from relay.events import EventServices, register_event_metrics
+from relay.gc_policy import GcPolicy
 from relay.logs import configure_logging, get_logger
 from relay.machine_loops import heartbeat_once, refresh_loop, takeover_loop
 from relay.metrics import Metrics
@@ -33,6 +34,8 @@ from relay.tunnel import LocalTunnels
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from structlog.typing import FilteringBoundLogger
 
     from relay.config import ServeConfig
 
@@ -130,10 +133,7 @@ async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated:
     await heartbeat_once(state)
     events.start()
     state.dns.start()
-    loops = [
-        asyncio.create_task(refresh_loop(state), name="ownership-refresh"),
-        asyncio.create_task(takeover_loop(state), name="takeover-watch"),
-    ]
+    loops = _start_loops(state, log)
     _banner(state, admin_token, generated=generated)
     log.info("relay.started", listen=cfg.listen, base_domain=cfg.base_domain)
     try:
@@ -175,6 +175,17 @@ def _banner(state: RelayState, admin_token: str, *, generated: bool) -> None:
     ]
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
+
+
+def _start_loops(state: RelayState, log: FilteringBoundLogger) -> list[asyncio.Task[None]]:
+    """The machine's background loops: ownership refresh, takeover watch, GC policy."""
+    gc_policy = GcPolicy(state.tunnels, log)
+    gc_policy.start()  # last thing before serving: what exists now lives for the process
+    return [
+        asyncio.create_task(refresh_loop(state), name="ownership-refresh"),
+        asyncio.create_task(takeover_loop(state), name="takeover-watch"),
+        asyncio.create_task(gc_policy.run(), name="gc-policy"),
+    ]
 
 
 async def _drain(state: RelayState) -> None:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from relay.config import ServeConfig
     from relay.events import EventEmitter
     from relay.metrics import Metrics
+    from relay.protocol import Limits
     from relay.tunnel import LocalTunnels
 
 __all__ = ["STATE", "RelayState"]
@@ -49,6 +50,11 @@ class RelayState:
     # Tunnel handlers still running: a drain waits for them so each releases ownership.
     handlers: set[asyncio.Task[None]] = field(default_factory=set)
     dns: DnsService | None = None  # DNS records of hosts (relay/dns_setup.py)
+    # What this relay accepts from agents (config.limits), built once, shared by tunnels.
+    limits: Limits = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limits = self.config.limits
 
     def url_for(self, slug: str, *, test: bool = False) -> str:
         """The public URL of a host (test hosts live under the DNS test zone, if any)."""

@@ -23,6 +23,21 @@ __all__ = ["LocalTunnels", "Tunnel"]
 class Tunnel(TunnelConnection):
     """One agent's WebSocket on this relay: opens streams, pings, closes with a code."""
 
+    __slots__ = (
+        "_closer",
+        "_moved",
+        "_ping_timer",
+        "agent_version",
+        "connected_at",
+        "draining",
+        "epoch",
+        "has_moved",
+        "host",
+        "max_streams",
+        "next_sid",
+        "remote_addr",
+    )
+
     def __init__(
         self,
         ws: WebSocketLike,
@@ -43,8 +58,13 @@ class Tunnel(TunnelConnection):
         self.connected_at = time.time()
         self.next_sid = 1
         self.draining = False
-        # Set once the host lives elsewhere (its agent moved during a drain) or we closed.
-        self.moved = asyncio.Event()
+        # True once the host lives elsewhere (its agent moved during a drain) or we closed;
+        # the event exists only while someone waits for it (see settled()).
+        self.has_moved = False
+        self._moved: asyncio.Event | None = None
+        # Pings run on a timer, not a task: an idle tunnel costs no coroutine.
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._closer: asyncio.Task[None] | None = None
         self.max_streams = min(local_limits.max_streams, peer_limits.max_streams)
 
     def open_stream(self) -> StreamChannel:
@@ -63,30 +83,51 @@ class Tunnel(TunnelConnection):
             return
         raise ProtocolError(f"agent sent {type(frame).__name__} on unopened stream {frame.sid}")
 
-    async def ping_loop(self, interval: float, misses: int) -> None:
+    def start_pings(self, interval: float, misses: int) -> None:
         """Ping every ``interval``; close 4008 after ``misses`` intervals of silence."""
-        while self.close_code is None:
-            await asyncio.sleep(interval)
-            silent = self.loop.time() - self.last_frame_at
-            if silent >= interval * misses:
-                self.log.warning("tunnel.missed_pongs", silent_s=round(silent, 3))
-                await self.close(CloseCode.MISSED_PONG, "missed pongs")
-                return
-            await self.send(Ping(time.time()))
+        self._ping_timer = self.loop.call_later(interval, self._ping, interval, misses)
+
+    def stop_pings(self) -> None:
+        """Stop the ping timer (the tunnel is ending)."""
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+
+    def _ping(self, interval: float, misses: int) -> None:
+        self._ping_timer = None
+        if self.close_code is not None:
+            return
+        silent = self.loop.time() - self.last_frame_at
+        if silent >= interval * misses:
+            self.log.warning("tunnel.missed_pongs", silent_s=round(silent, 3))
+            self._closer = self.loop.create_task(self.close(CloseCode.MISSED_PONG, "missed pongs"))
+            return
+        self.queue(Ping(time.time()))
+        self._ping_timer = self.loop.call_later(interval, self._ping, interval, misses)
 
     async def drain(self, deadline: float) -> None:
         """Tell the agent to move (in-band first: a close frame alone may be lost)."""
         self.draining = True
         await self.send(Drain(deadline))
 
+    def mark_moved(self) -> None:
+        """The host lives elsewhere now (or this tunnel closed): release settled()."""
+        self.has_moved = True
+        if self._moved is not None:
+            self._moved.set()
+
     async def settled(self) -> None:
         """Wait until the agent has moved elsewhere (or the tunnel closed) and no stream is open."""
-        await self.moved.wait()
-        await self.idle.wait()
+        if not self.has_moved:
+            if self._moved is None:
+                self._moved = asyncio.Event()
+            await self._moved.wait()
+        await self.wait_idle()
 
     async def close(self, code: int, reason: str) -> None:
         """Close the tunnel; anyone waiting for it to settle is released."""
-        self.moved.set()
+        self.stop_pings()
+        self.mark_moved()
         await super().close(code, reason)
 
 
@@ -101,6 +142,9 @@ class LocalTunnels:
         self._recently_left: dict[str, float] = {}
         self._arrivals: dict[str, list[asyncio.Future[Tunnel | None]]] = {}
         self._claims: dict[str, list[asyncio.Future[Tunnel | None]]] = {}
+        # Tunnels ever put in / taken out of the table (the GC policy reads them).
+        self.added_total = 0
+        self.removed_total = 0
 
     def __len__(self) -> int:
         return len(self.by_host)
@@ -115,6 +159,9 @@ class LocalTunnels:
         previous = self.by_host.get(tunnel.host.id)
         if previous is not None and previous.epoch > tunnel.epoch:
             return tunnel
+        self.added_total += 1
+        if previous is not None:
+            self.removed_total += 1  # displaced: it will never be removed by itself
         self.by_host[tunnel.host.id] = tunnel
         self.by_slug[tunnel.host.slug] = tunnel
         for waiter in self._arrivals.pop(tunnel.host.slug, ()):
@@ -138,6 +185,7 @@ class LocalTunnels:
         if self.by_host.get(tunnel.host.id) is not tunnel:
             return False
         del self.by_host[tunnel.host.id]
+        self.removed_total += 1
         self.by_slug.pop(tunnel.host.slug, None)
         self._recently_left[tunnel.host.slug] = time.monotonic()
         return True

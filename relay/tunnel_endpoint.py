@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import aiohttp
@@ -29,11 +28,23 @@ async def tunnel_endpoint(request: web.Request) -> web.StreamResponse:
         return json_error(
             503, "draining", "this relay is draining; connect elsewhere", retry_after=1
         )
-    cfg = state.config
     ws = web.WebSocketResponse(
-        max_msg_size=cfg.max_frame, compress=False, autoping=True, autoclose=True
+        max_msg_size=state.config.max_frame, compress=False, autoping=True, autoclose=True
     )
     await ws.prepare(request)
+    # The handshake's objects (Hello, loggers, token) die with its frame: this handler's
+    # frame lives as long as the tunnel, tens of thousands of times over.
+    tunnel = await _handshake(state, request, ws)
+    if tunnel is not None:
+        await _serve(state, tunnel)
+    return ws
+
+
+async def _handshake(
+    state: RelayState, request: web.Request, ws: web.WebSocketResponse
+) -> Tunnel | None:
+    """Authenticate, read the Hello, claim the host; None once the socket was closed."""
+    cfg = state.config
     remote = request.remote or ""
     log = state.log.bind(remote_addr=remote)
     token = _bearer(request)
@@ -42,12 +53,12 @@ async def tunnel_endpoint(request: web.Request) -> web.StreamResponse:
     except DirectoryError as exc:
         log.warning("tunnel.auth_store_error", error=str(exc))
         await ws.close(code=_TRY_AGAIN_LATER, message=b"directory unavailable, retry")
-        return ws
+        return None
     if host is None:
         log.warning("tunnel.unauthorized")
         state.metrics.tunnel_closes.add(1, {"code": str(CloseCode.UNAUTHORIZED)})
         await ws.close(code=CloseCode.UNAUTHORIZED, message=b"unauthorized: host token refused")
-        return ws
+        return None
     log = log.bind(host_id=host.id, slug=host.slug)
     try:
         hello = await _receive_hello(ws, cfg.hello_timeout, cfg.max_frame)
@@ -55,69 +66,52 @@ async def tunnel_endpoint(request: web.Request) -> web.StreamResponse:
         log.warning("tunnel.bad_hello", error=str(exc))
         state.metrics.protocol_errors.add(1, {"kind": exc.code})
         await ws.close(code=CloseCode.PROTOCOL_ERROR, message=str(exc).encode()[:123])
-        return ws
+        return None
     try:
         if hello.standby and await state.ownership.owner(host.id) is not None:
             log.info("tunnel.standby_refused")
             await ws.close(code=CloseCode.REPLACED, message=b"host is held by another connection")
-            return ws
+            return None
         epoch = await state.ownership.claim(host.id, cfg.machine_id, cfg.owner_ttl_ms)
     except Superseded:
         await ws.close(code=CloseCode.REPLACED, message=b"a newer connection holds this host")
-        return ws
+        return None
     except DirectoryError as exc:
         log.warning("tunnel.claim_failed", error=str(exc))
         await ws.close(code=_TRY_AGAIN_LATER, message=b"directory unavailable, retry")
-        return ws
-    tunnel = Tunnel(
+        return None
+    return Tunnel(
         ws,
         host,
         epoch=epoch,
         remote_addr=remote,
         agent_version=hello.agent_version,
-        local_limits=cfg.limits,
+        local_limits=state.limits,
         peer_limits=hello.limits,
-        log=log.bind(epoch=epoch),
+        log=state.log.bind(remote_addr=remote, host_id=host.id, slug=host.slug, epoch=epoch),
     )
-    await _serve(state, tunnel)
-    return ws
 
 
 async def _serve(state: RelayState, tunnel: Tunnel) -> None:
     cfg = state.config
     log = tunnel.log
-    welcome = Welcome(
-        cfg.machine_id,
-        tunnel.epoch,
-        tunnel.host.id,
-        tunnel.host.slug,
-        cfg.ping_interval,
-        cfg.limits,
-    )
     started = time.monotonic()
-    pinger: asyncio.Task[None] | None = None
     handler = asyncio.current_task()
     if handler is not None:
         state.handlers.add(handler)
     announced = False  # a Connected event was emitted, so a Disconnected must follow
     try:
         # Welcome goes out alone and first, before any stream can be opened on the tunnel.
-        await tunnel.ws.send_bytes(tunnel.codec.message(welcome))
-        previous = state.tunnels.add(tunnel)
-        tunnel_connected(state, tunnel)  # before the replaced tunnel's Disconnected
+        await tunnel.ws.send_bytes(_welcome(state, tunnel))
         announced = True
-        if previous is not None:
-            await previous.close(CloseCode.REPLACED, "replaced by a newer connection")
-        pinger = asyncio.create_task(tunnel.ping_loop(cfg.ping_interval, cfg.ping_misses))
+        await _install(state, tunnel)
+        tunnel.start_pings(cfg.ping_interval, cfg.ping_misses)
         log.info("tunnel.connected", agent_version=tunnel.agent_version)
         await tunnel.read_loop()
     except ConnectionError as exc:
         log.info("tunnel.welcome_failed", error=str(exc))
     finally:
-        if pinger is not None:
-            pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pinger
+        tunnel.stop_pings()
         state.tunnels.remove(tunnel)
         await tunnel.close(tunnel.close_code or CloseCode.NORMAL, tunnel.close_reason or "closed")
         code = tunnel.close_code or CloseCode.NORMAL
@@ -135,6 +129,27 @@ async def _serve(state: RelayState, tunnel: Tunnel) -> None:
             reason=tunnel.close_reason,
             duration_s=round(time.monotonic() - started, 3),
         )
+
+
+async def _install(state: RelayState, tunnel: Tunnel) -> None:
+    """Put ``tunnel`` in the table and announce it; close the one it replaces."""
+    previous = state.tunnels.add(tunnel)
+    tunnel_connected(state, tunnel)  # before the replaced tunnel's Disconnected
+    if previous is not None:
+        await previous.close(CloseCode.REPLACED, "replaced by a newer connection")
+
+
+def _welcome(state: RelayState, tunnel: Tunnel) -> bytes:
+    cfg = state.config
+    welcome = Welcome(
+        cfg.machine_id,
+        tunnel.epoch,
+        tunnel.host.id,
+        tunnel.host.slug,
+        cfg.ping_interval,
+        state.limits,
+    )
+    return tunnel.codec.message(welcome)
 
 
 async def _release(state: RelayState, tunnel: Tunnel) -> None:

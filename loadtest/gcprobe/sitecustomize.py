@@ -5,12 +5,21 @@ In `relay serve` and `loadtest.many_agents` processes it appends one JSON line p
 collection that took at least BENCH_GC_MIN_MS (default 10) to ``<dir>/<role>-<pid>.jsonl``:
 ``{"at": <epoch s at the end>, "gen": <generation>, "ms": <wall ms>}``. Elsewhere it does
 nothing.
+
+On SIGUSR2 such a process also writes a census of the objects the collector tracks, by
+type, to ``<dir>/<role>-<pid>-census.json`` (what a full collection has to traverse;
+``(frozen)`` counts the objects gc.freeze() put out of its sight).
+With BENCH_TRACEMALLOC=1 it also traces allocations and writes, from the second census
+on, the bytes allocated since the previous one by source line to ``...-tracemalloc.txt``.
 """
 
 from __future__ import annotations
 
+import collections
 import gc
+import json
 import os
+import signal
 import sys
 import time
 
@@ -40,6 +49,34 @@ def _install(out_dir: str, role: str) -> None:
                 )
 
     gc.callbacks.append(on_gc)
+
+    snapshots = []
+    if os.environ.get("BENCH_TRACEMALLOC") == "1":
+        import tracemalloc  # noqa: PLC0415 - only when asked: tracing slows everything
+
+        tracemalloc.start(1)
+
+    def census(_signum: int, _frame: object) -> None:
+        if os.environ.get("BENCH_TRACEMALLOC") == "1":
+            snapshots.append(tracemalloc.take_snapshot())
+            if len(snapshots) > 1:
+                diff = snapshots[-1].compare_to(snapshots[-2], "lineno")
+                text = "\n".join(
+                    f"{d.size_diff:>12} B {d.count_diff:>8} blocks  {d.traceback}"
+                    for d in diff[:60]
+                )
+                with open(
+                    os.path.join(out_dir, f"{role}-{os.getpid()}-tracemalloc.txt"), "w"
+                ) as out:  # noqa: PTH118, PTH123
+                    out.write(text + "\n")
+        counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+        counts["(frozen)"] = gc.get_freeze_count()  # tracked, but skipped by collections
+        census_path = os.path.join(out_dir, f"{role}-{os.getpid()}-census.json")  # noqa: PTH118
+        with open(census_path + ".tmp", "w") as out:  # noqa: PTH123
+            json.dump(dict(counts), out)
+        os.replace(census_path + ".tmp", census_path)
+
+    signal.signal(signal.SIGUSR2, census)
 
 
 if os.environ.get("BENCH_GC_DIR") and (role := _role()) is not None:
