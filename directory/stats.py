@@ -51,7 +51,7 @@ class Stats:
 
     def incr(self, name: str, n: int = 1, **labels: str) -> None:
         """Add ``n`` to the counter ``name`` with these labels."""
-        self._counts[name, tuple(sorted(labels.items()))] += n
+        self._counts[name, tuple(sorted(labels.items())) if labels else ()] += n
 
     def get(self, name: str, **labels: str) -> int:
         """The sum of every series of ``name`` whose labels include ``labels``."""
