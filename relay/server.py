@@ -30,7 +30,7 @@ from relay.machine_loops import heartbeat_once, refresh_loop, takeover_loop
 from relay.metrics import Metrics
 from relay.protocol import CloseCode
 from relay.state import RelayState
-from relay.tunnel import LocalTunnels
+from relay.tunnel import LocalTunnels, Tunnel
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from relay.config import ServeConfig
 
 __all__ = ["load_admin_token", "serve"]
+
+# Seconds moved tunnels stay after a drain settled, for requests replayed to us meanwhile.
+_REPLAY_LINGER = 0.5
 
 
 def load_admin_token(configured: str | None, data_dir: Path) -> tuple[str, bool]:
@@ -188,6 +191,25 @@ def _start_loops(state: RelayState, log: FilteringBoundLogger) -> list[asyncio.T
     ]
 
 
+async def _linger(state: RelayState, tunnels: list[Tunnel], deadline: float) -> None:
+    """Keep moved tunnels a moment for requests replayed here on a stale owner record.
+
+    Another machine may have read our owner record just before the agent's new claim
+    and answered ``fly-replay: instance=<us>``; that request may not hop again, so it
+    must find the old tunnel still here. The moment covers the replay's trip.
+    """
+    moved = [t for t in tunnels if t.has_moved and not t.closed]
+    linger = min(_REPLAY_LINGER, deadline - time.time())
+    if not moved or linger <= 0:
+        return
+    await asyncio.sleep(linger)
+    idle = [asyncio.create_task(t.wait_idle()) for t in moved]
+    _done, busy = await asyncio.wait(idle, timeout=max(0.0, deadline - time.time()))
+    for task in busy:
+        task.cancel()
+    state.log.info("relay.drain_lingered", tunnels=len(moved), s=linger, busy=len(busy))
+
+
 async def _drain(state: RelayState) -> None:
     """Move every agent away (drain frame, make before break), then close 4001 and go.
 
@@ -215,6 +237,7 @@ async def _drain(state: RelayState) -> None:
             task.cancel()
         if late:
             state.log.warning("relay.drain_window_exceeded", unsettled=len(late))
+    await _linger(state, tunnels, deadline)
     for tunnel in tunnels:
         await tunnel.close(CloseCode.DRAIN, "server draining")
     # Each tunnel's handler releases its ownership as it ends; give them a moment.

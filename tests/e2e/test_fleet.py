@@ -153,6 +153,29 @@ async def test_sigterm_under_load_loses_no_request_and_moves_the_agent(cluster, 
     assert '"relay.drained"' in holder.proc.log()
 
 
+async def test_a_draining_machine_still_serves_a_late_replay_after_its_agent_moved(
+    cluster, upstream
+):
+    # Another machine read the owner record just before the agent's new claim and sent
+    # the client here with fly-replay; the request may not hop again, so the drained
+    # machine's old tunnel must still be there for it.
+    relays, edge = await fleet(cluster, 2, "--drain-timeout", "5")
+    host = await relays[0].add_host("late")
+    agent = cluster.agent(edge.url, host["token"], upstream.url)
+    await wait_until(lambda: '"agent.connected"' in agent.log(), what="agent connected")
+    holder_id = (await relays[0].host(host["id"]))["machine_id"]
+    holder = next(r for r in relays if r.machine_id == holder_id)
+    holder.proc.signal(signal.SIGTERM)
+    await wait_until(
+        lambda: '"tunnel.moved"' in holder.proc.log(), interval=0.005, what="agent moved"
+    )
+    async with holder.client(host["slug"]) as c:
+        late = await c.get("/hello", headers={"fly-replay-src": "instance=e;region=local;state="})
+    assert late.status_code == 200, late.text
+    assert await holder.proc.wait_exit(10) == 0
+    assert '"relay.drain_lingered"' in holder.proc.log()
+
+
 async def test_sigkill_a_machine_agents_reconnect_elsewhere_and_owner_keys_expire(
     cluster, upstream, valkey_url
 ):
