@@ -106,8 +106,8 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
-async def connect(url: str) -> redis.asyncio.Redis:
-    """A pooled client for ``url`` that has answered one PING.
+async def connect(url: str, *, max_connections: int = MAX_CONNECTIONS) -> redis.asyncio.Redis:
+    """A pooled client for ``url`` (up to ``max_connections``) that has answered one PING.
 
     Raises :class:`StoreUnavailable` naming the URL (password redacted) when the store
     cannot be reached, and :class:`StoreError` for a URL redis-py cannot parse.
@@ -118,7 +118,7 @@ async def connect(url: str) -> redis.asyncio.Redis:
         # socket timeout) instead of failing with "too many connections".
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
-            max_connections=MAX_CONNECTIONS,
+            max_connections=max_connections,
             timeout=SOCKET_TIMEOUT,
             decode_responses=False,
             socket_timeout=SOCKET_TIMEOUT,

@@ -27,7 +27,7 @@ async def heartbeat_once(state: RelayState) -> None:
     """Write this machine's liveness record (address, state, tunnel count) with its TTL."""
     cfg = state.config
     machine_state: MachineState = "draining" if state.draining else "running"
-    await state.machines.heartbeat(
+    await state.upkeep.machines.heartbeat(
         cfg.machine_id, cfg.advertise or "", machine_state, len(state.tunnels), cfg.owner_ttl_ms
     )
 
@@ -49,7 +49,7 @@ async def refresh_once(state: RelayState) -> None:
         await heartbeat_once(state)
         if owned:
             lost = (
-                await state.ownership.refresh(owned, cfg.machine_id, cfg.owner_ttl_ms)
+                await state.upkeep.ownership.refresh(owned, cfg.machine_id, cfg.owner_ttl_ms)
                 if state.store_ok
                 else []
             )
@@ -58,7 +58,9 @@ async def refresh_once(state: RelayState) -> None:
                 # empty) are ours again unless a newer epoch was handed out meanwhile.
                 gone = set(lost)
                 retry = [(h, e) for h, e in owned if h in gone] if state.store_ok else owned
-                reasserted = await state.ownership.reassert(retry, cfg.machine_id, cfg.owner_ttl_ms)
+                reasserted = await state.upkeep.ownership.reassert(
+                    retry, cfg.machine_id, cfg.owner_ttl_ms
+                )
                 state.log.info(
                     "ownership.reasserted",
                     tunnels=len(retry),
@@ -100,7 +102,7 @@ async def _adopt_new_epochs(
             tunnel_connected(state, tunnel)
             continue
         try:
-            await state.ownership.release(host_id, state.config.machine_id, epoch)
+            await state.upkeep.ownership.release(host_id, state.config.machine_id, epoch)
         except DirectoryError as exc:
             state.metrics.store_errors.add(1, {"op": "release"})
             state.log.warning("ownership.release_failed", host_id=host_id, error=str(exc))

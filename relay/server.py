@@ -29,7 +29,7 @@ from relay.logs import configure_logging, get_logger
 from relay.machine_loops import heartbeat_once, refresh_loop, takeover_loop
 from relay.metrics import Metrics
 from relay.protocol import CloseCode
-from relay.state import RelayState
+from relay.state import RelayState, Upkeep
 from relay.tunnel import LocalTunnels, Tunnel
 
 if TYPE_CHECKING:
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = ["load_admin_token", "serve"]
 
+# The upkeep's own pool (heartbeat and refresh run one after the other; one spare).
+_UPKEEP_CONNECTIONS = 2
 # Seconds moved tunnels stay after a drain settled, for requests replayed to us meanwhile.
 _REPLAY_LINGER = 0.5
 
@@ -86,8 +88,59 @@ async def serve(cfg: ServeConfig) -> int:
 
 async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated: bool) -> int:
     log = get_logger("relay").bind(machine_id=cfg.machine_id)
+    state, events = await _build_state(cfg, redis_url, admin_token, log)
+    runner = web.AppRunner(
+        build_app(state), handler_cancellation=True, access_log=None, auto_decompress=False
+    )
+    await runner.setup()
+    host, port = cfg.host_port
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await _close_clients(state)
+        raise StartupError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from exc
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await heartbeat_once(state)
+    events.start()
+    if state.dns is not None:
+        state.dns.start()
+    loops = _start_loops(state, log)
+    _banner(state, admin_token, generated=generated)
+    log.info("relay.started", listen=cfg.listen, base_domain=cfg.base_domain)
+    try:
+        await stop.wait()
+        events.draining()
+        await _drain(state)
+    finally:
+        for task in loops:
+            task.cancel()
+        # Bounded: redis-py can swallow a cancellation that lands inside a command, and
+        # a stuck loop must not keep a draining machine from exiting.
+        _done, stuck = await asyncio.wait(loops, timeout=2.0)
+        if stuck:
+            log.warning("relay.loops_stuck_at_exit", loops=[t.get_name() for t in stuck])
+        await runner.cleanup()
+        await events.close()  # after the tunnels' last Disconnected, before the store goes
+        await _close_clients(state)
+    log.info("relay.stopped")
+    return 0
+
+
+async def _build_state(
+    cfg: ServeConfig, redis_url: str, admin_token: str, log: FilteringBoundLogger
+) -> tuple[RelayState, EventServices]:
+    """Connect to the store (main pool and the upkeep's own) and gather the machine's state."""
     redis = await connect(redis_url)
     keys = Keys(cfg.key_prefix)
+    upkeep_redis = await connect(redis_url, max_connections=_UPKEEP_CONNECTIONS)
+    upkeep = Upkeep(
+        upkeep_redis, OwnershipStore(upkeep_redis, keys), MachineRegistry(upkeep_redis, keys)
+    )
     tunnels = LocalTunnels()
     metrics = Metrics(tunnels_current=lambda: len(tunnels))
     machines = MachineRegistry(redis, keys)
@@ -112,53 +165,20 @@ async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated:
         cluster_secret=cfg.cluster_secret or await machines.cluster_secret(),
         events=events.emitter,
         presence=events.presence,
+        upkeep=upkeep,
     )
     state.dns = build_dns_service(state)
-    runner = web.AppRunner(
-        build_app(state), handler_cancellation=True, access_log=None, auto_decompress=False
-    )
-    await runner.setup()
-    host, port = cfg.host_port
-    site = web.TCPSite(runner, host, port, backlog=1024)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
+    return state, events
+
+
+async def _close_clients(state: RelayState) -> None:
+    """Close what :func:`_build_state` opened (DNS service, peer client, store pools)."""
+    if state.dns is not None:
         await state.dns.aclose()
-        await state.peer_client.close()
-        await redis.aclose()
-        metrics.shutdown()
-        raise StartupError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from exc
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await heartbeat_once(state)
-    events.start()
-    state.dns.start()
-    loops = _start_loops(state, log)
-    _banner(state, admin_token, generated=generated)
-    log.info("relay.started", listen=cfg.listen, base_domain=cfg.base_domain)
-    try:
-        await stop.wait()
-        events.draining()
-        await _drain(state)
-    finally:
-        for task in loops:
-            task.cancel()
-        # Bounded: redis-py can swallow a cancellation that lands inside a command, and
-        # a stuck loop must not keep a draining machine from exiting.
-        _done, stuck = await asyncio.wait(loops, timeout=2.0)
-        if stuck:
-            log.warning("relay.loops_stuck_at_exit", loops=[t.get_name() for t in stuck])
-        await runner.cleanup()
-        await state.dns.aclose()
-        await events.close()  # after the tunnels' last Disconnected, before the store goes
-        await state.peer_client.close()
-        await redis.aclose()
-        metrics.shutdown()
-    log.info("relay.stopped")
-    return 0
+    await state.peer_client.close()
+    await state.redis.aclose()
+    await state.upkeep.redis.aclose()
+    state.metrics.shutdown()
 
 
 def _banner(state: RelayState, admin_token: str, *, generated: bool) -> None:

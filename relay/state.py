@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 if TYPE_CHECKING:
-    import asyncio
-
     import aiohttp
     import redis.asyncio as redis
     from structlog.typing import FilteringBoundLogger
@@ -25,7 +24,22 @@ if TYPE_CHECKING:
     from relay.protocol import Limits
     from relay.tunnel import LocalTunnels
 
-__all__ = ["STATE", "RelayState"]
+__all__ = ["HANDSHAKE_CONCURRENCY", "STATE", "RelayState", "Upkeep"]
+
+HANDSHAKE_CONCURRENCY = 32  # of the store pool's 64 connections
+
+
+@dataclass(eq=False)
+class Upkeep:
+    """The store as the machine's own upkeep (heartbeat, ownership refresh) reaches it.
+
+    Its own small pool: a storm of agent handshakes queued on the main pool must never
+    delay a refresh past the owner TTL (the machine would lose every tunnel it holds).
+    """
+
+    redis: redis.Redis
+    ownership: OwnershipStore
+    machines: MachineRegistry
 
 
 @dataclass(eq=False)
@@ -44,6 +58,7 @@ class RelayState:
     peer_client: aiohttp.ClientSession  # machine-to-machine forwarding
     cluster_secret: str
     events: EventEmitter  # tunnel events to the log (relay/events.py)
+    upkeep: Upkeep
     presence: PresenceStore  # the presence projection, read by the API
     draining: bool = False
     store_ok: bool = True
@@ -52,6 +67,11 @@ class RelayState:
     dns: DnsService | None = None  # DNS records of hosts (relay/dns_setup.py)
     # What this relay accepts from agents (config.limits), built once, shared by tunnels.
     limits: Limits = field(init=False)
+    # Agent handshakes using the store at once: the rest wait here, in order, leaving
+    # the pool to requests (a reconnect storm brings thousands at once).
+    handshake_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(HANDSHAKE_CONCURRENCY)
+    )
 
     def __post_init__(self) -> None:
         self.limits = self.config.limits

@@ -49,7 +49,8 @@ async def _handshake(
     log = state.log.bind(remote_addr=remote)
     token = _bearer(request)
     try:
-        host = await state.hosts.authenticate(token) if token else None
+        async with state.handshake_slots:
+            host = await state.hosts.authenticate(token) if token else None
     except DirectoryError as exc:
         log.warning("tunnel.auth_store_error", error=str(exc))
         await ws.close(code=_TRY_AGAIN_LATER, message=b"directory unavailable, retry")
@@ -68,11 +69,14 @@ async def _handshake(
         await ws.close(code=CloseCode.PROTOCOL_ERROR, message=str(exc).encode()[:123])
         return None
     try:
-        if hello.standby and await state.ownership.owner(host.id) is not None:
+        async with state.handshake_slots:
+            held = hello.standby and await state.ownership.owner(host.id) is not None
+            if not held:
+                epoch = await state.ownership.claim(host.id, cfg.machine_id, cfg.owner_ttl_ms)
+        if held:
             log.info("tunnel.standby_refused")
             await ws.close(code=CloseCode.REPLACED, message=b"host is held by another connection")
             return None
-        epoch = await state.ownership.claim(host.id, cfg.machine_id, cfg.owner_ttl_ms)
     except Superseded:
         await ws.close(code=CloseCode.REPLACED, message=b"a newer connection holds this host")
         return None
