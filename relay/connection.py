@@ -58,6 +58,7 @@ class TunnelConnection:
     __slots__ = (
         "_encode",
         "_idle",
+        "_log",
         "_out",
         "_out_bytes",
         "_out_limit",
@@ -69,7 +70,6 @@ class TunnelConnection:
         "last_frame_at",
         "last_pong_at",
         "local_limits",
-        "log",
         "loop",
         "max_chunk",
         "peer_limits",
@@ -89,7 +89,7 @@ class TunnelConnection:
         self.local_limits = local_limits
         self.peer_limits = peer_limits
         self.codec = FrameCodec.shared(local_limits.max_frame, local_limits.max_header_bytes)
-        self.log = log
+        self._log = log
         self.streams: dict[int, StreamChannel] = {}
         self.loop = asyncio.get_running_loop()
         self.last_frame_at = self.loop.time()
@@ -109,6 +109,11 @@ class TunnelConnection:
         self._writer: asyncio.Task[None] | None = None
         self._room: asyncio.Event | None = None  # set when the writer takes the queue
         self._idle: asyncio.Event | None = None  # set when the last stream ends
+
+    @property
+    def log(self) -> FilteringBoundLogger:
+        """The logger of this connection."""
+        return self._log
 
     @property
     def closed(self) -> bool:
@@ -232,11 +237,9 @@ class TunnelConnection:
                 msg = await ws.receive()
                 if msg.type is binary:
                     self.last_frame_at = loop.time()
-                    for frame in decode(msg.data):
-                        if isinstance(frame, STREAM_FRAMES):
-                            self.dispatch_stream_frame(frame)
-                        else:
-                            await self.on_control_frame(frame)
+                    # A call, so the frames die with its frame rather than stay in this
+                    # one while waiting for the next message (idle tunnels wait minutes).
+                    self._dispatch(decode(msg.data))
                 elif msg.type is aiohttp.WSMsgType.TEXT:
                     raise MalformedFrame("text message on the tunnel")
                 else:
@@ -255,6 +258,13 @@ class TunnelConnection:
             if self.ws.closed:
                 await self._stop_writer()
 
+    def _dispatch(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            if isinstance(frame, STREAM_FRAMES):
+                self.dispatch_stream_frame(frame)
+            else:
+                self.on_control_frame(frame)
+
     def dispatch_stream_frame(self, frame: Any) -> None:  # noqa: ANN401 - one of STREAM_FRAMES
         """Route a stream frame to its channel, or to :meth:`on_new_stream`."""
         channel = self.streams.get(frame.sid)
@@ -267,7 +277,7 @@ class TunnelConnection:
         """A frame for a stream we do not hold; subclasses decide."""
         raise ProtocolError(f"frame {type(frame).__name__} for unknown stream {frame.sid}")
 
-    async def on_control_frame(self, frame: Frame) -> None:
+    def on_control_frame(self, frame: Frame) -> None:
         """Handle Ping/Pong; subclasses extend for Hello/Welcome/Drain."""
         if isinstance(frame, Ping):
             self.queue(Pong(frame.t))

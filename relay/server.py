@@ -28,6 +28,7 @@ from relay.gc_policy import GcPolicy
 from relay.logs import configure_logging, get_logger
 from relay.machine_loops import heartbeat_once, refresh_loop, takeover_loop
 from relay.metrics import Metrics
+from relay.ping_wheel import PingWheel
 from relay.protocol import CloseCode
 from relay.state import RelayState, Upkeep
 from relay.tunnel import LocalTunnels, Tunnel
@@ -166,6 +167,7 @@ async def _build_state(
         events=events.emitter,
         presence=events.presence,
         upkeep=upkeep,
+        pings=PingWheel(cfg.ping_interval, cfg.ping_misses),
     )
     state.dns = build_dns_service(state)
     return state, events
@@ -202,6 +204,7 @@ def _banner(state: RelayState, admin_token: str, *, generated: bool) -> None:
 
 def _start_loops(state: RelayState, log: FilteringBoundLogger) -> list[asyncio.Task[None]]:
     """The machine's background loops: ownership refresh, takeover watch, GC policy."""
+    state.pings.start()
     gc_policy = GcPolicy(state.tunnels, log)
     gc_policy.start()  # last thing before serving: what exists now lives for the process
     return [

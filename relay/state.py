@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from relay.config import ServeConfig
     from relay.events import EventEmitter
     from relay.metrics import Metrics
+    from relay.ping_wheel import PingWheel
     from relay.protocol import Limits
     from relay.tunnel import LocalTunnels
 
@@ -59,6 +60,7 @@ class RelayState:
     cluster_secret: str
     events: EventEmitter  # tunnel events to the log (relay/events.py)
     upkeep: Upkeep
+    pings: PingWheel  # pings every held tunnel (relay/ping_wheel.py)
     presence: PresenceStore  # the presence projection, read by the API
     draining: bool = False
     store_ok: bool = True

@@ -26,7 +26,6 @@ class Tunnel(TunnelConnection):
     __slots__ = (
         "_closer",
         "_moved",
-        "_ping_timer",
         "agent_version",
         "connected_at",
         "draining",
@@ -62,10 +61,22 @@ class Tunnel(TunnelConnection):
         # the event exists only while someone waits for it (see settled()).
         self.has_moved = False
         self._moved: asyncio.Event | None = None
-        # Pings run on a timer, not a task: an idle tunnel costs no coroutine.
-        self._ping_timer: asyncio.TimerHandle | None = None
         self._closer: asyncio.Task[None] | None = None
         self.max_streams = min(local_limits.max_streams, peer_limits.max_streams)
+
+    @property
+    def log(self) -> FilteringBoundLogger:
+        """The relay's logger bound to this tunnel.
+
+        Built per use (logging is rare): a bound logger kept per tunnel would cost
+        ~0.7 KiB each, tens of thousands of times over.
+        """
+        return self._log.bind(
+            remote_addr=self.remote_addr,
+            host_id=self.host.id,
+            slug=self.host.slug,
+            epoch=self.epoch,
+        )
 
     def open_stream(self) -> StreamChannel:
         """Open a new stream toward the agent; refused at the stream limit or when closing."""
@@ -83,27 +94,20 @@ class Tunnel(TunnelConnection):
             return
         raise ProtocolError(f"agent sent {type(frame).__name__} on unopened stream {frame.sid}")
 
-    def start_pings(self, interval: float, misses: int) -> None:
-        """Ping every ``interval``; close 4008 after ``misses`` intervals of silence."""
-        self._ping_timer = self.loop.call_later(interval, self._ping, interval, misses)
+    def ping_due(self, interval: float, misses: int) -> bool:
+        """Ping now, or close 4008 after ``misses`` intervals of silence.
 
-    def stop_pings(self) -> None:
-        """Stop the ping timer (the tunnel is ending)."""
-        if self._ping_timer is not None:
-            self._ping_timer.cancel()
-            self._ping_timer = None
-
-    def _ping(self, interval: float, misses: int) -> None:
-        self._ping_timer = None
+        The ping wheel calls this once per ``interval``; False: no more pings needed.
+        """
         if self.close_code is not None:
-            return
+            return False
         silent = self.loop.time() - self.last_frame_at
         if silent >= interval * misses:
             self.log.warning("tunnel.missed_pongs", silent_s=round(silent, 3))
             self._closer = self.loop.create_task(self.close(CloseCode.MISSED_PONG, "missed pongs"))
-            return
+            return False
         self.queue(Ping(time.time()))
-        self._ping_timer = self.loop.call_later(interval, self._ping, interval, misses)
+        return True
 
     async def drain(self, deadline: float) -> None:
         """Tell the agent to move (in-band first: a close frame alone may be lost)."""
@@ -126,7 +130,6 @@ class Tunnel(TunnelConnection):
 
     async def close(self, code: int, reason: str) -> None:
         """Close the tunnel; anyone waiting for it to settle is released."""
-        self.stop_pings()
         self.mark_moved()
         await super().close(code, reason)
 

@@ -92,13 +92,11 @@ async def _handshake(
         agent_version=hello.agent_version,
         local_limits=state.limits,
         peer_limits=hello.limits,
-        log=state.log.bind(remote_addr=remote, host_id=host.id, slug=host.slug, epoch=epoch),
+        log=state.log,
     )
 
 
 async def _serve(state: RelayState, tunnel: Tunnel) -> None:
-    cfg = state.config
-    log = tunnel.log
     started = time.monotonic()
     handler = asyncio.current_task()
     if handler is not None:
@@ -109,13 +107,13 @@ async def _serve(state: RelayState, tunnel: Tunnel) -> None:
         await tunnel.ws.send_bytes(_welcome(state, tunnel))
         announced = True
         await _install(state, tunnel)
-        tunnel.start_pings(cfg.ping_interval, cfg.ping_misses)
-        log.info("tunnel.connected", agent_version=tunnel.agent_version)
+        state.pings.add(tunnel)
+        tunnel.log.info("tunnel.connected", agent_version=tunnel.agent_version)
         await tunnel.read_loop()
     except ConnectionError as exc:
-        log.info("tunnel.welcome_failed", error=str(exc))
+        tunnel.log.info("tunnel.welcome_failed", error=str(exc))
     finally:
-        tunnel.stop_pings()
+        state.pings.discard(tunnel)
         state.tunnels.remove(tunnel)
         await tunnel.close(tunnel.close_code or CloseCode.NORMAL, tunnel.close_reason or "closed")
         code = tunnel.close_code or CloseCode.NORMAL
@@ -127,7 +125,7 @@ async def _serve(state: RelayState, tunnel: Tunnel) -> None:
         await _release(state, tunnel)
         if handler is not None:
             state.handlers.discard(handler)
-        log.info(
+        tunnel.log.info(
             "tunnel.disconnected",
             close_code=code,
             reason=tunnel.close_reason,

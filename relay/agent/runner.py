@@ -209,6 +209,9 @@ def tunnel_client() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, force_close=False),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        # Meaningless on an upgrade, and the relay keeps each tunnel's request headers
+        # for the tunnel's life, tens of thousands of times over.
+        skip_auto_headers=("Accept", "Accept-Encoding"),
     )
 
 

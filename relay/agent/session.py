@@ -134,13 +134,13 @@ class AgentSession(TunnelConnection):
             return
         raise ProtocolError(f"relay sent {type(frame).__name__} on unopened stream {frame.sid}")
 
-    async def on_control_frame(self, frame: Frame) -> None:
+    def on_control_frame(self, frame: Frame) -> None:
         """Drain asks us to move; pings are answered by the base class."""
         if isinstance(frame, Drain):
             self.log.info("agent.drain_requested", deadline=frame.deadline)
             self.drain_requested.set()
             return
-        await super().on_control_frame(frame)
+        super().on_control_frame(frame)
 
     async def keepalive(self, interval: float, silence_timeout: float) -> None:
         """Ping the relay; close the socket when nothing arrived for ``silence_timeout``."""
