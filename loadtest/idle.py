@@ -24,6 +24,7 @@ import importlib
 import json
 import secrets
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,7 @@ class Figures:
     store_errors: int = 0  # relay log lines about the store being unavailable
     full_gcs: list[float] | None = None  # ms of every gen2 collection of the relay
     census: tuple[dict[str, int], dict[str, int]] = ({}, {})  # GC-tracked objects by type
+    floor: tuple[int, int] = (0, 0)  # bare aiohttp WebSocket server RSS KiB: before, after
 
 
 async def command_calls(client) -> collections.Counter[str]:
@@ -269,6 +271,35 @@ class IdleBench:
         for spy in spies:
             await asyncio.to_thread(spy.wait)
 
+    async def floor(self) -> None:
+        """RSS per socket of a bare aiohttp WebSocket server holding as many (ws_floor)."""
+        port = free_port()
+        server = self.procs.spawn(
+            "floor-server",
+            [sys.executable, "-m", "loadtest.ws_floor", "server", "--port", str(port)],
+        )
+        while True:
+            try:
+                _r, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            writer.close()
+            break
+        before = rss_kib(server.pid)
+        url = f"ws://127.0.0.1:{port}/ws"
+        argv = [sys.executable, "-m", "loadtest.ws_floor", "client", "--url", url]
+        client = self.procs.spawn("floor-client", [*argv, "--sockets", str(self.args.tunnels)])
+        deadline = time.monotonic() + self.args.connect_timeout
+        while "connected" not in self.procs.log("floor-client"):
+            if client.poll() is not None or time.monotonic() > deadline:
+                return  # reported as not measured
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2)
+        self.fig.floor = (before, rss_kib(server.pid))
+        for proc in (client, server):
+            proc.kill()
+
     async def finish(self) -> None:
         """What is still held, what was lost, and where the relay's time went."""
         ids = [h.id for h in self.hosts]
@@ -297,6 +328,8 @@ async def scenario(args: argparse.Namespace) -> tuple[Figures, Window | None, Wi
             full = await bench.held()
             await bench.requests()
         await bench.finish()
+        if full is not None:
+            await bench.floor()
     return bench.fig, empty, full, len(bench.agents)
 
 
@@ -339,6 +372,13 @@ def report_memory(fig: Figures, n: int) -> None:
         f"  elsewhere    : agents {fig.agents_rss / n:.1f} KiB RSS per tunnel;"
         f" store used_memory +{(mem1 - mem0) / n:.0f} B per tunnel"
     )
+    floor0, floor1 = fig.floor
+    if floor1:
+        per = (floor1 - floor0) / n
+        print(
+            f"  aiohttp floor: a bare aiohttp WebSocket server (loadtest.ws_floor) holding {n}"
+            f" idle sockets: {per:.1f} KiB each; the relay adds {(rss1 - rss0) / n - per:.1f}"
+        )
     before, after = fig.census
     if before and after:
         grown = collections.Counter(after)
