@@ -97,7 +97,6 @@ async def _adopt_new_epochs(
         tunnel = state.tunnels.by_host.get(host_id)
         if tunnel is not None and tunnel.epoch == owned[host_id]:
             tunnel.epoch = epoch
-            tunnel.log = tunnel.log.bind(epoch=epoch)
             tunnel.log.info("tunnel.reclaimed", old_epoch=owned[host_id])
             tunnel_connected(state, tunnel)
             continue
