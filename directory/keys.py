@@ -9,6 +9,9 @@ Layout (``p`` is the prefix, ``relay`` by default)::
     p:token:<sha256 hex>   string   the host id a token hash belongs to
     p:epoch:<host_id>      integer  fencing epoch counter (INCR per connection)
     p:owner:<host_id>      string   OwnerRecord JSON, with a native TTL (PX)
+    p:reclaim:<host_id>    string   "<old epoch>:<new epoch>" of the last re-claim after an
+                                    outage, with the owner TTL (makes a resent reassert
+                                    report the same re-claim again)
     p:machine:<machine_id> string   a machine's liveness record, with a TTL
     p:machines             zset     machine ids scored by last-seen time
     p:owner-events         channel  pub/sub channel of TakeoverNotice messages
@@ -70,6 +73,10 @@ class Keys:
     def owner(self, host_id: str) -> str:
         """The owner record of a host (expires on its own: native TTL)."""
         return self._key("owner", host_id)
+
+    def reclaim(self, host_id: str) -> str:
+        """The last re-claim of a host's ownership after an outage (see ownership.py)."""
+        return self._key("reclaim", host_id)
 
     def machine(self, machine_id: str) -> str:
         """The liveness record of a relay machine."""

@@ -86,32 +86,48 @@ return lost
 """,
 )
 
-# KEYS: owner_1, epoch_1, owner_2, epoch_2, ... ARGV[1]: ttl_ms, ARGV[2], ARGV[3]: our owner
-# record split around its epoch, then per host: record, epoch.
-# Ours: extend. Someone else's: lost. Missing (expired during an outage, or the store
-# restarted empty): ours again under a NEW epoch, unless the counter shows a newer
-# connection was made meanwhile (then we are stale: lost). The new epoch matters: while
-# the key was gone the presence reconciler may have reported this epoch's end
-# (owner_expired), and only a newer epoch's Connected can bring the host back online.
-# The counter is lifted to at least our epoch first, so a store that restarted empty
-# still fences. Returns {lost indexes, {index, new epoch, ...}} (1-based indexes).
+# KEYS: owner_1, epoch_1, reclaim_1, owner_2, ... ARGV[1]: ttl_ms, ARGV[2], ARGV[3]: our
+# owner record split around its epoch, then per host: record, epoch.
+# The counter is first lifted to at least our epoch, so a store that restarted empty still
+# fences. Then: ours: extend. Missing (expired during an outage, or the store restarted
+# empty): ours again under a NEW epoch, unless the counter shows a newer connection was
+# made meanwhile (then we are stale: lost). The new epoch matters: while the key was gone
+# the presence reconciler may have reported this epoch's end (owner_expired), and only a
+# newer epoch's Connected brings the host back online. The re-claim is noted in the
+# reclaim key ("old:new", owner TTL), so running the same batch again (a pipeline resent
+# after a lost reply, or a pass whose replies were lost) reports the same re-claim
+# rather than mistaking our own new record for someone else's. Anything else: lost.
+# Returns {lost indexes, {index, new epoch, ...}} (1-based indexes).
 _REASSERT = LuaScript(
     "reassert",
     """
 local lost, reclaimed = {}, {}
-for i = 1, #KEYS / 2 do
-  local owner_key, epoch_key = KEYS[2 * i - 1], KEYS[2 * i]
+for i = 1, #KEYS / 3 do
+  local owner_key, epoch_key, reclaim_key = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local record, epoch = ARGV[2 * i + 2], tonumber(ARGV[2 * i + 3])
   local current = redis.call('GET', owner_key)
   local counter = tonumber(redis.call('GET', epoch_key) or '0') or 0
+  if counter < epoch then
+    redis.call('SET', epoch_key, ARGV[2 * i + 3])
+    counter = epoch
+  end
+  local again = nil
+  if current and current ~= record then
+    local from, to = string.match(redis.call('GET', reclaim_key) or '', '^(%d+):(%d+)$')
+    if tonumber(from) == epoch and current == ARGV[2] .. to .. ARGV[3] then
+      again = tonumber(to)
+    end
+  end
   if current == record then
     redis.call('PEXPIRE', owner_key, ARGV[1])
-  elseif current == false and counter <= epoch then
-    if counter < epoch then
-      redis.call('SET', epoch_key, ARGV[2 * i + 3])
-    end
+  elseif again then
+    redis.call('PEXPIRE', owner_key, ARGV[1])
+    reclaimed[#reclaimed + 1] = i
+    reclaimed[#reclaimed + 1] = again
+  elseif current == false and counter == epoch then
     local e = string.format('%d', redis.call('INCR', epoch_key))
     redis.call('SET', owner_key, ARGV[2] .. e .. ARGV[3], 'PX', ARGV[1])
+    redis.call('SET', reclaim_key, ARGV[2 * i + 3] .. ':' .. e, 'PX', ARGV[1])
     reclaimed[#reclaimed + 1] = i
     reclaimed[#reclaimed + 1] = tonumber(e)
   else
@@ -231,7 +247,9 @@ class OwnershipStore:
         A missing record is written back under a new epoch (see :class:`Reasserted`);
         hosts another (or a newer) connection holds now are reported lost. Also lifts
         each epoch counter to at least our epoch, so a store that restarted empty keeps
-        fencing. All batches go out in one pipelined round trip.
+        fencing. Safe to repeat with the same arguments: a re-claim already made is
+        reported again, with the same new epoch. All batches go out in one pipelined
+        round trip.
         """
         _check_ttl(ttl_ms)
         owner_head, owner_tail = _split_at_epoch(encode(OwnerRecord(machine_id, 0)))
@@ -241,7 +259,8 @@ class OwnershipStore:
             keys: list[str] = []
             args: list[str | bytes | int] = [ttl_ms, owner_head, owner_tail]
             for host_id, epoch in chunk:
-                keys += [self._keys.owner(host_id), self._keys.epoch(host_id)]
+                k = self._keys
+                keys += [k.owner(host_id), k.epoch(host_id), k.reclaim(host_id)]
                 args += [encode(OwnerRecord(machine_id, epoch)), epoch]
             batches.append((keys, args))
         with translate_errors(f"reassert {len(owned)} owner records"):

@@ -142,12 +142,18 @@ class TunnelConnection:
         """
         self.queue(frame)
         if self._out_bytes > self._out_limit:
-            # The WebSocket's own write backpressure, passed on to whoever produces.
-            if self._room is None:
-                self._room = asyncio.Event()
-            await self._room.wait()
-            if self.close_code is not None:
-                raise TunnelClosed("tunnel closed")
+            await self._wait_room()
+
+    async def _wait_room(self) -> None:
+        """Wait until the writer takes the queue; :class:`TunnelClosed` if it closed.
+
+        The WebSocket's own write backpressure, passed on to whoever produces.
+        """
+        if self._room is None:
+            self._room = asyncio.Event()
+        await self._room.wait()
+        if self.close_code is not None:
+            raise TunnelClosed("tunnel closed")
 
     def _release_senders(self) -> None:
         if self._room is not None:
@@ -199,6 +205,9 @@ class TunnelConnection:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
+        # A writer cancelled before its first step never ran its own cleanup.
+        self._writer = None
+        self._release_senders()
 
     async def wait_idle(self) -> None:
         """Wait until no stream is open on this connection."""
@@ -240,6 +249,10 @@ class TunnelConnection:
                     # A call, so the frames die with its frame rather than stay in this
                     # one while waiting for the next message (idle tunnels wait minutes).
                     self._dispatch(decode(msg.data))
+                    if self._out_bytes > self._out_limit:
+                        # Answers (pongs) pile up for a peer that does not read: stop
+                        # reading it too, rather than queue without bound.
+                        await self._wait_room()
                 elif msg.type is aiohttp.WSMsgType.TEXT:
                     raise MalformedFrame("text message on the tunnel")
                 else:

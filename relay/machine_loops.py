@@ -76,10 +76,12 @@ async def refresh_once(state: RelayState) -> None:
     if not state.store_ok:
         state.log.info("store.recovered", tunnels=len(owned))
     state.store_ok = True
-    await _adopt_new_epochs(state, dict(owned), reasserted.reclaimed)
+    epochs = dict(owned)
+    await _adopt_new_epochs(state, epochs, reasserted.reclaimed)
     for host_id in reasserted.lost:
         tunnel = state.tunnels.by_host.get(host_id)
-        if tunnel is not None:
+        # Only the tunnel the pass was about: the agent may have reconnected here since.
+        if tunnel is not None and tunnel.epoch == epochs[host_id]:
             tunnel.log.info("tunnel.ownership_lost")
             await tunnel.close(CloseCode.REPLACED, "replaced by a newer connection")
 

@@ -125,6 +125,7 @@ async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated:
         _done, stuck = await asyncio.wait(loops, timeout=2.0)
         if stuck:
             log.warning("relay.loops_stuck_at_exit", loops=[t.get_name() for t in stuck])
+        state.pings.stop()
         await runner.cleanup()
         await events.close()  # after the tunnels' last Disconnected, before the store goes
         await _close_clients(state)

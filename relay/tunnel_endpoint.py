@@ -70,6 +70,10 @@ async def _handshake(
         return None
     try:
         async with state.handshake_slots:
+            if state.draining:
+                # Queued for a slot when the drain began: it would miss the drain frame.
+                await ws.close(code=CloseCode.DRAIN, message=b"server draining")
+                return None
             held = hello.standby and await state.ownership.owner(host.id) is not None
             if not held:
                 epoch = await state.ownership.claim(host.id, cfg.machine_id, cfg.owner_ttl_ms)
@@ -105,8 +109,7 @@ async def _serve(state: RelayState, tunnel: Tunnel) -> None:
     try:
         # Welcome goes out alone and first, before any stream can be opened on the tunnel.
         await tunnel.ws.send_bytes(_welcome(state, tunnel))
-        announced = True
-        await _install(state, tunnel)
+        announced = await _install(state, tunnel)
         state.pings.add(tunnel)
         tunnel.log.info("tunnel.connected", agent_version=tunnel.agent_version)
         await tunnel.read_loop()
@@ -133,12 +136,19 @@ async def _serve(state: RelayState, tunnel: Tunnel) -> None:
         )
 
 
-async def _install(state: RelayState, tunnel: Tunnel) -> None:
-    """Put ``tunnel`` in the table and announce it; close the one it replaces."""
+async def _install(state: RelayState, tunnel: Tunnel) -> bool:
+    """Put ``tunnel`` in the table and announce it; close the one it replaces.
+
+    False when a newer tunnel of the host is already here: this one is closed unannounced.
+    """
     previous = state.tunnels.add(tunnel)
+    if previous is tunnel:
+        await tunnel.close(CloseCode.REPLACED, "replaced by a newer connection")
+        return False
     tunnel_connected(state, tunnel)  # before the replaced tunnel's Disconnected
     if previous is not None:
         await previous.close(CloseCode.REPLACED, "replaced by a newer connection")
+    return True
 
 
 def _welcome(state: RelayState, tunnel: Tunnel) -> bytes:

@@ -272,3 +272,21 @@ async def test_a_corrupt_owner_value_raises_a_directory_error(ownership, redis_c
 async def test_a_nonpositive_ttl_is_refused(ownership):
     with pytest.raises(ValueError, match="TTL"):
         await ownership.claim("h_1", "m1", 0)
+
+
+async def test_reassert_repeated_after_a_lost_reply_reports_the_same_reclaim(
+    ownership, redis_client, keys
+):
+    # A pipeline resent after its reply was lost, or a pass whose replies never arrived:
+    # the same reassert runs again and must not take our own new record for a stranger's.
+    epoch = await ownership.claim("h_1", "m1", TTL)
+    await redis_client.delete(keys.owner("h_1"))
+    first = await ownership.reassert([("h_1", epoch)], "m1", TTL)
+    again = await ownership.reassert([("h_1", epoch)], "m1", 60_000)
+    assert first == again == Reasserted(reclaimed={"h_1": epoch + 1})
+    assert await ownership.owner("h_1") == OwnerRecord("m1", epoch + 1)
+    assert await redis_client.pttl(keys.owner("h_1")) > 50_000  # the rerun extended it
+    # Another machine's newer claim is still someone else's, note or no note.
+    newer = await ownership.claim("h_1", "m2", TTL)
+    assert await ownership.reassert([("h_1", epoch)], "m1", TTL) == Reasserted(lost=["h_1"])
+    assert await ownership.owner("h_1") == OwnerRecord("m2", newer)

@@ -1,0 +1,71 @@
+"""The tunnel connection's writer and backpressure, against a scripted WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import structlog
+
+from relay.connection import TunnelConnection
+from relay.protocol import Data, FrameCodec, Limits, Ping
+
+LIMITS = Limits(max_frame=4096)
+
+
+class StuckSocket:
+    """A peer that sends what it is given to send and never reads: sends block forever."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        self.inbox = list(messages)
+        self.received = 0
+        self.sends = 0
+        self.closed = False
+        self.close_code = None
+
+    async def send_bytes(self, data: bytes, compress: int | None = None) -> None:
+        self.sends += 1
+        await asyncio.Event().wait()  # the peer's window is shut
+
+    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage:
+        if not self.inbox:
+            await asyncio.Event().wait()
+        self.received += 1
+        return aiohttp.WSMessage(aiohttp.WSMsgType.BINARY, self.inbox.pop(0), None)
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        self.closed = True
+        return True
+
+
+def connection(ws) -> TunnelConnection:
+    return TunnelConnection(ws, local_limits=LIMITS, peer_limits=LIMITS, log=structlog.get_logger())
+
+
+async def test_a_peer_that_pings_and_never_reads_is_not_read_either():
+    codec = FrameCodec.shared(LIMITS.max_frame, LIMITS.max_header_bytes)
+    flood = codec.message(*[Ping(1.0)] * 300)  # ~3 KiB of pings per message
+    ws = StuckSocket([flood] * 200)
+    conn = connection(ws)
+    reader = asyncio.create_task(conn.read_loop())
+    await asyncio.sleep(0.2)
+    # Pong answers stay within the queue limit (plus one message's worth): reading stopped.
+    assert conn._out_bytes <= conn._out_limit + len(flood) * 2
+    read = ws.received
+    assert read < 20  # of 200 sent
+    await asyncio.sleep(0.2)
+    assert ws.received == read
+    reader.cancel()
+    await conn._stop_writer()
+
+
+async def test_a_sender_waiting_for_room_is_released_when_the_writer_is_stopped_early():
+    conn = connection(StuckSocket([]))
+    big = Data(1, b"x" * (5 * LIMITS.max_frame))  # alone over the queue limit
+
+    blocked = asyncio.create_task(conn.send(big))
+    await asyncio.sleep(0)  # the sender queues, starts the writer, waits for room
+    assert conn._writer is not None
+    await conn._stop_writer()  # the writer is cancelled before its first step
+    await asyncio.wait_for(blocked, 1.0)
+    assert conn._writer is None
