@@ -8,7 +8,10 @@ few agent processes holding the tunnels. Measures, side by side in one run:
   round trips and commands the relay sent (seen by the proxy), EVALSHA calls, and what
   ran inside the server (INFO commandstats);
 * latency of requests to a few hosts while all the tunnels are held, with the garbage
-  collector pauses of the relay and agents meanwhile (loadtest/gcprobe).
+  collector pauses of the relay and agents meanwhile (loadtest/gcprobe);
+* the objects the relay's collector tracks per tunnel, and how many of them are frozen;
+* the floor: a bare aiohttp WebSocket server holding as many idle sockets
+  (loadtest/ws_floor.py), so the relay's own share of the memory per tunnel shows.
 
     python -m loadtest.idle [--tunnels 5000] [--processes 4] [--ping-interval 2] [--cycles 15]
 

@@ -1,7 +1,8 @@
 """Small GET: direct to the upstream vs through relay + agent, side by side in one run.
 
 Prints requests/s for each and their ratio, relay and agent CPU µs per request (process
-CPU time over the run), and p50/p99 latency at a fixed moderate rate.
+CPU time over the run), p50/p99 latency at a fixed moderate rate, and the relay's RSS
+before and after the relayed load (memory that sustained traffic leaves behind).
 
     python -m loadtest.small_get [--seconds 10] [--connections 32] [--rate 200]
 """
@@ -18,7 +19,7 @@ import time
 
 import aiohttp
 
-from loadtest.common import cpu_seconds, stack
+from loadtest.common import cpu_seconds, rss_kib, stack
 
 
 def wrk(url: str, seconds: float, connections: int, host: str | None = None) -> tuple[float, int]:
@@ -76,9 +77,11 @@ def main() -> None:
         wrk(s.relay_url + "/", 2, args.connections, s.host_header)  # warm-up
         direct_rps, _ = wrk(s.direct_url + "/", args.seconds, args.connections)
         relay_cpu0, agent_cpu0 = cpu_seconds(s.relay.pid), cpu_seconds(s.agent.pid)
+        rss0 = rss_kib(s.relay.pid)
         relayed_rps, relayed_n = wrk(
             s.relay_url + "/", args.seconds, args.connections, s.host_header
         )
+        rss1 = rss_kib(s.relay.pid)
         relay_us = (cpu_seconds(s.relay.pid) - relay_cpu0) / relayed_n * 1e6
         agent_us = (cpu_seconds(s.agent.pid) - agent_cpu0) / relayed_n * 1e6
         lat_direct = asyncio.run(fixed_rate(s.direct_url + "/", args.rate, 5))
@@ -92,6 +95,10 @@ def main() -> None:
         f"  relayed  : {relayed_rps:9.0f} req/s   ratio relayed/direct = {relayed_rps / direct_rps:.2f} (goal >= 0.5)"
     )
     print(f"  relay CPU: {relay_us:7.1f} us/request (goal <= 120)")
+    print(
+        f"  relay RSS: {rss0 / 1024:.1f} MiB before the relayed run,"
+        f" {rss1 / 1024:.1f} MiB after its {relayed_n} requests"
+    )
     print(f"  agent CPU: {agent_us:7.1f} us/request (goal <= 150)")
     print(
         f"  latency at {args.rate:g} req/s: direct p50 {pct(lat_direct, 0.5):.2f} ms p99 {pct(lat_direct, 0.99):.2f} ms;"
