@@ -258,8 +258,6 @@ return conflicts
 )
 
 
-_PACK = msgspec.msgpack.Encoder().encode
-
 # KEYS: presence hash. ARGV[1]: a MessagePack array of host ids. HMGET with one packed
 # argument: a consumer reads hundreds of hosts per batch, and packing one argument per
 # host costs the client more than the read costs the store.
@@ -361,7 +359,7 @@ class PresenceStore:
             changed = len(writes) // 3
             if changed == 0 and not position:
                 return 0
-            args: list[str | bytes | int] = [position, _PACK(writes)]
+            args: list[str | bytes | int] = [position, pack_strings(writes)]
             with translate_errors("write the presence projection"):
                 conflicts = await _APPLY(self._redis, [self._hash, self._position], args)
             if not conflicts:

@@ -208,6 +208,9 @@ class TunnelConnection:
         # A writer cancelled before its first step never ran its own cleanup.
         self._writer = None
         self._release_senders()
+        if self._out:
+            # The socket is gone or closing: say what never left rather than drop it quietly.
+            self.log.info("tunnel.frames_unsent", frames=len(self._out), bytes=self._out_bytes)
 
     async def wait_idle(self) -> None:
         """Wait until no stream is open on this connection."""

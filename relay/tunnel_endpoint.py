@@ -72,6 +72,8 @@ async def _handshake(
         async with state.handshake_slots:
             if state.draining:
                 # Queued for a slot when the drain began: it would miss the drain frame.
+                log.info("tunnel.refused_draining")
+                state.metrics.tunnel_closes.add(1, {"code": str(CloseCode.DRAIN)})
                 await ws.close(code=CloseCode.DRAIN, message=b"server draining")
                 return None
             held = hello.standby and await state.ownership.owner(host.id) is not None
@@ -81,7 +83,8 @@ async def _handshake(
             log.info("tunnel.standby_refused")
             await ws.close(code=CloseCode.REPLACED, message=b"host is held by another connection")
             return None
-    except Superseded:
+    except Superseded as exc:
+        log.info("tunnel.superseded", error=str(exc))
         await ws.close(code=CloseCode.REPLACED, message=b"a newer connection holds this host")
         return None
     except DirectoryError as exc:

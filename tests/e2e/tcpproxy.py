@@ -10,8 +10,11 @@ from tests.e2e.harness import free_port
 
 
 class BlackholeProxy:
-    def __init__(self, target_port: int) -> None:
+    """Forwards 127.0.0.1:<port> to a TCP port or, with ``unix_path``, a unix socket."""
+
+    def __init__(self, target_port: int | None = None, *, unix_path: str | None = None) -> None:
         self.target_port = target_port
+        self.unix_path = unix_path
         self.port = free_port()
         self.blackholed = False
         self._server: asyncio.Server | None = None
@@ -29,8 +32,18 @@ class BlackholeProxy:
     def blackhole(self) -> None:
         self.blackholed = True
 
+    def restore(self) -> None:
+        """Forward again; connections that lost bytes meanwhile are cut (as a real path would)."""
+        self.blackholed = False
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers = []
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        if self.unix_path is not None:
+            up_reader, up_writer = await asyncio.open_unix_connection(self.unix_path)
+        else:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers += [writer, up_writer]
         for src, dst in ((reader, up_writer), (up_reader, writer)):
             task = asyncio.create_task(self._pipe(src, dst))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -16,7 +15,8 @@ import httpx
 import pytest
 import redis.asyncio as redis_async
 
-from tests.e2e.harness import RELAY, free_port, wait_until
+from tests.e2e.harness import RELAY, wait_until
+from tests.e2e.tcpproxy import BlackholeProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -53,60 +53,6 @@ async def events(relay, **params):
         r = await api.get("/api/events", params=params)
     assert r.status_code == 200, r.text
     return r.json()
-
-
-class Blackhole:
-    """A TCP proxy that, once blackholed, swallows bytes both ways and never closes."""
-
-    def __init__(self, target_port=None, *, unix_path=None):
-        self.target_port = target_port
-        self.unix_path = unix_path  # or forward to a unix socket (the test store's)
-        self.port = free_port()
-        self.blackholed = False
-        self.tasks = set()
-        self.writers = []
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self):
-        self.server = await asyncio.start_server(self.accept, "127.0.0.1", self.port)
-        return self
-
-    async def accept(self, reader, writer):
-        if self.unix_path is not None:
-            up_reader, up_writer = await asyncio.open_unix_connection(self.unix_path)
-        else:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self.writers += [writer, up_writer]
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self.pipe(src, dst))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def pipe(self, src, dst):
-        with contextlib.suppress(ConnectionError):
-            while data := await src.read(65536):
-                if not self.blackholed:
-                    dst.write(data)
-                    await dst.drain()
-        if not self.blackholed:
-            dst.close()
-
-    def restore(self):
-        """Forward again; connections that lost bytes meanwhile are cut (as a real path would)."""
-        self.blackholed = False
-        for writer in self.writers:
-            writer.transport.abort()
-        self.writers = []
-
-    async def stop(self):
-        self.server.close()
-        for task in list(self.tasks):
-            task.cancel()
-        for writer in self.writers:
-            writer.close()
 
 
 async def connected(cluster, upstream, relay=None, name="web"):
@@ -146,12 +92,12 @@ async def test_agent_stop_shows_offline_with_reason_closed(cluster, upstream):
 
 async def test_a_blackholed_agent_goes_offline_as_missed_pong_then_comes_back(cluster, upstream):
     relay = await cluster.relay()
-    proxy = await Blackhole(relay.port).start()
+    proxy = await BlackholeProxy(relay.port).start()
     try:
         host = await relay.add_host("hole")
         cluster.agent(proxy.url, host["token"], upstream.url)
         first = await wait_status(relay, host["id"], lambda s: s["online"], what="online")
-        proxy.blackholed = True
+        proxy.blackhole()
         t0 = time.monotonic()
         s = await wait_status(
             relay, host["id"], lambda s: not s["online"], timeout=OWNER_TTL + 5, what="offline"
@@ -227,7 +173,7 @@ async def test_a_machine_cut_off_from_the_store_is_online_again_under_a_new_epoc
     # tunnel, and presence must say so again, without the agent reconnecting.
     survivor = await cluster.relay("--reconcile-interval", "0.5", machine_id="survivor")
     assert valkey_url.startswith("unix://"), valkey_url
-    proxy = await Blackhole(unix_path=unquote(urlsplit(valkey_url).path)).start()
+    proxy = await BlackholeProxy(unix_path=unquote(urlsplit(valkey_url).path)).start()
     try:
         cutoff = await cluster.relay(
             "--redis-url", f"redis://127.0.0.1:{proxy.port}/0", machine_id="cutoff"
@@ -237,7 +183,7 @@ async def test_a_machine_cut_off_from_the_store_is_online_again_under_a_new_epoc
         first = await wait_status(
             survivor, host["id"], lambda s: s["online"] and s["machine_id"] == "cutoff"
         )
-        proxy.blackholed = True
+        proxy.blackhole()
         gone = await wait_status(
             survivor, host["id"], lambda s: not s["online"], timeout=10, what="owner expired"
         )

@@ -48,12 +48,17 @@ async def test_a_peer_that_pings_and_never_reads_is_not_read_either():
     ws = StuckSocket([flood] * 200)
     conn = connection(ws)
     reader = asyncio.create_task(conn.read_loop())
-    await asyncio.sleep(0.2)
-    # Pong answers stay within the queue limit (plus one message's worth): reading stopped.
-    assert conn._out_bytes <= conn._out_limit + len(flood) * 2
+    async with asyncio.timeout(5):
+        # The writer took one batch and is stuck sending it; then the queue filled again
+        # and the reader waits for room: it stopped reading.
+        while not (ws.sends and conn._room is not None):
+            await asyncio.sleep(0)
     read = ws.received
     assert read < 20  # of 200 sent
-    await asyncio.sleep(0.2)
+    # Pong answers stay within the queue limit (plus one message's worth).
+    assert conn._out_bytes <= conn._out_limit + len(flood) * 2
+    for _ in range(100):
+        await asyncio.sleep(0)
     assert ws.received == read
     reader.cancel()
     await conn._stop_writer()

@@ -1,53 +1,88 @@
-"""The ping wheel: one timer visits every tunnel once per interval."""
+"""The ping wheel: one timer visits every tunnel once per interval.
+
+The ticks are driven by hand here (what the timer would call), so the tests count
+visits per tick and never depend on how fast the machine runs.
+"""
 
 from __future__ import annotations
 
-import asyncio
-
 from relay.ping_wheel import PingWheel
+
+SLOTS = 10
 
 
 class FakeTunnel:
     def __init__(self, pings_left: int = 1000) -> None:
-        self.due: list[float] = []
+        self.visits: list[int] = []
         self.pings_left = pings_left
+        self.tick = 0
 
     def ping_due(self, interval: float, misses: int) -> bool:
-        self.due.append(asyncio.get_running_loop().time())
+        self.visits.append(self.tick)
         self.pings_left -= 1
         return self.pings_left > 0
 
 
-async def test_each_tunnel_is_visited_once_per_interval():
-    wheel = PingWheel(0.1, 3, slots=10)
-    wheel.start()
-    try:
-        tunnels = [FakeTunnel() for _ in range(5)]
+def tick(wheel: PingWheel, tunnels: list[FakeTunnel], n: int, at: list[int]) -> None:
+    for _ in range(n):
+        at[0] += 1
         for t in tunnels:
-            wheel.add(t)
-            await asyncio.sleep(0.013)  # spread over the wheel's buckets
-        await asyncio.sleep(0.5)
+            t.tick = at[0]
+        wheel._on_tick()
+
+
+async def test_each_tunnel_is_visited_once_per_interval_starting_one_interval_after_add():
+    wheel = PingWheel(1.0, 3, slots=SLOTS)
+    now = [0]
+    try:
+        tunnels = []
+        for _ in range(5):  # added at different points of the wheel
+            tunnels.append(FakeTunnel())
+            wheel.add(tunnels[-1])
+            tick(wheel, tunnels, 3, now)
+        tick(wheel, tunnels, 3 * SLOTS, now)
     finally:
         wheel.stop()
-    for t in tunnels:
-        assert 3 <= len(t.due) <= 6, t.due
-        gaps = [b - a for a, b in zip(t.due, t.due[1:], strict=False)]
-        assert all(0.07 <= g <= 0.2 for g in gaps), gaps
+    for i, t in enumerate(tunnels):
+        added = 3 * i
+        assert t.visits[0] == added + SLOTS
+        assert all(b - a == SLOTS for a, b in zip(t.visits, t.visits[1:], strict=False))
 
 
 async def test_a_tunnel_that_needs_no_more_pings_and_a_discarded_one_are_dropped():
-    wheel = PingWheel(0.05, 3, slots=5)
-    wheel.start()
+    wheel = PingWheel(1.0, 3, slots=SLOTS)
+    now = [0]
     try:
         done, gone, kept = FakeTunnel(pings_left=1), FakeTunnel(), FakeTunnel()
         for t in (done, gone, kept):
             wheel.add(t)
         wheel.discard(gone)
         wheel.discard(gone)  # idempotent
-        await asyncio.sleep(0.2)
+        tick(wheel, [done, gone, kept], 3 * SLOTS, now)
     finally:
         wheel.stop()
-    assert len(done.due) == 1
-    assert gone.due == []
-    assert len(kept.due) >= 2
+    assert done.visits == [SLOTS]
+    assert gone.visits == []
+    assert kept.visits == [SLOTS, 2 * SLOTS, 3 * SLOTS]
     assert len(wheel) == 1
+
+
+async def test_a_failing_visit_does_not_stop_the_wheel():
+    class Broken(FakeTunnel):
+        def ping_due(self, interval: float, misses: int) -> bool:
+            raise RuntimeError("bug")
+
+    wheel = PingWheel(1.0, 3, slots=SLOTS)
+    wheel.add(Broken())
+    try:
+        for _ in range(SLOTS - 1):
+            wheel._on_tick()
+        try:
+            wheel._on_tick()
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("the visit's error must surface")
+        assert wheel._timer is not None  # the next tick is still scheduled
+    finally:
+        wheel.stop()
