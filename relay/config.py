@@ -39,6 +39,10 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     ping_interval: Seconds = 10.0
     ping_misses: Positive = 3
     request_timeout: Seconds = 120.0
+    # Client connections: the whole request head must arrive within header_timeout; an
+    # idle keep-alive connection closes after keepalive_timeout (nginx's default).
+    header_timeout: Seconds = 15.0
+    keepalive_timeout: Seconds = 75.0
     drain_timeout: Seconds = 10.0
     reconnect_grace: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     reconcile_interval: Seconds = 30.0

@@ -25,9 +25,23 @@ from relay.protocol import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from structlog.typing import FilteringBoundLogger
 
-__all__ = ["TunnelConnection", "WebSocketLike"]
+__all__ = ["StreamEndpoint", "TunnelConnection", "WebSocketLike"]
+
+
+class StreamEndpoint(Protocol):
+    """What the tunnel's stream table holds: a task's channel or a callback stream."""
+
+    sid: int
+
+    def deliver(self, frame: Frame) -> None:
+        """Accept one frame from the peer for this stream."""
+
+    def fail(self, error: TunnelClosed) -> None:
+        """The tunnel went away."""
 
 
 class WebSocketLike(Protocol):
@@ -63,6 +77,7 @@ class TunnelConnection:
         "_out_bytes",
         "_out_limit",
         "_room",
+        "_room_callbacks",
         "_writer",
         "close_code",
         "close_reason",
@@ -90,7 +105,7 @@ class TunnelConnection:
         self.peer_limits = peer_limits
         self.codec = FrameCodec.shared(local_limits.max_frame, local_limits.max_header_bytes)
         self._log = log
-        self.streams: dict[int, StreamChannel] = {}
+        self.streams: dict[int, StreamEndpoint] = {}
         self.loop = asyncio.get_running_loop()
         self.last_frame_at = self.loop.time()
         self.last_pong_at = self.last_frame_at
@@ -108,6 +123,8 @@ class TunnelConnection:
         self._out_limit = 4 * peer_limits.max_frame  # senders wait beyond this
         self._writer: asyncio.Task[None] | None = None
         self._room: asyncio.Event | None = None  # set when the writer takes the queue
+        # Callback-driven streams (relay.flow) paused on a full queue, resumed likewise.
+        self._room_callbacks: list[Callable[[], None]] | None = None
         self._idle: asyncio.Event | None = None  # set when the last stream ends
 
     @property
@@ -119,6 +136,17 @@ class TunnelConnection:
     def closed(self) -> bool:
         """Whether this connection has been closed (by either side)."""
         return self.close_code is not None or self.ws.closed
+
+    @property
+    def congested(self) -> bool:
+        """More is queued than the peer should be sent at once: producers should pause."""
+        return self._out_bytes > self._out_limit
+
+    def when_room(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the writer takes the queue (or the tunnel closes)."""
+        if self._room_callbacks is None:
+            self._room_callbacks = []
+        self._room_callbacks.append(callback)
 
     def queue(self, frame: Frame) -> None:
         """Queue one frame for the writer without waiting (small control frames).
@@ -159,6 +187,11 @@ class TunnelConnection:
         if self._room is not None:
             self._room.set()
             self._room = None
+        callbacks = self._room_callbacks
+        if callbacks is not None:
+            self._room_callbacks = None
+            for callback in callbacks:
+                callback()
 
     async def _write_loop(self) -> None:
         """Pack queued frames into as few messages as the peer's frame limit allows.
@@ -227,12 +260,13 @@ class TunnelConnection:
             send_window=self.peer_limits.initial_window,
             recv_window=self.local_limits.initial_window,
             max_chunk=self.max_chunk,
-            on_close=self._forget,
+            on_close=self.forget,
         )
         self.streams[sid] = channel
         return channel
 
-    def _forget(self, sid: int) -> None:
+    def forget(self, sid: int) -> None:
+        """Drop stream ``sid`` from the table (it ended); wakes :meth:`wait_idle`."""
         self.streams.pop(sid, None)
         if not self.streams and self._idle is not None:
             self._idle.set()

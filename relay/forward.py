@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
@@ -23,6 +21,7 @@ from aiohttp import web
 
 from relay.errors import PeerUnreachable
 from relay.http_headers import HOP_BY_HOP, INTERNAL_PREFIXES
+from relay.origin import AUTH, CLIENT_IP, HOP, PROTO, Origin, resolve_origin
 from relay.responses import json_error
 
 if TYPE_CHECKING:
@@ -39,22 +38,6 @@ __all__ = [
 ]
 
 MAX_REPLAY_BODY: Final = 1024 * 1024
-HOP: Final = "X-Relay-Hop"
-AUTH: Final = "X-Relay-Auth"
-CLIENT_IP: Final = "X-Relay-Client-IP"
-PROTO: Final = "X-Relay-Proto"
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Who really asked, and whether the request already took its one hop."""
-
-    client_ip: str
-    proto: str
-    hopped: bool
-    via_machine: bool  # forwarded by a peer relay (authenticated)
-
-
 ORIGIN: web.RequestKey[Origin] = web.RequestKey("relay_origin", Origin)
 
 
@@ -63,29 +46,13 @@ def origin_of(state: RelayState, request: web.Request) -> Origin:
     cached: Origin | None = request.get(ORIGIN)
     if cached is not None:
         return cached
-    headers = request.headers
-    secret = state.cluster_secret
-    if (
-        HOP in headers
-        and secret
-        and hmac.compare_digest(headers.get(AUTH, "").encode(), secret.encode())
-    ):
-        origin = Origin(
-            client_ip=headers.get(CLIENT_IP, ""),
-            proto=headers.get(PROTO, "http"),
-            hopped=True,
-            via_machine=True,
-        )
-    else:
-        peer = request.remote or ""
-        proto = request.scheme
-        if state.config.trust_fly_headers:
-            # Behind Fly's proxy these are set by Fly, not by the client.
-            peer = headers.get("Fly-Client-IP", peer)
-            proto = headers.get("X-Forwarded-Proto", proto)
-        origin = Origin(
-            client_ip=peer, proto=proto, hopped="fly-replay-src" in headers, via_machine=False
-        )
+    origin = resolve_origin(
+        request.headers.get,
+        peer=request.remote or "",
+        scheme=request.scheme,
+        cluster_secret=state.cluster_secret,
+        trust_fly_headers=state.config.trust_fly_headers,
+    )
     request[ORIGIN] = origin
     return origin
 

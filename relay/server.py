@@ -24,6 +24,7 @@ from relay.app import build_app
 from relay.dns_setup import build_dns_service
 from relay.errors import StartupError, TunnelClosed
 from relay.events import EventServices, register_event_metrics
+from relay.front import FrontServer
 from relay.gc_policy import GcPolicy
 from relay.logs import configure_logging, get_logger
 from relay.machine_loops import heartbeat_once, refresh_loop, takeover_loop
@@ -91,13 +92,18 @@ async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated:
     log = get_logger("relay").bind(machine_id=cfg.machine_id)
     state, events = await _build_state(cfg, redis_url, admin_token, log)
     runner = web.AppRunner(
-        build_app(state), handler_cancellation=True, access_log=None, auto_decompress=False
+        build_app(state),
+        handler_cancellation=True,
+        access_log=None,
+        auto_decompress=False,
+        keepalive_timeout=cfg.keepalive_timeout,
     )
     await runner.setup()
     host, port = cfg.host_port
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    assert runner.server is not None  # noqa: S101 - set by setup()
+    front = FrontServer(state, runner.server)
     try:
-        await site.start()
+        await front.start(host, port, backlog=1024)
     except OSError as exc:
         await runner.cleanup()
         await _close_clients(state)
@@ -126,6 +132,7 @@ async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated:
         if stuck:
             log.warning("relay.loops_stuck_at_exit", loops=[t.get_name() for t in stuck])
         state.pings.stop()
+        await front.close()
         await runner.cleanup()
         await events.close()  # after the tunnels' last Disconnected, before the store goes
         await _close_clients(state)

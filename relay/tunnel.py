@@ -78,15 +78,19 @@ class Tunnel(TunnelConnection):
             epoch=self.epoch,
         )
 
-    def open_stream(self) -> StreamChannel:
-        """Open a new stream toward the agent; refused at the stream limit or when closing."""
+    def allocate_sid(self) -> int:
+        """A new stream id toward the agent; refused at the stream limit or when closing."""
         if self.close_code is not None:
             raise StreamRefused("tunnel is closing")
         if len(self.streams) >= self.max_streams:
             raise StreamRefused(f"tunnel at its limit of {self.max_streams} concurrent streams")
         sid = self.next_sid
         self.next_sid = sid + 1
-        return self.open_channel(sid)
+        return sid
+
+    def open_stream(self) -> StreamChannel:
+        """Open a new task-served stream toward the agent (see :meth:`allocate_sid`)."""
+        return self.open_channel(self.allocate_sid())
 
     def on_unknown_stream(self, frame: Any) -> None:  # noqa: ANN401 - one of STREAM_FRAMES
         """Frames for streams that already ended were in flight: ignore; others are errors."""

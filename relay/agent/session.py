@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from relay.agent.exchange import UpstreamExchange
 from relay.connection import TunnelConnection
 from relay.errors import MalformedFrame, ProtocolError, StreamError
 from relay.protocol import (
@@ -99,18 +100,16 @@ class AgentSession(TunnelConnection):
         if frame.sid <= self.max_sid:
             raise ProtocolError(f"relay reused stream id {frame.sid}")
         self.max_sid = frame.sid
-        channel = self.open_channel(frame.sid)
-        if len(self.streams) > self.local_limits.max_streams:
-            channel.close()
-            self._spawn(frame.sid, self._refuse(frame.sid))
+        if len(self.streams) >= self.local_limits.max_streams:
+            self.queue(Reset(frame.sid, int(ResetCode.REFUSED), "agent at its stream limit"))
             return
+        if isinstance(frame, ReqHead):
+            # Plain HTTP: served by callbacks on the pooled upstream client, no task.
+            UpstreamExchange(self, frame, self.upstream.pool)
+            return
+        channel = self.open_channel(frame.sid)
         channel.deliver(frame)
-        serve = (
-            self.upstream.serve_http(channel)
-            if isinstance(frame, ReqHead)
-            else self.upstream.serve_websocket(channel)
-        )
-        task = self._spawn(frame.sid, serve)
+        task = self._spawn(frame.sid, self.upstream.serve_websocket(channel))
         task.add_done_callback(lambda _t: channel.close())
 
     def _spawn(self, sid: int, coro: Any) -> asyncio.Task[None]:  # noqa: ANN401 - a coroutine
@@ -124,9 +123,6 @@ class AgentSession(TunnelConnection):
             await coro
         except StreamError as exc:
             self.log.debug("agent.stream_ended", sid=sid, error=str(exc))
-
-    async def _refuse(self, sid: int) -> None:
-        await self.send(Reset(sid, int(ResetCode.REFUSED), "agent at its stream limit"))
 
     def on_unknown_stream(self, frame: Any) -> None:  # noqa: ANN401 - one of STREAM_FRAMES
         """Late frames for finished streams are ignored; others break the protocol."""

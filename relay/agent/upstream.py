@@ -11,20 +11,17 @@ import msgspec
 from multidict import CIMultiDict
 from yarl import URL
 
+from relay.agent.http_client import UpstreamPool
 from relay.errors import StreamError
-from relay.protocol import Data, ReqHead, ResetCode, RespHead, WsAccept, WsClose, WsMsg, WsOpen
+from relay.protocol import ResetCode, RespHead, WsAccept, WsClose, WsMsg, WsOpen
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from structlog.typing import FilteringBoundLogger
 
     from relay.channel import StreamChannel
 
 __all__ = ["Upstream"]
 
-_INLINE_RESPONSE = 64 * 1024  # small responses with a known length ride in the head frame
-_NO_BODY_STATUS = frozenset({204, 304})
 _encode = msgspec.json.Encoder().encode
 
 
@@ -39,6 +36,9 @@ class Upstream:
         self._ws_base = str(base.with_scheme("wss" if base.scheme == "https" else "ws")).rstrip("/")
         self._max_ws_message = max_ws_message
         self.log = log
+        # Plain HTTP streams: the pooled httptools client (relay/agent/http_client.py).
+        self.pool = UpstreamPool(base_url, limit=connections, log=log)
+        # WebSockets: aiohttp's client.
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=connections, keepalive_timeout=30),
             auto_decompress=False,  # bytes pass through untouched, encoding and all
@@ -48,47 +48,9 @@ class Upstream:
         )
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
+        await self.pool.close()
         await self.session.close()
-
-    async def serve_http(self, channel: StreamChannel) -> None:
-        """Answer the stream whose ReqHead is waiting in ``channel``."""
-        head = await channel.receive()
-        if not isinstance(head, ReqHead):
-            await channel.reset(ResetCode.INTERNAL, "stream did not start with ReqHead")
-            return
-        data: bytes | AsyncIterator[bytes] | None
-        if head.end:
-            data = head.chunk or None
-        else:
-            data = _request_body(channel, head.chunk)
-        sent_head = False
-        try:
-            async with self.session.request(
-                head.method,
-                URL(self._base + head.target, encoded=True),
-                headers=head.headers,
-                data=data,
-                allow_redirects=False,
-            ) as resp:
-                headers = list(resp.headers.items())
-                length = resp.content_length
-                if head.method == "HEAD" or resp.status in _NO_BODY_STATUS or resp.status < 200:
-                    sent_head = True
-                    await channel.send(RespHead(channel.sid, resp.status, headers, end=True))
-                    return
-                if length is not None and length <= _INLINE_RESPONSE:
-                    body = await resp.read()
-                    sent_head = True
-                    await channel.send(RespHead(channel.sid, resp.status, headers, body, end=True))
-                    return
-                sent_head = True
-                await channel.send(RespHead(channel.sid, resp.status, headers))
-                async for chunk in resp.content.iter_any():
-                    await channel.send_body(chunk)
-                await channel.send_end()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            await self._upstream_failed(channel, exc, sent_head=sent_head)
 
     async def _upstream_failed(
         self, channel: StreamChannel, exc: BaseException, *, sent_head: bool
@@ -145,21 +107,6 @@ class Upstream:
                     to_relay.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StreamError):
                     await to_relay
-
-
-async def _request_body(channel: StreamChannel, first: bytes) -> AsyncIterator[bytes]:
-    """The request body as the upstream consumes it; each chunk taken returns credit."""
-    if first:
-        yield first
-    while True:
-        frame = await channel.receive()
-        if not isinstance(frame, Data):
-            return
-        if frame.chunk:
-            yield frame.chunk
-            await channel.consumed(len(frame.chunk))
-        if frame.end:
-            return
 
 
 async def _upstream_to_relay(ws: aiohttp.ClientWebSocketResponse, channel: StreamChannel) -> None:

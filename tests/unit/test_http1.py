@@ -1,0 +1,92 @@
+"""Message heads the hot path writes: well-formed, and never a second message smuggled in."""
+
+from __future__ import annotations
+
+import httptools
+import pytest
+
+from relay.http1 import HeaderRefused, chunk, request_head, response_head, status_line
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self.complete = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete += 1
+
+
+def test_response_head_parses_back_with_its_headers_and_framing():
+    head = response_head(200, [("X-A", "1"), ("Set-Cookie", "a=b")], "Content-Length: 2\r\n")
+    seen = Collect()
+    parser = httptools.HttpResponseParser(seen)
+    parser.feed_data(head + b"hi")
+    assert parser.get_status_code() == 200
+    assert seen.headers == [(b"X-A", b"1"), (b"Set-Cookie", b"a=b"), (b"Content-Length", b"2")]
+    assert seen.body == b"hi"
+    assert seen.complete == 1
+
+
+def test_obs_text_values_survive_as_latin1():
+    head = response_head(200, [("X-Cafe", "caf\xe9\xff")])
+    assert b"X-Cafe: caf\xe9\xff\r\n" in head
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("X-A", "1\r\nContent-Length: 0")],
+        [("X-A", "1\nX-B: 2")],
+        [("X-A", "nul\x00")],
+        [("X A", "1")],
+        [("X-A:", "1")],
+        [("", "1")],
+        [("X-\u0100", "1")],
+    ],
+)
+def test_headers_that_would_break_the_message_are_refused(headers):
+    with pytest.raises(HeaderRefused):
+        response_head(200, headers)
+    with pytest.raises(HeaderRefused):
+        request_head("GET", "/", headers, "")
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [("GE T", "/"), ("GET", "/a b"), ("GET", "/\r\nX: y"), ("", "/"), ("GET", "")],
+)
+def test_bad_request_lines_are_refused(method, target):
+    with pytest.raises(HeaderRefused):
+        request_head(method, target, [], "")
+
+
+def test_request_head_is_one_request():
+    data = request_head("POST", "/p?q=1", [("A", "b")], "Host: up\r\nContent-Length: 3\r\n")
+    seen = Collect()
+    parser = httptools.HttpRequestParser(seen)
+    parser.feed_data(data + b"abc")
+    assert parser.get_method() == b"POST"
+    assert seen.body == b"abc"
+    assert seen.complete == 1
+
+
+def test_unregistered_status_gets_a_reason():
+    assert status_line(599) == b"HTTP/1.1 599 Status 599\r\n"
+    assert status_line(404) == b"HTTP/1.1 404 Not Found\r\n"
+
+
+def test_chunks_decode_to_the_same_bytes():
+    seen = Collect()
+    parser = httptools.HttpResponseParser(seen)
+    body = chunk(b"hello ") + chunk(b"x" * 300) + b"0\r\n\r\n"
+    parser.feed_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    assert seen.body == b"hello " + b"x" * 300
+    assert seen.complete == 1

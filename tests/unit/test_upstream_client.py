@@ -1,0 +1,198 @@
+"""The agent's pooled HTTP/1.1 client, against real local servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+import structlog
+
+from relay.agent.http_client import UpstreamConnection, UpstreamPool
+
+
+class User:
+    """Records what the pool reports for one request."""
+
+    def __init__(self, request: bytes, *, head: bool = False) -> None:
+        self.request = request
+        self.head = head
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.body = b""
+        self.conn: UpstreamConnection | None = None
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def on_connection(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        if self.head:
+            conn.expect_no_body()
+        conn.write(self.request)
+
+    def upstream_head(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.status = status
+        self.headers = headers
+
+    def upstream_body(self, data: bytes) -> None:
+        self.body += data
+
+    def upstream_end(self) -> None:
+        self.done.set_result("end")
+
+    def upstream_failed(self, error: Exception, *, retryable: bool) -> None:
+        self.done.set_result(f"failed retryable={retryable}")
+
+    def upstream_writable(self) -> None:
+        pass
+
+
+class Server:
+    """A raw TCP server answering each request head with the next scripted reply."""
+
+    def __init__(self, replies: list[bytes], *, close_after: bool = False) -> None:
+        self.replies = list(replies)
+        self.close_after = close_after
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while self.replies:
+                await reader.readuntil(b"\r\n\r\n")
+                reply = self.replies.pop(0)
+                if not reply:
+                    break  # close without an answer, as a keep-alive timeout does
+                writer.write(reply)
+                await writer.drain()
+                if self.close_after:
+                    break
+        writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+
+def pool(url: str, limit: int = 10) -> UpstreamPool:
+    return UpstreamPool(url, limit=limit, log=structlog.get_logger())
+
+
+async def run(p: UpstreamPool, user: User) -> str:
+    p.acquire(user)
+    async with asyncio.timeout(5):
+        return await user.done
+
+
+async def test_keep_alive_connections_are_reused():
+    server = Server([OK, OK, OK])
+    async with server as url:
+        p = pool(url)
+        for _ in range(3):
+            user = User(GET)
+            assert await run(p, user) == "end"
+            assert (user.status, user.body) == (200, b"hello")
+        assert server.connections == 1
+        assert p.open == 1
+        await p.close()
+
+
+async def test_a_head_response_ends_at_its_head_and_the_connection_is_reused():
+    server = Server([b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", OK])
+    async with server as url:
+        p = pool(url)
+        head = User(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", head=True)
+        assert await run(p, head) == "end"
+        assert head.body == b""
+        assert ("Content-Length", "1000") in head.headers
+        after = User(GET)
+        assert await run(p, after) == "end"
+        assert after.body == b"hello"
+        assert server.connections == 1
+        await p.close()
+
+
+async def test_a_body_delimited_by_close_ends_at_the_close():
+    server = Server([b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it"], close_after=True)
+    async with server as url:
+        p = pool(url)
+        user = User(GET)
+        assert await run(p, user) == "end"
+        assert user.body == b"all of it"
+        await p.close()
+
+
+async def test_interim_answers_are_skipped():
+    server = Server([b"HTTP/1.1 100 Continue\r\n\r\n" + OK])
+    async with server as url:
+        p = pool(url)
+        user = User(GET)
+        assert await run(p, user) == "end"
+        assert (user.status, user.body) == (200, b"hello")
+        await p.close()
+
+
+async def test_a_reused_connection_closed_before_answering_is_reported_retryable():
+    server = Server([OK, b""])
+    async with server as url:
+        p = pool(url)
+        assert await run(p, User(GET)) == "end"
+        # The server takes the second request on the same connection and closes it
+        # without a byte of answer: the request may be retried on a new connection.
+        assert await run(p, User(GET)) == "failed retryable=True"
+        assert server.connections == 1
+        await p.close()
+
+
+async def test_a_new_connection_closed_before_answering_is_not_retryable():
+    server = Server([b""])
+    async with server as url:
+        p = pool(url)
+        assert await run(p, User(GET)) == "failed retryable=False"
+        await p.close()
+
+
+async def test_requests_beyond_the_limit_wait_for_a_free_connection():
+    server = Server([OK, OK])
+    async with server as url:
+        p = pool(url, limit=1)
+        first, second = User(GET), User(GET)
+        p.acquire(first)
+        p.acquire(second)
+        async with asyncio.timeout(5):
+            assert await first.done == "end"
+            assert await second.done == "end"
+        assert server.connections == 1
+        await p.close()
+
+
+async def test_an_unreachable_upstream_fails_the_request():
+    server = Server([])
+    async with server as url:
+        pass  # closed: nothing listens there any more
+    p = pool(url)
+    assert await run(p, User(GET)) == "failed retryable=False"
+    assert p.open == 0
+    await p.close()
+
+
+async def test_a_malformed_answer_fails_the_request():
+    server = Server([b"HTTP/1.1 abc nonsense\r\n\r\n"])
+    async with server as url:
+        p = pool(url)
+        assert await run(p, User(GET)) == "failed retryable=False"
+        await p.close()
+
+
+def test_only_http_upstreams_are_accepted():
+    with pytest.raises(Exception, match="http"):
+        UpstreamPool("ftp://x", limit=1, log=structlog.get_logger())
