@@ -18,12 +18,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Self
 
 import aiohttp
 import msgspec
@@ -51,6 +53,71 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def status_kib(pid: int, field: str) -> int:
+    """One ``Vm*`` field of /proc/<pid>/status in KiB (``VmRSS``, ``VmHWM``, ...); 0 if absent."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset the process's peak RSS (VmHWM) to its current RSS; False where not allowed.
+
+    Writing 5 to /proc/<pid>/clear_refs (Linux >= 4.0) does it; it touches nothing else.
+    """
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class PeakRss:
+    """Peak RSS growth of some processes over a span: ``with PeakRss(pids) as peak: ...``.
+
+    Where /proc/<pid>/clear_refs is writable, VmHWM is reset on entry and read on exit, so
+    the peak is exact (``source`` = "VmHWM"); otherwise VmRSS is sampled every 10 ms from a
+    thread (``source`` = "VmRSS sampled"). ``growth_kib[name]`` = peak - VmRSS on entry.
+    """
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.01) -> None:
+        self.pids = pids
+        self.interval = interval
+        self.base: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.source = "VmHWM"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Self:
+        if not all(reset_peak_rss(pid) for pid in self.pids.values()):
+            self.source = "VmRSS sampled"
+        self.base = {name: status_kib(pid, "VmRSS") for name, pid in self.pids.items()}
+        self.peak = dict(self.base)
+        if self.source != "VmHWM":
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            for name, pid in self.pids.items():
+                self.peak[name] = max(self.peak[name], status_kib(pid, "VmRSS"))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for name, pid in self.pids.items():
+            now = status_kib(pid, "VmHWM" if self.source == "VmHWM" else "VmRSS")
+            self.peak[name] = max(self.peak[name], now)
+
+    @property
+    def growth_kib(self) -> dict[str, int]:
+        return {name: self.peak[name] - self.base[name] for name in self.pids}
 
 
 def listen_drops() -> int:
@@ -177,6 +244,19 @@ class Stack(Processes):
 
     def __init__(self, *relay_args: str, agent_args: tuple[str, ...] = ()) -> None:
         super().__init__()
+        try:
+            self._start(relay_args, agent_args)
+        except BaseException:
+            # Not ready in time (or interrupted): stop what started, keep the logs to read.
+            self.keep = True
+            self.close()
+            for name in ("relay", "agent"):
+                tail = self.log(name).splitlines()[-5:]
+                if tail:
+                    print(f"last lines of the {name}'s log:", *tail, sep="\n  ", file=sys.stderr)
+            raise
+
+    def _start(self, relay_args: tuple[str, ...], agent_args: tuple[str, ...]) -> None:
         self.up_port, self.relay_port = free_port(), free_port()
         self.upstream = self.spawn("upstream", upstream_argv(self.up_port))
         self.relay = self.spawn(

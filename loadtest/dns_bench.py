@@ -81,7 +81,7 @@ async def create_hosts(hosts: HostRegistry, count: int, prefix: str) -> list[str
     return ids
 
 
-async def run(args: argparse.Namespace, valkey_url: str, pdns) -> None:
+async def run(args: argparse.Namespace, valkey_url: str, pdns) -> dict:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     redis = await connect(valkey_url)
     await redis.flushall()
@@ -136,6 +136,8 @@ async def run(args: argparse.Namespace, valkey_url: str, pdns) -> None:
     )
     rrsets = [r for r in pdns.zone(ZONE)["rrsets"] if r["type"] == "CNAME"]
     print(f"  records in the zone afterwards: {len(rrsets)}")
+    figures: dict = {"hosts": args.hosts, "reconnects": args.reconnects}
+    figures["first_sync"] = first | {"seconds": took, "records": len(rrsets)}
 
     before = transport.snapshot()
     t = time.perf_counter()
@@ -147,6 +149,7 @@ async def run(args: argparse.Namespace, valkey_url: str, pdns) -> None:
         f"({second['reads']} reads, {second['writes']} writes); "
         f"already_synced {report.already_synced}"
     )
+    figures["second_sync"] = second | {"seconds": took}
 
     before = transport.snapshot()
     rng = random.Random(7)
@@ -170,6 +173,7 @@ async def run(args: argparse.Namespace, valkey_url: str, pdns) -> None:
         f"{args.reconnects} reconnects of live hosts: {churn['calls']} API calls "
         f"({churn['writes']} writes) in {took:.2f} s"
     )
+    figures["reconnects_api"] = churn | {"seconds": took}
 
     fresh = await create_hosts(hosts, 1000, "new")
     before = transport.snapshot()
@@ -183,9 +187,36 @@ async def run(args: argparse.Namespace, valkey_url: str, pdns) -> None:
         f"worker converging 1000 new hosts: {worker['calls']} API calls "
         f"({worker['reads']} reads, {worker['writes']} writes) in {took:.2f} s"
     )
+    figures["converge_new"] = worker | {"seconds": took}
     await service.aclose()
     await transport.aclose()
     await redis.aclose()
+    return figures
+
+
+def available() -> bool:
+    """Whether PowerDNS (pdns_server) is installed here (scripts/ensure-test-deps.sh)."""
+    from tests.dns.pdns import pdns_binary
+
+    return pdns_binary() is not None
+
+
+def measure(hosts: int = 10_000, reconnects: int = 1_000) -> dict:
+    """Start Valkey and PowerDNS, run the benchmark (printing as it goes); its figures."""
+    args = argparse.Namespace(hosts=hosts, reconnects=reconnects)
+    with tempfile.TemporaryDirectory(prefix="dns-bench-") as tmp:
+        root = Path(tmp)
+        (root / "valkey").mkdir()
+        (root / "pdns").mkdir()
+        valkey_url, stop_valkey = start_valkey(root / "valkey")
+        try:
+            pdns = start_pdns(root / "pdns", [ZONE])
+            try:
+                return asyncio.run(run(args, valkey_url, pdns))
+            finally:
+                pdns.stop()
+        finally:
+            stop_valkey()
 
 
 def main() -> None:
@@ -193,17 +224,7 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=10_000)
     parser.add_argument("--reconnects", type=int, default=1_000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="dns-bench-") as tmp:
-        root = Path(tmp)
-        (root / "valkey").mkdir()
-        (root / "pdns").mkdir()
-        valkey_url, stop_valkey = start_valkey(root / "valkey")
-        pdns = start_pdns(root / "pdns", [ZONE])
-        try:
-            asyncio.run(run(args, valkey_url, pdns))
-        finally:
-            pdns.stop()
-            stop_valkey()
+    measure(args.hosts, args.reconnects)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class Result:
     outcome: int | str  # HTTP status, or the client error
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--clients", type=int, default=16, help="concurrent request loops")
@@ -62,7 +62,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--drain-timeout", default=None, help="relay --drain-timeout (s)")
     parser.add_argument("--log-level", default="info", help="of relays and agents")
     parser.add_argument("--keep", action="store_true", help="keep the logs' temp dir")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 async def load_loop(
@@ -94,7 +94,7 @@ def relay_args(args: argparse.Namespace) -> list[str]:
     return ["--drain-timeout", str(args.drain_timeout)] if args.drain_timeout else []
 
 
-async def scenario(args: argparse.Namespace) -> None:
+async def scenario(args: argparse.Namespace) -> dict:
     raise_nofile(4 * args.hosts + 4096)
     ports = {m: free_port() for m in MACHINES}
     edge_port, up_port = free_port(), free_port()
@@ -144,6 +144,39 @@ async def scenario(args: argparse.Namespace) -> None:
         phases = drain_phases(procs.log(f"relay-{holder}"), term_wall)
     report(args, results, holder, status, (t_term, t_exit), before, after, moved)
     print(f"  holder's log   : {phases}")
+    return figures(args, results, holder, status, (t_term, t_exit), before, after)
+
+
+def figures(args, results, holder, status, window, before, after) -> dict:
+    t_term, t_exit = window
+    failed = [r for r in results if r.outcome != 200]
+    outcomes = collections.Counter(str(r.outcome) for r in failed)
+    return {
+        "hosts": args.hosts,
+        "clients": args.clients,
+        "requests": len(results),
+        "failed": len(failed),
+        "failures": dict(outcomes.most_common(5)),
+        "served_during_drain": sum(
+            1 for r in results if t_term <= r.ended <= t_exit and r.outcome == 200
+        ),
+        "drain_s": t_exit - t_term,
+        "exit_status": status,
+        "holder": holder,
+        "tunnels_before": before,
+        "tunnels_after": after,
+    }
+
+
+def measure(**overrides) -> dict:
+    """Run the scenario (printing its report) with the defaults but ``overrides``."""
+    args = parse_args([])
+    for name, value in overrides.items():
+        if not hasattr(args, name):
+            raise TypeError(f"drain has no option {name!r}")
+        setattr(args, name, value)
+    quiet_logs()
+    return run(scenario(args))
 
 
 def drain_phases(text: str, since: float) -> str:

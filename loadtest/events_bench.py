@@ -35,8 +35,11 @@ from directory.keys import Keys
 from directory.presence import PresenceStore
 from directory.stats import Stats
 from directory.store import connect
+from loadtest.common import run
 from relay.events import PRESENCE_BLOCK_MS, EventEmitter
 from tests.servers import start_valkey
+
+CATCH_UP_LIMIT = 300  # s: a projection stuck for longer fails the run instead of hanging
 
 
 def churn(n: int, hosts: int, epoch0: int = 0) -> list:
@@ -106,17 +109,28 @@ class Live:
         return self.lags, time.perf_counter() - t0
 
 
-def report_lags(what: str, lags: list[float], seconds: float) -> None:
+def report_lags(what: str, lags: list[float], seconds: float) -> dict:
     n = len(lags)
+    figures = {
+        "events": n,
+        "seconds": seconds,
+        "events_per_s": n / seconds,
+        "lag_p50_ms": statistics.median(lags) * 1000,
+        "lag_p99_ms": pct(lags, 0.99) * 1000,
+        "lag_max_ms": max(lags) * 1000,
+    }
     print(
         f"{what}: {n} events projected in {seconds * 1000:.0f} ms "
         f"({n / seconds:,.0f} events/s end to end); lag (emit -> projected) "
-        f"p50 {statistics.median(lags) * 1000:.1f} ms, p99 {pct(lags, 0.99) * 1000:.1f} ms, "
-        f"max {max(lags) * 1000:.1f} ms"
+        f"p50 {figures['lag_p50_ms']:.1f} ms, p99 {figures['lag_p99_ms']:.1f} ms, "
+        f"max {figures['lag_max_ms']:.1f} ms"
     )
+    return figures
 
 
-async def bench(url: str, n: int, burst: int, hosts: int, rate: float) -> None:
+async def bench(url: str, n: int, burst: int, hosts: int, rate: float) -> dict:
+    """Run the three steps (printing as they go); their figures."""
+    figures: dict = {"events": n, "burst": burst, "rate": rate}
     redis = await connect(url)
     keys = Keys(f"bench{secrets.token_hex(3)}")
     stats = Stats()
@@ -128,6 +142,7 @@ async def bench(url: str, n: int, burst: int, hosts: int, rate: float) -> None:
     for i in range(0, n, 1000):
         await log.append_many(events[i : i + 1000])
     append_s = time.perf_counter() - t0
+    figures["append_per_s"] = n / append_s
     print(f"events appended:  {n} in {append_s:.3f} s = {n / append_s:,.0f} events/s")
 
     applied = 0
@@ -140,8 +155,13 @@ async def bench(url: str, n: int, burst: int, hosts: int, rate: float) -> None:
     catch_up = StreamConsumer(redis, keys, "presence", "bench", batch_handler=count, stats=stats)
     t0 = time.perf_counter()
     while applied < n:
+        if time.perf_counter() - t0 > CATCH_UP_LIMIT:
+            raise RuntimeError(
+                f"projection caught up on {applied}/{n} events in {CATCH_UP_LIMIT} s"
+            )
         await catch_up.step()
     project_s = time.perf_counter() - t0
+    figures["project_per_s"] = n / project_s
     await catch_up.close()
     print(f"events projected: {n} in {project_s:.3f} s = {n / project_s:,.0f} events/s")
 
@@ -151,16 +171,31 @@ async def bench(url: str, n: int, burst: int, hosts: int, rate: float) -> None:
     emitter.start()
     await asyncio.sleep(0.5)  # the consumer now waits in XREADGROUP BLOCK, as in a relay
     lags, seconds = await live.run(emitter, churn(burst, hosts, epoch0=n), None)
-    report_lags(f"burst of {burst} emitted at once", lags, seconds)
+    figures["burst_at_once"] = report_lags(f"burst of {burst} emitted at once", lags, seconds)
     lags, seconds = await live.run(emitter, churn(burst, hosts, epoch0=n + burst), rate)
-    report_lags(f"burst of {burst} paced at {rate:,.0f}/s", lags, seconds)
+    figures["burst_paced"] = report_lags(f"burst of {burst} paced at {rate:,.0f}/s", lags, seconds)
     await emitter.close()
     await live.consumer.close()
+    figures["write_conflicts"] = stats.get("presence_write_conflicts_total")
+    figures["dropped"] = stats.get("relay_events_dropped_total")
     print(
-        f"presence write conflicts: {stats.get('presence_write_conflicts_total')}, "
-        f"events dropped: {stats.get('relay_events_dropped_total')}"
+        f"presence write conflicts: {figures['write_conflicts']}, "
+        f"events dropped: {figures['dropped']}"
     )
     await redis.aclose()
+    return figures
+
+
+def measure(
+    events: int = 100_000, burst: int = 10_000, hosts: int = 2_000, rate: float = 20_000
+) -> dict:
+    """Start a Valkey, run the benchmark against it (printing as it goes); its figures."""
+    with tempfile.TemporaryDirectory(prefix="events-bench-") as tmp:
+        url, stop = start_valkey(Path(tmp))
+        try:
+            return run(bench(url, events, burst, hosts, rate))
+        finally:
+            stop()
 
 
 def main() -> None:
@@ -170,18 +205,7 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=2_000)
     parser.add_argument("--rate", type=float, default=20_000, help="paced burst, events/s")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="events-bench-") as tmp:
-        url, stop = start_valkey(Path(tmp))
-        try:
-            coro = bench(url, args.events, args.burst, args.hosts, args.rate)
-            try:
-                import uvloop  # the relay runs on uvloop where it is installed
-
-                uvloop.run(coro)
-            except ImportError:
-                asyncio.run(coro)
-        finally:
-            stop()
+    measure(args.events, args.burst, args.hosts, args.rate)
 
 
 if __name__ == "__main__":

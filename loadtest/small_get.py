@@ -1,32 +1,37 @@
 """Small GET: direct to the upstream vs through relay + agent, side by side in one run.
 
-Prints requests/s for each and their ratio, relay and agent CPU µs per request (process
-CPU time over the run), p50/p99 latency at a fixed moderate rate, and the relay's RSS
-before and after the relayed load (memory that sustained traffic leaves behind).
+Two parts on one stack (the same upstream process serves the direct and relayed load):
 
-    python -m loadtest.small_get [--seconds 10] [--connections 32] [--rate 200]
+1. closed loop, wrk -t1 -c32: requests/s direct and relayed and their ratio; relay and
+   agent CPU µs per proxied request (process CPU time over the relayed run); the relay's
+   RSS before and after the relayed load (memory that sustained traffic leaves behind).
+2. open loop at a fixed rate (default 500 req/s): p50/p99 latency direct and relayed, and
+   what the relay adds (relayed minus direct). The client is loadtest/open_loop.py in its
+   own process; direct and relayed take turns (--rounds) in that one client.
+
+    python -m loadtest.small_get [--seconds 10] [--connections 32] [--rate 500]
+        [--latency-seconds 10] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import re
 import shutil
-import statistics
 import subprocess
-import time
+import sys
 
-import aiohttp
-
-from loadtest.common import cpu_seconds, rss_kib, stack
+from loadtest.common import ROOT, cpu_seconds, rss_kib, stack
 
 
 def wrk(url: str, seconds: float, connections: int, host: str | None = None) -> tuple[float, int]:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     if host:
         argv += ["-H", f"Host: {host}"]
-    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [*argv, url], capture_output=True, text=True, check=True, timeout=seconds + 60
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -35,76 +40,118 @@ def wrk(url: str, seconds: float, connections: int, host: str | None = None) -> 
     return rps, total
 
 
-async def fixed_rate(url: str, rate: float, seconds: float, host: str | None = None) -> list[float]:
-    """Open-loop load: one request every 1/rate s, whatever the latency; returns latencies."""
-    latencies: list[float] = []
-    headers = {"Host": host} if host else {}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
-
-        async def one() -> None:
-            t0 = time.perf_counter()
-            async with s.get(url, headers=headers) as r:
-                await r.read()
-                assert r.status == 200, r.status
-            latencies.append(time.perf_counter() - t0)
-
-        tasks = []
-        start = time.perf_counter()
-        n = int(rate * seconds)
-        for i in range(n):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
-    return latencies
+def open_loop(
+    targets: list[list[str]], rate: float, seconds: float, rounds: int, warmup: float = 1
+) -> dict:
+    """Run loadtest/open_loop.py in its own process over ``targets``; its JSON figures."""
+    argv = [sys.executable, "-m", "loadtest.open_loop", "--rate", str(rate)]
+    argv += ["--seconds", str(seconds), "--rounds", str(rounds), "--warmup", str(warmup)]
+    for target in targets:
+        argv += ["--target", *target]
+    timeout = (seconds + warmup * len(targets)) * 2 + 60
+    out = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False
+    )
+    if out.returncode:
+        raise RuntimeError(f"open_loop failed ({out.returncode}):\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout)
 
 
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(len(values) * p))] * 1000
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--rate", type=float, default=200)
-    args = parser.parse_args()
+def measure(
+    seconds: float = 10,
+    connections: int = 32,
+    rate: float = 500,
+    latency_seconds: float = 10,
+    rounds: int = 2,
+    verbose: bool = True,
+) -> dict:
+    """Run both parts; the figures as a dict (see ``report`` for what each is)."""
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install -y wrk (make bench does it)")
     with stack() as s:
-        wrk(s.relay_url + "/", 2, args.connections, s.host_header)  # warm-up
-        direct_rps, _ = wrk(s.direct_url + "/", args.seconds, args.connections)
+        wrk(s.relay_url + "/", 2, connections, s.host_header)  # warm-up
+        direct_rps, _ = wrk(s.direct_url + "/", seconds, connections)
         relay_cpu0, agent_cpu0 = cpu_seconds(s.relay.pid), cpu_seconds(s.agent.pid)
         rss0 = rss_kib(s.relay.pid)
-        relayed_rps, relayed_n = wrk(
-            s.relay_url + "/", args.seconds, args.connections, s.host_header
-        )
+        relayed_rps, relayed_n = wrk(s.relay_url + "/", seconds, connections, s.host_header)
         rss1 = rss_kib(s.relay.pid)
         relay_us = (cpu_seconds(s.relay.pid) - relay_cpu0) / relayed_n * 1e6
         agent_us = (cpu_seconds(s.agent.pid) - agent_cpu0) / relayed_n * 1e6
-        lat_direct = asyncio.run(fixed_rate(s.direct_url + "/", args.rate, 5))
-        lat_relay = asyncio.run(fixed_rate(s.relay_url + "/", args.rate, 5, s.host_header))
+        latency = open_loop(
+            [["direct", s.direct_url + "/"], ["relayed", s.relay_url + "/", s.host_header]],
+            rate,
+            latency_seconds,
+            rounds,
+        )
+    direct, relayed = latency["direct"], latency["relayed"]
+    figures = {
+        "seconds": seconds,
+        "connections": connections,
+        "direct_rps": direct_rps,
+        "relayed_rps": relayed_rps,
+        "ratio": relayed_rps / direct_rps,
+        "relayed_requests": relayed_n,
+        "relay_cpu_us_per_request": relay_us,
+        "agent_cpu_us_per_request": agent_us,
+        "relay_rss_before_mib": rss0 / 1024,
+        "relay_rss_after_mib": rss1 / 1024,
+        "rate": rate,
+        "latency_seconds": latency_seconds,
+        "latency": latency,
+        "added_p50_ms": relayed["p50_ms"] - direct["p50_ms"],
+        "added_p99_ms": relayed["p99_ms"] - direct["p99_ms"],
+        "latency_failed": direct["failed"] + relayed["failed"],
+    }
+    if verbose:
+        report(figures)
+    return figures
+
+
+def report(f: dict) -> None:
     print(
-        f"small GET, wrk -t1 -c{args.connections} -d{args.seconds:g}s;"
+        f"small GET, wrk -t1 -c{f['connections']} -d{f['seconds']:g}s;"
         " 2 cores shared by wrk, relay, agent, upstream"
     )
-    print(f"  direct   : {direct_rps:9.0f} req/s")
+    print(f"  direct   : {f['direct_rps']:9.0f} req/s")
     print(
-        f"  relayed  : {relayed_rps:9.0f} req/s   ratio relayed/direct = {relayed_rps / direct_rps:.2f} (goal >= 0.5)"
+        f"  relayed  : {f['relayed_rps']:9.0f} req/s   ratio relayed/direct ="
+        f" {f['ratio']:.2f} (goal >= 0.5)"
     )
-    print(f"  relay CPU: {relay_us:7.1f} us/request (goal <= 120)")
+    print(f"  relay CPU: {f['relay_cpu_us_per_request']:7.1f} us/request (goal <= 90)")
     print(
-        f"  relay RSS: {rss0 / 1024:.1f} MiB before the relayed run,"
-        f" {rss1 / 1024:.1f} MiB after its {relayed_n} requests"
+        f"  relay RSS: {f['relay_rss_before_mib']:.1f} MiB before the relayed run,"
+        f" {f['relay_rss_after_mib']:.1f} MiB after its {f['relayed_requests']} requests"
     )
-    print(f"  agent CPU: {agent_us:7.1f} us/request (goal <= 150)")
+    print(f"  agent CPU: {f['agent_cpu_us_per_request']:7.1f} us/request (goal <= 90)")
+    lat = f["latency"]
     print(
-        f"  latency at {args.rate:g} req/s: direct p50 {pct(lat_direct, 0.5):.2f} ms p99 {pct(lat_direct, 0.99):.2f} ms;"
-        f" relayed p50 {pct(lat_relay, 0.5):.2f} ms p99 {pct(lat_relay, 0.99):.2f} ms"
-        f" (mean {statistics.mean(lat_relay) * 1000:.2f} ms)"
+        f"  open loop at {f['rate']:g} req/s for {f['latency_seconds']:g} s each"
+        " (loadtest.open_loop, its own process):"
     )
+    for name in ("direct", "relayed"):
+        x = lat[name]
+        failed = f", failed {x['failed']} {x['failures']}" if x["failed"] else ""
+        print(
+            f"    {name:8}: p50 {x['p50_ms']:.2f} ms, p90 {x['p90_ms']:.2f} ms,"
+            f" p99 {x['p99_ms']:.2f} ms, max {x['max_ms']:.2f} ms ({x['ok']} answered{failed};"
+            f" sends late p99 {x['late_p99_ms']:.2f} ms,"
+            f" client {x['client_cpu_us_per_request']:.0f} us CPU/request)"
+        )
+    print(
+        f"    added by the relay: p50 {f['added_p50_ms']:+.2f} ms (goal <= 0.5),"
+        f" p99 {f['added_p99_ms']:+.2f} ms (goal <= 2)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=10, help="of each wrk run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=500, help="open loop, requests/s")
+    parser.add_argument("--latency-seconds", type=float, default=10, help="per target")
+    parser.add_argument("--rounds", type=int, default=2, help="direct/relayed turns")
+    args = parser.parse_args()
+    measure(args.seconds, args.connections, args.rate, args.latency_seconds, args.rounds)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,118 @@
+"""WebSocket echo: 1 KiB messages, 64 in flight, direct vs through the tunnel.
+
+One stack; the same client (aiohttp on uvloop, in this process) opens a WebSocket to the
+upstream's GET /ws echo, direct and then through relay + agent, and keeps a window of
+``--window`` binary messages of ``--size`` bytes outstanding: it sends ``window`` at once,
+then one more for each echo it receives, for ``--seconds`` (or ``--max-messages``), then
+waits for the outstanding ones. Prints echoed messages/s of each and the ratio.
+
+    python -m loadtest.ws_echo [--seconds 10] [--window 64] [--size 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import aiohttp
+
+from loadtest.common import cpu_seconds, run, stack
+
+
+async def echo(
+    url: str, host: str | None, seconds: float, window: int, size: int, max_messages: int
+) -> tuple[float, int]:
+    """Echoed messages/s with ``window`` in flight, and how many came back."""
+    headers = {"Host": host} if host else {}
+    payload = os.urandom(size)
+    timeout = aiohttp.ClientWSTimeout(ws_receive=30)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url, headers=headers, compress=0, max_msg_size=0, timeout=timeout) as ws,
+    ):
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        sent = received = 0
+        for _ in range(min(window, max_messages)):
+            await ws.send_bytes(payload)
+            sent += 1
+        sending = True
+        while received < sent:
+            msg = await ws.receive()
+            if msg.type != aiohttp.WSMsgType.BINARY or len(msg.data) != size:
+                raise RuntimeError(f"unexpected echo: {msg.type} {str(msg.data)[:100]}")
+            received += 1
+            if sending and (sent >= max_messages or time.perf_counter() >= deadline):
+                sending = False
+            if sending:
+                await ws.send_bytes(payload)
+                sent += 1
+        elapsed = time.perf_counter() - t0
+    return received / elapsed, received
+
+
+def measure(
+    seconds: float = 10,
+    window: int = 64,
+    size: int = 1024,
+    max_messages: int = 5_000_000,
+    verbose: bool = True,
+) -> dict:
+    """Direct and relayed echo rates, their ratio, relay/agent CPU µs per relayed message."""
+    with stack() as s:
+        direct_url = s.direct_url.replace("http", "ws", 1) + "/ws"
+        relay_url = s.relay_url.replace("http", "ws", 1) + "/ws"
+        run(echo(relay_url, s.host_header, 1, window, size, max_messages))  # warm-up
+        direct, direct_n = run(echo(direct_url, None, seconds, window, size, max_messages))
+        relay_cpu0, agent_cpu0 = cpu_seconds(s.relay.pid), cpu_seconds(s.agent.pid)
+        relayed, relayed_n = run(
+            echo(relay_url, s.host_header, seconds, window, size, max_messages)
+        )
+        relay_us = (cpu_seconds(s.relay.pid) - relay_cpu0) / relayed_n * 1e6
+        agent_us = (cpu_seconds(s.agent.pid) - agent_cpu0) / relayed_n * 1e6
+    figures = {
+        "seconds": seconds,
+        "window": window,
+        "size": size,
+        "direct_msgs_per_s": direct,
+        "relayed_msgs_per_s": relayed,
+        "direct_messages": direct_n,
+        "relayed_messages": relayed_n,
+        "ratio": relayed / direct,
+        "relay_cpu_us_per_message": relay_us,
+        "agent_cpu_us_per_message": agent_us,
+    }
+    if verbose:
+        report(figures)
+    return figures
+
+
+def report(f: dict) -> None:
+    print(
+        f"WebSocket echo: {f['size']} B binary messages, {f['window']} in flight,"
+        f" {f['seconds']:g} s each; one client (this process)"
+    )
+    print(f"  direct : {f['direct_msgs_per_s']:9.0f} messages/s ({f['direct_messages']} echoed)")
+    print(
+        f"  relayed: {f['relayed_msgs_per_s']:9.0f} messages/s ({f['relayed_messages']} echoed)"
+        f"   ratio {f['ratio']:.2f} (goal >= 0.5)"
+    )
+    print(
+        f"  per relayed message (both ways): relay {f['relay_cpu_us_per_message']:.1f} us CPU,"
+        f" agent {f['agent_cpu_us_per_message']:.1f} us CPU"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=10, help="of each run")
+    parser.add_argument("--window", type=int, default=64, help="messages in flight")
+    parser.add_argument("--size", type=int, default=1024, help="bytes per message")
+    parser.add_argument("--max-messages", type=int, default=5_000_000, help="per run")
+    args = parser.parse_args()
+    measure(args.seconds, args.window, args.size, args.max_messages)
+
+
+if __name__ == "__main__":
+    main()
