@@ -73,7 +73,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_streams: Positive = 1000
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     max_body: Annotated[int, msgspec.Meta(ge=0)] = 0
-    initial_window: Annotated[int, msgspec.Meta(ge=16 * 1024, le=2**31 - 1)] = 256 * 1024
+    initial_window: Annotated[int, msgspec.Meta(ge=16 * 1024, le=2**31 - 1)] = 1024 * 1024
     metrics_token: str | None = None
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
@@ -145,7 +145,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_frame: Annotated[int, msgspec.Meta(ge=16 * 1024)] = 1 << 20
     max_streams: Positive = 1000
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
-    initial_window: Annotated[int, msgspec.Meta(ge=16 * 1024, le=2**31 - 1)] = 256 * 1024
+    initial_window: Annotated[int, msgspec.Meta(ge=16 * 1024, le=2**31 - 1)] = 1024 * 1024
     upstream_connections: Positive = 100
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"

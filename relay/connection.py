@@ -11,12 +11,15 @@ import contextlib
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
+import msgspec
 
 from relay.channel import StreamChannel
 from relay.errors import MalformedFrame, ProtocolError, TunnelClosed
 from relay.protocol import (
+    DATA_OVERHEAD,
     STREAM_FRAMES,
     CloseCode,
+    Data,
     Frame,
     FrameCodec,
     Limits,
@@ -75,6 +78,7 @@ class TunnelConnection:
         "_log",
         "_out",
         "_out_bytes",
+        "_out_sizes",
         "_out_limit",
         "_room",
         "_room_callbacks",
@@ -118,7 +122,10 @@ class TunnelConnection:
         # writer runs only while there is something to send, and the events below are
         # made only when someone waits: an idle tunnel holds no task and no waiter (a
         # relay holds tens of thousands of idle tunnels).
-        self._out: list[bytes] = []
+        # Body frames wait as structs (their chunk is copied once, into the message);
+        # other frames are encoded at once. Sizes are kept to cut messages at the limit.
+        self._out: list[Data | msgspec.Raw] = []
+        self._out_sizes: list[int] = []
         self._out_bytes = 0
         self._out_limit = 4 * peer_limits.max_frame  # senders wait beyond this
         self._writer: asyncio.Task[None] | None = None
@@ -155,9 +162,15 @@ class TunnelConnection:
         """
         if self.close_code is not None:
             raise TunnelClosed("tunnel closed")
-        data = self._encode(frame)
-        self._out.append(data)
-        self._out_bytes += len(data)
+        if type(frame) is Data:
+            size = len(frame.chunk) + DATA_OVERHEAD
+            self._out.append(frame)
+        else:
+            raw = msgspec.Raw(self._encode(frame))
+            size = len(raw)
+            self._out.append(raw)
+        self._out_sizes.append(size)
+        self._out_bytes += size
         if self._writer is None:
             # Started now, it runs after the current callback: frames queued in the same
             # event-loop turn go out together, in one message.
@@ -201,15 +214,16 @@ class TunnelConnection:
         limit = self.peer_limits.max_frame
         try:
             while self._out:
-                batch, self._out, self._out_bytes = self._out, [], 0
+                batch, sizes = self._out, self._out_sizes
+                self._out, self._out_sizes, self._out_bytes = [], [], 0
                 self._release_senders()
                 start, size = 0, 0
-                for i, data in enumerate(batch):
-                    if size + len(data) > limit - 8 and i > start:
+                for i, n in enumerate(sizes):
+                    if size + n > limit - 8 and i > start:
                         await self.ws.send_bytes(self.codec.pack(batch[start:i]))
                         start, size = i, 0
-                    size += len(data)
-                await self.ws.send_bytes(self.codec.pack(batch[start:]))
+                    size += n
+                await self.ws.send_bytes(self.codec.pack(batch[start:] if start else batch))
         except (ConnectionError, RuntimeError) as exc:
             # aiohttp raises these when the socket closes under us.
             if self.close_code is None:

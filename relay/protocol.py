@@ -43,11 +43,14 @@ from __future__ import annotations
 
 import enum
 import functools
-from typing import Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
 import msgspec
 
 from relay.errors import FrameTooLarge, MalformedFrame
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -117,7 +120,7 @@ class Limits(msgspec.Struct, gc=False, array_like=True, frozen=True):
     max_frame: Annotated[int, msgspec.Meta(ge=1024)] = 1 << 20
     max_streams: Annotated[int, msgspec.Meta(ge=1)] = 1000
     max_header_bytes: Annotated[int, msgspec.Meta(ge=256)] = 64 * 1024
-    initial_window: Annotated[int, msgspec.Meta(ge=1024, le=2**31 - 1)] = 256 * 1024
+    initial_window: Annotated[int, msgspec.Meta(ge=1024, le=2**31 - 1)] = 1024 * 1024
     max_body: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: unlimited
 
 
@@ -260,6 +263,9 @@ Frame = (
     | Drain
 )
 
+#: Upper bound of a Data frame's encoding beyond its chunk (array, tag, sid, bin header, end).
+DATA_OVERHEAD: Final = 24
+
 #: Frames that belong to a stream (carry ``sid``).
 STREAM_FRAMES: Final = (ReqHead, RespHead, Data, Reset, Window, WsOpen, WsAccept, WsMsg, WsClose)
 
@@ -298,21 +304,17 @@ class FrameCodec:
         """Encode one frame (not yet a message: see :meth:`pack`)."""
         return self._encoder.encode(frame)
 
-    @staticmethod
-    def pack(encoded: list[bytes]) -> bytes:
-        """Join encoded frames into one message (a MessagePack array)."""
-        n = len(encoded)
-        if n < 16:
-            header = bytes((0x90 | n,))
-        elif n < 0x10000:
-            header = b"\xdc" + n.to_bytes(2, "big")
-        else:
-            header = b"\xdd" + n.to_bytes(4, "big")
-        return header + b"".join(encoded)
+    def pack(self, items: Sequence[Frame | msgspec.Raw]) -> bytes:
+        """One message (a MessagePack array) of frames and already-encoded frames (Raw).
+
+        Body frames are passed as structs, so their chunks are copied once, straight
+        into the message; small frames are encoded when queued (their size is known).
+        """
+        return self._encoder.encode(items)
 
     def message(self, *frames: Frame) -> bytes:
         """Encode and pack ``frames`` into one message."""
-        return self.pack([self._encoder.encode(f) for f in frames])
+        return self._encoder.encode(frames)
 
     def decode(self, data: bytes) -> list[Frame]:
         """Decode and validate one message received from the peer."""
