@@ -116,7 +116,11 @@ class ClientExchange(FlowStream):
             trust_fly_headers=cfg.trust_fly_headers,
         )
         headers = request_headers_for_upstream(
-            info.headers, client_ip=origin.client_ip, proto=origin.proto, host=info.host
+            info.headers,
+            client_ip=origin.client_ip,
+            proto=origin.proto,
+            host=info.host,
+            trust_fly_headers=cfg.trust_fly_headers,
         )
         if header_bytes(headers) > min(tunnel.peer_limits.max_header_bytes, cfg.max_header_bytes):
             self._answer_error(431, "headers_too_large", "request headers exceed the host's limit")

@@ -50,7 +50,7 @@ class FlowStream:
             send_window=conn.peer_limits.initial_window,
             recv_window=conn.local_limits.initial_window,
         )
-        self._pending: deque[bytes] = deque()
+        self._pending: deque[bytes] | None = None  # made when first needed (rare)
         self._offset = 0  # bytes of _pending[0] already sent
         self._pending_end = False
         self._waiting_room = False
@@ -118,6 +118,8 @@ class FlowStream:
         subclass hears :meth:`on_unblocked` then.
         """
         if chunk:
+            if self._pending is None:
+                self._pending = deque()
             self._pending.append(chunk)
         if end:
             self._pending_end = True
@@ -155,11 +157,12 @@ class FlowStream:
     def _flush(self) -> bool:
         """Send what credit allows; True when nothing waits and the tunnel has room."""
         state = self.state
+        pending = self._pending
         if state.reset:
-            self._pending.clear()
+            if pending:
+                pending.clear()
             return True
         conn = self.conn
-        pending = self._pending
         max_chunk = conn.max_chunk
         while pending:
             head = pending[0]

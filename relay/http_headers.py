@@ -47,6 +47,17 @@ _WS_HANDSHAKE: Final = frozenset(
 )
 
 
+# Fly's proxy sets these (Fly-Client-IP, Fly-Forwarded-Port, fly-replay-src, ...) or obeys
+# them (fly-replay, fly-force-instance-id): from a client they are spoofs, from an upstream
+# they would steer the proxy.
+FLY_PREFIX: Final = "fly-"
+
+_REQUEST_DROP: Final = HOP_BY_HOP | _FORWARDING | {"host"}
+_WEBSOCKET_DROP: Final = _REQUEST_DROP | _WS_HANDSHAKE
+_RESPONSE_DROP: Final = HOP_BY_HOP
+_RESPONSE_DROP_LENGTH: Final = HOP_BY_HOP | {"content-length"}
+
+
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
     tokens: set[str] = set()
     for name, value in headers:
@@ -56,25 +67,41 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
 
 
 def _end_to_end(
-    headers: list[tuple[str, str]], extra_drop: frozenset[str]
+    headers: list[tuple[str, str]], drop: frozenset[str], prefixes: tuple[str, ...]
 ) -> list[tuple[str, str]]:
-    drop = HOP_BY_HOP | extra_drop | _connection_tokens(headers)
-    return [
-        (name, value)
-        for name, value in headers
-        if (low := name.lower()) not in drop and not low.startswith(INTERNAL_PREFIXES)
-    ]
+    out = []
+    extra: frozenset[str] | None = None
+    for name, value in headers:
+        low = name.lower()
+        if low in drop or low.startswith(prefixes):
+            if low == "connection" and extra is None:
+                # Headers the Connection header names are hop-by-hop too (rare: a second
+                # pass only when there is one).
+                extra = _connection_tokens(headers)
+            continue
+        out.append((name, value))
+    if extra:
+        out = [(n, v) for n, v in out if n.lower() not in extra]
+    return out
 
 
 def request_headers_for_upstream(
-    headers: list[tuple[str, str]], *, client_ip: str, proto: str, host: str
+    headers: list[tuple[str, str]],
+    *,
+    client_ip: str,
+    proto: str,
+    host: str,
+    trust_fly_headers: bool = False,
 ) -> list[tuple[str, str]]:
     """Client request headers as the agent's upstream should see them.
 
-    Hop-by-hop, forwarding and internal headers from the client are dropped; ``Host`` is
-    left for the agent to set to its upstream; ``X-Forwarded-*`` say who really asked.
+    Hop-by-hop, forwarding and internal headers from the client are dropped, and Fly's
+    own headers unless Fly set them (``trust_fly_headers``: behind Fly's proxy, which
+    overwrites a client's copies); ``Host`` is left for the agent to set to its upstream;
+    ``X-Forwarded-*`` say who really asked.
     """
-    out = _end_to_end(headers, _FORWARDING | {"host"})
+    prefixes = INTERNAL_PREFIXES if trust_fly_headers else (*INTERNAL_PREFIXES, FLY_PREFIX)
+    out = _end_to_end(headers, _REQUEST_DROP, prefixes)
     out.append(("X-Forwarded-For", client_ip))
     out.append(("X-Forwarded-Proto", proto))
     out.append(("X-Forwarded-Host", host))
@@ -82,25 +109,32 @@ def request_headers_for_upstream(
 
 
 def websocket_headers_for_upstream(
-    headers: list[tuple[str, str]], *, client_ip: str, proto: str, host: str
+    headers: list[tuple[str, str]],
+    *,
+    client_ip: str,
+    proto: str,
+    host: str,
+    trust_fly_headers: bool = False,
 ) -> list[tuple[str, str]]:
     """Like :func:`request_headers_for_upstream`, minus the WebSocket handshake headers."""
-    out = _end_to_end(headers, _FORWARDING | _WS_HANDSHAKE | {"host"})
+    prefixes = INTERNAL_PREFIXES if trust_fly_headers else (*INTERNAL_PREFIXES, FLY_PREFIX)
+    out = _end_to_end(headers, _WEBSOCKET_DROP, prefixes)
     out.append(("X-Forwarded-For", client_ip))
     out.append(("X-Forwarded-Proto", proto))
     out.append(("X-Forwarded-Host", host))
     return out
 
 
-_LENGTH: Final = frozenset({"content-length"})
+_RESPONSE_PREFIXES: Final = (*INTERNAL_PREFIXES, FLY_PREFIX)
 
 
 def response_headers_for_client(
     headers: list[tuple[str, str]], *, keep_length: bool = True
 ) -> list[tuple[str, str]]:
-    """Upstream response headers minus hop-by-hop and internal ones.
+    """Upstream response headers minus hop-by-hop, internal and Fly control ones.
 
     ``keep_length=False`` drops Content-Length too, for bodies whose length the server
     framework sets itself.
     """
-    return _end_to_end(headers, frozenset() if keep_length else _LENGTH)
+    drop = _RESPONSE_DROP if keep_length else _RESPONSE_DROP_LENGTH
+    return _end_to_end(headers, drop, _RESPONSE_PREFIXES)

@@ -179,6 +179,7 @@ async def _send_request(
         client_ip=origin.client_ip,
         proto=origin.proto,
         host=request.host,
+        trust_fly_headers=state.config.trust_fly_headers,
     )
     length = request.content_length
     chunked = request.headers.get("Transfer-Encoding", "").lower().endswith("chunked")

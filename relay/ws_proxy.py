@@ -44,6 +44,7 @@ async def proxy_websocket(
                     client_ip=origin.client_ip,
                     proto=origin.proto,
                     host=request.host,
+                    trust_fly_headers=state.config.trust_fly_headers,
                 ),
                 protocols,
                 request.headers.get("traceparent", ""),
