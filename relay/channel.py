@@ -101,8 +101,8 @@ class StreamChannel:
             _wake(self._credit)
             return
         elif isinstance(frame, RespHead | ReqHead):
-            if frame.end:
-                self.state.on_receive(0, end=True)
+            # An inline body spends credit like Data: heads cannot bypass the window.
+            self.state.on_receive(len(frame.chunk), end=frame.end)
         elif not isinstance(frame, WsAccept | WsClose | WsOpen):
             raise StreamStateError(f"stream {self.sid}: unexpected {type(frame).__name__}")
         self._inbox.append(frame)

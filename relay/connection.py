@@ -14,9 +14,18 @@ import aiohttp
 import msgspec
 
 from relay.channel import StreamChannel
-from relay.errors import MalformedFrame, ProtocolError, TunnelClosed
+from relay.errors import (
+    FlowControlError,
+    MalformedFrame,
+    ProtocolError,
+    StreamReset,
+    StreamStateError,
+    StreamViolation,
+    TunnelClosed,
+)
 from relay.protocol import (
     DATA_OVERHEAD,
+    HEAD_FRAMES,
     STREAM_FRAMES,
     CloseCode,
     Data,
@@ -25,6 +34,8 @@ from relay.protocol import (
     Limits,
     Ping,
     Pong,
+    Reset,
+    ResetCode,
 )
 
 if TYPE_CHECKING:
@@ -43,8 +54,8 @@ class StreamEndpoint(Protocol):
     def deliver(self, frame: Frame) -> None:
         """Accept one frame from the peer for this stream."""
 
-    def fail(self, error: TunnelClosed) -> None:
-        """The tunnel went away."""
+    def fail(self, error: StreamReset | TunnelClosed) -> None:
+        """The tunnel went away, or the stream broke its rules."""
 
 
 class WebSocketLike(Protocol):
@@ -92,6 +103,7 @@ class TunnelConnection:
         "loop",
         "max_chunk",
         "peer_limits",
+        "stream_violations",
         "streams",
         "ws",
     )
@@ -115,6 +127,7 @@ class TunnelConnection:
         self.last_pong_at = self.last_frame_at
         self.close_code: int | None = None
         self.close_reason = ""
+        self.stream_violations = 0  # streams reset for breaking their rules
         self._encode = self.codec.encode
         # Leave room for framing inside the peer's frame limit.
         self.max_chunk = min(64 * 1024, peer_limits.max_frame - 1024)
@@ -286,13 +299,18 @@ class TunnelConnection:
             self._idle.set()
             self._idle = None
 
-    async def read_loop(self) -> None:
-        """Read frames until the socket closes; protocol errors close the tunnel (4004)."""
+    async def read_loop(self, early: list[Frame] | None = None) -> None:
+        """Read frames until the socket closes; protocol errors close the tunnel (4004).
+
+        ``early``: frames that came in the handshake's message, handled first.
+        """
         ws = self.ws
         decode = self.codec.decode
         loop = self.loop
         binary = aiohttp.WSMsgType.BINARY
         try:
+            if early:
+                self._dispatch(early)
             while True:
                 msg = await ws.receive()
                 if msg.type is binary:
@@ -330,12 +348,33 @@ class TunnelConnection:
                 self.on_control_frame(frame)
 
     def dispatch_stream_frame(self, frame: Any) -> None:  # noqa: ANN401 - one of STREAM_FRAMES
-        """Route a stream frame to its channel, or to :meth:`on_new_stream`."""
+        """Route a stream frame to its channel, or to :meth:`on_unknown_stream`.
+
+        A frame that breaks a stream's rules (credit, order, header limit) resets that
+        stream only; the tunnel and its other streams carry on.
+        """
         channel = self.streams.get(frame.sid)
         if channel is None:
             self.on_unknown_stream(frame)
             return
-        channel.deliver(frame)
+        if isinstance(frame, HEAD_FRAMES) and self.codec.headers_too_large(frame):
+            self.reset_stream(channel, ResetCode.TOO_LARGE, "headers exceed the limit")
+            return
+        try:
+            channel.deliver(frame)
+        except FlowControlError as exc:
+            self.reset_stream(channel, ResetCode.FLOW_CONTROL, str(exc))
+        except StreamStateError as exc:
+            self.reset_stream(channel, ResetCode.INTERNAL, str(exc))
+
+    def reset_stream(self, channel: StreamEndpoint, code: ResetCode, reason: str) -> None:
+        """The peer broke one stream's rules: reset it both ways, tell the peer, log it."""
+        self.log.warning("tunnel.stream_violation", sid=channel.sid, code=int(code), error=reason)
+        self.stream_violations += 1
+        self.forget(channel.sid)
+        channel.fail(StreamViolation(int(code), reason))
+        if self.close_code is None:
+            self.queue(Reset(channel.sid, int(code), reason[:200]))
 
     def on_unknown_stream(self, frame: Any) -> None:  # noqa: ANN401 - one of STREAM_FRAMES
         """A frame for a stream we do not hold; subclasses decide."""

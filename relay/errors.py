@@ -97,6 +97,12 @@ class StreamReset(StreamError):
         self.reason = reason
 
 
+class StreamViolation(StreamReset):
+    """The peer broke this stream's rules; the stream was reset, the tunnel lives."""
+
+    code = "stream_violation"
+
+
 class StreamRefused(StreamError):
     """The tunnel is at its concurrent-stream limit, or closing."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from relay.errors import StreamError, StreamRefused, StreamReset, TunnelClosed
+from relay.errors import StreamError, StreamRefused, StreamReset, StreamViolation, TunnelClosed
 from relay.flow import FlowStream
 from relay.http1 import LAST_CHUNK, HeaderRefused, chunk, response_head
 from relay.http_headers import request_headers_for_upstream, response_headers_for_client
@@ -249,8 +249,11 @@ class ClientExchange(FlowStream):
     def on_head(self, frame: ReqHead | RespHead) -> None:
         """The response head: write it (and an inline body) to the client."""
         if not isinstance(frame, RespHead) or self._head_sent:
-            self.reset(ResetCode.INTERNAL, "expected one response head")
-            self._fail_response(502, "upstream_error", "the host's agent broke the protocol")
+            if self._head_sent:
+                self._interrupted("a second response head")
+            else:
+                self.reset(ResetCode.INTERNAL, "expected a response head")
+                self._fail_response(502, "upstream_error", "the host's agent broke the protocol")
             return
         self._cancel_timer()
         status = frame.status
@@ -281,6 +284,8 @@ class ClientExchange(FlowStream):
             # Nothing may follow this head on the wire; the agent's end marker is ignored.
             self.reset(ResetCode.CANCEL, "no body allowed")
             self._finish()
+        elif frame.chunk:
+            self.on_data(frame.chunk, end=False)  # a first piece of a streamed body
 
     def _response_head(self, frame: RespHead, *, no_body: bool) -> bytes:
         """The head for the client, with the relay's own framing of the body."""
@@ -342,7 +347,11 @@ class ClientExchange(FlowStream):
         if self._head_sent:
             self._interrupted(str(error))
             return
-        if isinstance(error, StreamReset) and error.reset_code == ResetCode.TOO_LARGE:
+        if isinstance(error, StreamViolation):
+            self._fail_response(502, "upstream_error", "the host's agent broke the protocol")
+        elif isinstance(error, StreamReset) and error.reset_code == ResetCode.HEADERS_TOO_LARGE:
+            self._fail_response(431, "headers_too_large", "request headers exceed the host's limit")
+        elif isinstance(error, StreamReset) and error.reset_code == ResetCode.TOO_LARGE:
             self._fail_response(413, "too_large", error.reason or "request too large")
         elif isinstance(error, TunnelClosed):
             self._fail_response(502, "tunnel_closed", "the host's tunnel closed during the request")

@@ -73,8 +73,8 @@ class FlowStream:
                 self.state.on_reset()
                 self.on_reset(StreamReset(frame.code, frame.reason))
         elif isinstance(frame, ReqHead | RespHead):
-            if frame.end:
-                self.state.on_receive(0, end=True)
+            # An inline body spends credit like Data: heads cannot bypass the window.
+            self.state.on_receive(len(frame.chunk), end=frame.end)
             self.on_head(frame)
         else:
             raise StreamStateError(f"stream {self.sid}: unexpected {type(frame).__name__}")

@@ -309,10 +309,14 @@ class ClientConnection(asyncio.Protocol):
     def _start(self, slug: str | None, host: str) -> None:
         parser = self.parser
         wanted = self._wanted
+        method = parser.get_method().decode("latin-1")
+        target = _origin_form(self._url, method)
+        if target is None:
+            raise _Refused(400, "bad_request", "request target must be a path")
         length_text = wanted.get(b"content-length")
         info = RequestInfo(
-            method=parser.get_method().decode("latin-1"),
-            target=self._url.decode("latin-1"),
+            method=method,
+            target=target,
             headers=self._headers,
             wanted=wanted,
             host=host,
@@ -413,3 +417,25 @@ class ClientConnection(asyncio.Protocol):
             transport.resume_reading()
         if buffered:
             handler.data_received(buffered)
+
+
+def _origin_form(url: bytes, method: str) -> str | None:
+    """The target as a path (origin-form), the only form an upstream is sent.
+
+    Absolute-form (``GET http://h/p``), which HTTP/1.1 servers must accept, becomes its
+    path and query; ``OPTIONS *`` stays ``*``; anything else is refused (None).
+    """
+    if url.startswith(b"/"):
+        return url.decode("latin-1")
+    if url == b"*":
+        return "*" if method == "OPTIONS" else None
+    try:
+        parts = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        return None
+    if not parts.schema or parts.schema.lower() not in {b"http", b"https"}:
+        return None
+    path = parts.path or b"/"
+    if parts.query:
+        path += b"?" + parts.query
+    return path.decode("latin-1")

@@ -103,7 +103,8 @@ class ResetCode(enum.IntEnum):
     REFUSED = 4  # too many streams, or the tunnel is going away
     FLOW_CONTROL = 5  # the peer sent more than its window allowed
     TOO_LARGE = 6  # a header or body limit was exceeded
-    INTERNAL = 7  # a bug on the sending side
+    INTERNAL = 7  # a bug on the sending side, or the peer broke the stream's rules
+    HEADERS_TOO_LARGE = 8  # the request's headers exceed the receiver's header limit
 
 
 class Body(enum.IntEnum):
@@ -123,6 +124,24 @@ class Limits(msgspec.Struct, gc=False, array_like=True, frozen=True):
     initial_window: Annotated[int, msgspec.Meta(ge=1024, le=2**31 - 1)] = 1024 * 1024
     max_body: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: unlimited
 
+    def clamped(self, ours: Limits) -> Limits:
+        """These (a peer's announced) limits, none above ``ours``.
+
+        What an agent announces sizes the relay's own queues and frames; a hostile one
+        must not be able to set the relay's memory bound.
+        """
+        return Limits(
+            max_frame=min(self.max_frame, ours.max_frame),
+            max_streams=min(self.max_streams, ours.max_streams),
+            max_header_bytes=min(self.max_header_bytes, ours.max_header_bytes),
+            initial_window=min(self.initial_window, ours.initial_window),
+            max_body=self.max_body,
+        )
+
+
+#: An agent's version string is stored and shown: bounded like every field from an agent.
+AgentVersion = Annotated[str, msgspec.Meta(max_length=64)]
+
 
 class Hello(msgspec.Struct, gc=False, tag=1, array_like=True, frozen=True):
     """First frame from the agent.
@@ -132,7 +151,7 @@ class Hello(msgspec.Struct, gc=False, tag=1, array_like=True, frozen=True):
     """
 
     version: int
-    agent_version: str
+    agent_version: AgentVersion
     limits: Limits
     standby: bool = False
 
@@ -266,6 +285,9 @@ Frame = (
 #: Upper bound of a Data frame's encoding beyond its chunk (array, tag, sid, bin header, end).
 DATA_OVERHEAD: Final = 24
 
+#: Frames that carry headers (checked against the header limit).
+HEAD_FRAMES: Final = (ReqHead, RespHead, WsOpen)
+
 #: Frames that belong to a stream (carry ``sid``).
 STREAM_FRAMES: Final = (ReqHead, RespHead, Data, Reset, Window, WsOpen, WsAccept, WsMsg, WsClose)
 
@@ -278,8 +300,9 @@ class FrameCodec:
     per frame under load. Frames are encoded one by one (so their sizes are known when
     packing) and joined behind an array header.
 
-    Decoding enforces the message-size limit and the header-size limit, and raises only
-    :class:`relay.errors.ProtocolError` subclasses, whatever the input.
+    Decoding enforces the message-size limit and raises only
+    :class:`relay.errors.ProtocolError` subclasses, whatever the input; the header-size
+    limit is a stream's business (:meth:`headers_too_large`).
     """
 
     __slots__ = ("_decoder", "_encoder", "max_frame", "max_header_bytes")
@@ -327,12 +350,15 @@ class FrameCodec:
             raise MalformedFrame(f"undecodable message: {exc}") from exc
         if not frames:
             raise MalformedFrame("empty message")
-        for frame in frames:
-            if isinstance(frame, ReqHead | RespHead | WsOpen) and (
-                header_bytes(frame.headers) > self.max_header_bytes
-            ):
-                raise FrameTooLarge(f"headers exceed limit {self.max_header_bytes} bytes")
         return frames
+
+    def headers_too_large(self, frame: ReqHead | RespHead | WsOpen) -> bool:
+        """Whether a head frame's headers break the header limit (its stream is reset).
+
+        Checked per frame, not per message: one stream's oversized head must not cost
+        the other streams of the tunnel anything.
+        """
+        return header_bytes(frame.headers) > self.max_header_bytes
 
 
 def _str_subclass(value: object) -> str:

@@ -14,7 +14,7 @@ from directory.errors import DirectoryError
 from relay.errors import PeerUnreachable, StreamError, StreamRefused, StreamReset, TunnelClosed
 from relay.forward import Origin, forward, origin_of, replay, replayable
 from relay.http_headers import request_headers_for_upstream, response_headers_for_client
-from relay.protocol import Body, Data, ReqHead, ResetCode, RespHead
+from relay.protocol import Body, Data, ReqHead, ResetCode, RespHead, header_bytes
 from relay.responses import json_error
 from relay.ws_proxy import proxy_websocket
 
@@ -131,7 +131,8 @@ async def _proxy_http(
     channel = tunnel.open_stream()
     body_task: asyncio.Task[None] | None = None
     try:
-        head, body_task = await _send_request(state, request, channel)
+        limit = min(tunnel.peer_limits.max_header_bytes, state.config.max_header_bytes)
+        head, body_task = await _send_request(state, request, channel, limit)
         try:
             first = await channel.receive_within(state.config.request_timeout)
         except TimeoutError:
@@ -150,7 +151,9 @@ async def _proxy_http(
         state.metrics.proxy_errors.add(1, {"reason": "reset"})
         if exc.reset_code == ResetCode.TOO_LARGE:
             return json_error(413, "too_large", exc.reason or "request too large")
-        return json_error(502, "upstream_error", exc.reason or "the host's service failed")
+        if exc.reset_code == ResetCode.HEADERS_TOO_LARGE:
+            return json_error(431, "headers_too_large", "request headers exceed the host's limit")
+        return json_error(502, "upstream_error", "the host's service failed")
     except TunnelClosed:
         state.metrics.proxy_errors.add(1, {"reason": "tunnel_closed"})
         return json_error(502, "tunnel_closed", "the host's tunnel closed during the request")
@@ -170,7 +173,7 @@ async def _cancel(channel: StreamChannel) -> None:
 
 
 async def _send_request(
-    state: RelayState, request: web.Request, channel: StreamChannel
+    state: RelayState, request: web.Request, channel: StreamChannel, header_limit: int
 ) -> tuple[ReqHead, asyncio.Task[None] | None]:
     """Send the request head (and small bodies inline); stream larger bodies in a task."""
     origin = origin_of(state, request)
@@ -181,6 +184,8 @@ async def _send_request(
         host=request.host,
         trust_fly_headers=state.config.trust_fly_headers,
     )
+    if header_bytes(headers) > header_limit:
+        raise StreamReset(ResetCode.HEADERS_TOO_LARGE, "request headers exceed the limit")
     length = request.content_length
     chunked = request.headers.get("Transfer-Encoding", "").lower().endswith("chunked")
     max_body = state.config.max_body
@@ -277,6 +282,7 @@ async def _stream_body(
     """Copy the response body to the client, granting credit as the socket takes it."""
     if head.chunk:
         await response.write(head.chunk)
+        await channel.consumed(len(head.chunk))
     end = head.end
     while not end:
         frame = await channel.receive()

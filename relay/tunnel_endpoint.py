@@ -11,7 +11,7 @@ from aiohttp import web
 from directory.errors import DirectoryError, Superseded
 from relay.errors import MalformedFrame, ProtocolError
 from relay.events import tunnel_connected, tunnel_disconnected
-from relay.protocol import PROTOCOL_VERSION, CloseCode, FrameCodec, Hello, Welcome
+from relay.protocol import PROTOCOL_VERSION, CloseCode, Frame, FrameCodec, Hello, Welcome
 from relay.responses import json_error
 from relay.state import STATE, RelayState
 from relay.tunnel import Tunnel
@@ -34,16 +34,19 @@ async def tunnel_endpoint(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     # The handshake's objects (Hello, loggers, token) die with its frame: this handler's
     # frame lives as long as the tunnel, tens of thousands of times over.
-    tunnel = await _handshake(state, request, ws)
-    if tunnel is not None:
-        await _serve(state, tunnel)
+    handshake = await _handshake(state, request, ws)
+    if handshake is not None:
+        await _serve(state, *handshake)
     return ws
 
 
 async def _handshake(
     state: RelayState, request: web.Request, ws: web.WebSocketResponse
-) -> Tunnel | None:
-    """Authenticate, read the Hello, claim the host; None once the socket was closed."""
+) -> tuple[Tunnel, list[Frame]] | None:
+    """Authenticate, read the Hello, claim the host; None once the socket was closed.
+
+    Returns the tunnel and the frames that came with the Hello (a ping, say).
+    """
     cfg = state.config
     remote = request.remote or ""
     log = state.log.bind(remote_addr=remote)
@@ -62,7 +65,7 @@ async def _handshake(
         return None
     log = log.bind(host_id=host.id, slug=host.slug)
     try:
-        hello = await _receive_hello(ws, cfg.hello_timeout, cfg.max_frame)
+        hello, early = await _receive_hello(ws, cfg.hello_timeout, cfg.max_frame)
     except ProtocolError as exc:
         log.warning("tunnel.bad_hello", error=str(exc))
         state.metrics.protocol_errors.add(1, {"kind": exc.code})
@@ -91,19 +94,20 @@ async def _handshake(
         log.warning("tunnel.claim_failed", error=str(exc))
         await ws.close(code=_TRY_AGAIN_LATER, message=b"directory unavailable, retry")
         return None
-    return Tunnel(
+    tunnel = Tunnel(
         ws,
         host,
         epoch=epoch,
         remote_addr=remote,
         agent_version=hello.agent_version,
         local_limits=state.limits,
-        peer_limits=hello.limits,
+        peer_limits=hello.limits.clamped(state.limits),
         log=state.log,
     )
+    return tunnel, early
 
 
-async def _serve(state: RelayState, tunnel: Tunnel) -> None:
+async def _serve(state: RelayState, tunnel: Tunnel, early: list[Frame]) -> None:
     started = time.monotonic()
     handler = asyncio.current_task()
     if handler is not None:
@@ -115,7 +119,7 @@ async def _serve(state: RelayState, tunnel: Tunnel) -> None:
         announced = await _install(state, tunnel)
         state.pings.add(tunnel)
         tunnel.log.info("tunnel.connected", agent_version=tunnel.agent_version)
-        await tunnel.read_loop()
+        await tunnel.read_loop(early)
     except ConnectionError as exc:
         tunnel.log.info("tunnel.welcome_failed", error=str(exc))
     finally:
@@ -177,7 +181,9 @@ async def _release(state: RelayState, tunnel: Tunnel) -> None:
         tunnel.log.warning("tunnel.release_failed", error=str(exc))
 
 
-async def _receive_hello(ws: web.WebSocketResponse, timeout: float, max_frame: int) -> Hello:
+async def _receive_hello(
+    ws: web.WebSocketResponse, timeout: float, max_frame: int
+) -> tuple[Hello, list[Frame]]:
     try:
         msg = await ws.receive(timeout=timeout)
     except TimeoutError as exc:
@@ -186,11 +192,11 @@ async def _receive_hello(ws: web.WebSocketResponse, timeout: float, max_frame: i
         raise MalformedFrame(f"expected a binary Hello frame, got {msg.type.name}")
     frames = FrameCodec(max_frame=max_frame).decode(msg.data)
     frame = frames[0]
-    if len(frames) != 1 or not isinstance(frame, Hello):
-        raise MalformedFrame(f"expected a lone Hello, got {type(frame).__name__}")
+    if not isinstance(frame, Hello):
+        raise MalformedFrame(f"expected Hello first, got {type(frame).__name__}")
     if frame.version != PROTOCOL_VERSION:
         raise MalformedFrame(f"protocol version {frame.version} unsupported ({PROTOCOL_VERSION})")
-    return frame
+    return frame, frames[1:]
 
 
 def _bearer(request: web.Request) -> str | None:

@@ -75,8 +75,8 @@ class UpstreamExchange(FlowStream):
         self._held_head: tuple[int, list[tuple[str, str]]] = (0, [])
         self._done = False
         self._attempts = 0
-        if head.end:
-            self.state.on_receive(0, end=True)
+        # An inline body spends credit like Data: a head cannot carry more than its window.
+        self.state.on_receive(len(head.chunk), end=head.end)
         if head.body == Body.SIZED and head.end and len(head.chunk) != head.length:
             self.reset(ResetCode.INTERNAL, "inline body does not match its length")
             return
@@ -137,7 +137,9 @@ class UpstreamExchange(FlowStream):
         elif head.method in _BODY_METHODS:
             extra += "Content-Length: 0\r\n"
         try:
-            data = request_head(head.method, pool.prefix + head.target, headers, extra)
+            # "*" (OPTIONS *) names the server itself: no base path before it.
+            target = head.target if head.target == "*" else pool.prefix + head.target
+            data = request_head(head.method, target, headers, extra)
         except HeaderRefused as exc:
             self._conn = None
             pool.release(conn)

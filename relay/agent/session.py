@@ -100,6 +100,10 @@ class AgentSession(TunnelConnection):
         if frame.sid <= self.max_sid:
             raise ProtocolError(f"relay reused stream id {frame.sid}")
         self.max_sid = frame.sid
+        if self.codec.headers_too_large(frame):
+            self.log.warning("agent.headers_too_large", sid=frame.sid)
+            self.queue(Reset(frame.sid, int(ResetCode.HEADERS_TOO_LARGE), "headers too large"))
+            return
         if len(self.streams) >= self.local_limits.max_streams:
             self.queue(Reset(frame.sid, int(ResetCode.REFUSED), "agent at its stream limit"))
             return

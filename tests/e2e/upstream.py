@@ -118,6 +118,13 @@ def build_app(state: UpstreamState) -> web.Application:
             state.ws_client_close_codes.append(sock.close_code)
         return sock
 
+    async def fly_headers(request: web.Request) -> web.Response:
+        # An upstream trying to steer Fly's proxy.
+        return web.Response(
+            text="steered?",
+            headers={"fly-replay": "instance=elsewhere", "Fly-Force-Instance-Id": "x"},
+        )
+
     async def ws_refuse(request: web.Request) -> web.Response:
         return web.Response(status=403, text="no websockets here")
 
@@ -133,6 +140,7 @@ def build_app(state: UpstreamState) -> web.Application:
     app.router.add_get("/delay", delay)
     app.router.add_get("/ws", ws)
     app.router.add_get("/ws-refuse", ws_refuse)
+    app.router.add_get("/fly-headers", fly_headers)
     return app
 
 

@@ -1,0 +1,247 @@
+"""End-to-end: hostile clients and agents cost their own stream or tunnel, nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+
+import aiohttp
+import pytest
+
+from relay.protocol import (
+    PROTOCOL_VERSION,
+    FrameCodec,
+    Hello,
+    Limits,
+    Ping,
+    Pong,
+    ReqHead,
+    RespHead,
+    Welcome,
+)
+from tests.e2e.harness import wait_until
+from tests.e2e.test_tunnel import connected
+from tests.e2e.upstream import pattern_bytes
+
+pytestmark = pytest.mark.e2e
+
+CODEC = FrameCodec(max_frame=1 << 24)
+
+
+@contextlib.asynccontextmanager
+async def raw_agent(relay, token: str, limits: Limits | None = None, agent_version: str = "t"):
+    """A hand-driven agent: its Hello, then whatever the test sends."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(
+            f"ws://127.0.0.1:{relay.port}/tunnel",
+            headers={"Authorization": f"Bearer {token}"},
+            max_msg_size=0,
+        ) as ws,
+    ):
+        hello = Hello(PROTOCOL_VERSION, agent_version, limits or Limits())
+        await ws.send_bytes(CODEC.message(hello))
+        yield ws
+
+
+async def wait_held(relay, slug: str) -> None:
+    """Wait until the relay shows the host online (a raw agent answers no probe)."""
+
+    async def online() -> bool:
+        return (await relay.host(slug))["online"]
+
+    await wait_until(online, what=f"{slug} online")
+
+
+async def next_frames(ws, timeout: float = 5.0) -> list:
+    msg = await ws.receive(timeout=timeout)
+    assert msg.type is aiohttp.WSMsgType.BINARY, (msg.type, msg.data)
+    return CODEC.decode(msg.data)
+
+
+async def test_oversized_request_headers_get_431_and_the_tunnel_lives(cluster, upstream):
+    relay, host, agent = await connected(cluster, upstream)
+    headers = {"Host": f"{host['slug']}.localhost:{relay.port}"}
+    size = 20 * 1024 * 1024
+    got = hashlib.sha256()
+    async with aiohttp.ClientSession() as s:
+        download = await s.get(f"{relay.url}/download?size={size}", headers=headers)
+        first = await download.content.read(1024 * 1024)
+        got.update(first)
+        # Twelve headers of 8,000 bytes: each within common per-field limits, 96 KB in all.
+        big = {**headers, **{f"x-big-{i}": "v" * 8000 for i in range(12)}}
+        for _ in range(5):
+            async with s.get(f"{relay.url}/hello", headers=big) as r:
+                assert r.status == 431
+                assert (await r.json())["error"]["code"] == "headers_too_large"
+                assert r.headers["X-Request-Id"]
+        async for piece in download.content.iter_any():
+            got.update(piece)
+        download.release()
+    assert got.hexdigest() == hashlib.sha256(pattern_bytes(size)).hexdigest()
+    assert agent.returncode() is None
+    assert "agent.disconnected" not in agent.log()
+
+
+async def test_agent_limits_are_clamped_and_a_reader_that_never_reads_bounds_the_relay(cluster):
+    relay = await cluster.relay()
+    host = await relay.add_host("greedy")
+    huge = Limits(max_frame=2**40, max_streams=10**6, initial_window=2**31 - 1)
+    async with raw_agent(relay, host["token"], huge) as ws:
+        (welcome,) = await next_frames(ws)
+        assert isinstance(welcome, Welcome)
+        await wait_held(relay, host["slug"])
+        rss_before = relay.proc.rss_kib()
+        body = b"x" * (64 * 1024)
+
+        async def upload() -> int:
+            async def chunks():
+                for _ in range(800):  # 50 MB each, to an agent that never reads
+                    yield body
+
+            timeout = aiohttp.ClientTimeout(total=4)
+            with contextlib.suppress(asyncio.TimeoutError, aiohttp.ClientError):
+                async with aiohttp.ClientSession(timeout=timeout) as s:
+                    url = f"{relay.url}/upload"
+                    h = {"Host": f"{host['slug']}.localhost:{relay.port}"}
+                    async with s.post(url, data=chunks(), headers=h) as r:
+                        return r.status
+            return 0
+
+        await asyncio.gather(*(upload() for _ in range(4)))
+        grown_mib = (relay.proc.rss_kib() - rss_before) / 1024
+    # Four streams' windows (clamped to the relay's 1 MiB) plus the send queue's bound.
+    assert grown_mib < 40, grown_mib
+
+
+async def test_response_heads_cannot_bypass_the_window_and_only_their_stream_resets(cluster):
+    relay = await cluster.relay()
+    host = await relay.add_host("floody")
+    async with raw_agent(relay, host["token"]) as ws:
+        await next_frames(ws)
+        await wait_held(relay, host["slug"])
+        rss_before = relay.proc.rss_kib()
+        async with aiohttp.ClientSession() as s:
+            h = {"Host": f"{host['slug']}.localhost:{relay.port}"}
+            request = asyncio.create_task(s.get(f"{relay.url}/x", headers=h))
+            frames = await next_frames(ws)
+            (head,) = [f for f in frames if isinstance(f, ReqHead)]
+            chunk = b"y" * (1024 * 1024 - 64)
+            for _ in range(50):  # ~50 MB of heads on one stream, no window granted
+                await ws.send_bytes(CODEC.message(RespHead(head.sid, 200, [], chunk)))
+            with contextlib.suppress(aiohttp.ClientError):
+                response = await request
+                await response.read()
+        # The stream was reset (we hear it), the tunnel still answers pings.
+        await ws.send_bytes(CODEC.message(Ping(1.5)))
+        seen = []
+        async with asyncio.timeout(5):
+            while not any(isinstance(f, Pong) for f in seen):
+                seen += await next_frames(ws)
+        assert not ws.closed
+        grown_mib = (relay.proc.rss_kib() - rss_before) / 1024
+    assert grown_mib < 40, grown_mib
+    # A second head on a stream cuts that stream (its client sees a cut connection).
+    log = relay.proc.log()
+    assert "tunnel.stream_violation" in log or "a second response head" in log
+
+
+async def test_a_huge_agent_version_is_refused_and_never_stored(cluster):
+    relay = await cluster.relay()
+    host = await relay.add_host("vain")
+    async with raw_agent(relay, host["token"], agent_version="v" * 1_000_000) as ws:
+        msg = await ws.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert msg.data == 4004
+    assert (await relay.host(host["slug"]))["agent_version"] in (None, "")
+
+
+async def test_a_hello_may_come_with_a_ping(cluster):
+    relay = await cluster.relay()
+    host = await relay.add_host("chatty")
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(
+            f"ws://127.0.0.1:{relay.port}/tunnel",
+            headers={"Authorization": f"Bearer {host['token']}"},
+        ) as ws,
+    ):
+        await ws.send_bytes(CODEC.message(Hello(PROTOCOL_VERSION, "t", Limits()), Ping(7.0)))
+        seen = []
+        async with asyncio.timeout(5):
+            while not any(isinstance(f, Pong) for f in seen):
+                seen += await next_frames(ws)
+        assert isinstance(seen[0], Welcome)
+        assert Pong(7.0) in seen
+
+
+async def test_fly_control_headers_never_pass_either_way(cluster, upstream):
+    relay, host, _ = await connected(cluster, upstream)
+    async with relay.client(host["slug"]) as c:
+        r = await c.get("/fly-headers")
+        assert r.status_code == 200
+        assert not [k for k in r.headers if k.lower().startswith("fly-")]
+        r = await c.get(
+            "/headers",
+            headers={
+                "Fly-Client-IP": "6.6.6.6",
+                "fly-replay-src": "instance=x",
+                "fly-force-instance-id": "x",
+            },
+        )
+    seen = {k.lower() for k in r.json()["headers"]}
+    assert not [k for k in seen if k.startswith("fly-")]
+
+
+async def test_odd_but_legal_requests_are_served(cluster, upstream):
+    relay, host, _ = await connected(cluster, upstream)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    hostname = f"{host['slug']}.localhost:{relay.port}"
+    try:
+        # Absolute-form target, and a header value with obs-text bytes.
+        writer.write(
+            f"GET http://{hostname}/headers?q=1 HTTP/1.1\r\nHost: {hostname}\r\n".encode()
+            + b"X-Odd: caf\xe9\xff\r\n\r\n"
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        length = int(
+            next(
+                line.split(b":")[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+        )
+        body = await asyncio.wait_for(reader.readexactly(length), 5)
+        assert b'"path":"/headers?q=1"' in body.replace(b" ", b"")
+        # A target that is no path at all is refused with a clear answer.
+        writer.write(f"GET nonsense HTTP/1.1\r\nHost: {hostname}\r\n\r\n".encode())
+        await writer.drain()
+        refused = await asyncio.wait_for(reader.read(4096), 5)
+        assert refused.startswith(b"HTTP/1.1 400")
+    finally:
+        writer.close()
+
+
+async def test_slow_heads_and_idle_connections_are_closed(cluster, upstream):
+    relay = await cluster.relay("--header-timeout", "0.5", "--keepalive-timeout", "0.6")
+    host = await relay.add_host("slowpoke")
+    hostname = f"{host['slug']}.localhost:{relay.port}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(f"GET / HTTP/1.1\r\nHost: {hostname}\r\nX-Slow: ".encode())
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)  # closed by the relay
+    assert answer.startswith(b"HTTP/1.1 408")
+    writer.close()
+    # An idle keep-alive connection goes after the keep-alive timeout.
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    await writer.drain()
+    first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert first.startswith(b"HTTP/1.1 200")
+    rest = await asyncio.wait_for(reader.read(), 5)  # body, then EOF from the relay
+    assert rest.endswith(b"}") or rest == b""
+    writer.close()
+    await wait_until(relay.healthy, what="relay still healthy")
