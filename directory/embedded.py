@@ -98,6 +98,27 @@ class EmbeddedValkey:
         return None if self._proc is None else self._proc.pid
 
     @property
+    def alive(self) -> bool:
+        """Whether the server process is running (a dead one is reaped by this check)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def exit_status(self) -> int | None:
+        """The server's exit status once it ended (negative: killed by that signal)."""
+        return None if self._proc is None else self._proc.poll()
+
+    def log_tail(self) -> str:
+        """The last lines the server logged since this start."""
+        return self._tail()
+
+    def release_dead(self) -> None:
+        """The server died (its supervisor said so): free the data dir for a new one."""
+        if self.alive:
+            raise EmbeddedStoreError("the embedded store is still running")
+        self._state = "stopped"
+        self._release_lock()
+
+    @property
     def log_path(self) -> Path:
         """Where the server writes its log."""
         return self._store_dir / "valkey.log"

@@ -106,8 +106,17 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
-async def connect(url: str, *, max_connections: int = MAX_CONNECTIONS) -> redis.asyncio.Redis:
+async def connect(
+    url: str,
+    *,
+    max_connections: int = MAX_CONNECTIONS,
+    timeout: float = SOCKET_TIMEOUT,
+    retries: int = RETRIES,
+) -> redis.asyncio.Redis:
     """A pooled client for ``url`` (up to ``max_connections``) that has answered one PING.
+
+    ``timeout`` bounds each call, its ``retries`` included (each try gets its share): a
+    stalled store fails calls within it rather than hanging whoever waits on them.
 
     Raises :class:`StoreUnavailable` naming the URL (password redacted) when the store
     cannot be reached, and :class:`StoreError` for a URL redis-py cannot parse.
@@ -119,12 +128,12 @@ async def connect(url: str, *, max_connections: int = MAX_CONNECTIONS) -> redis.
         pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
-            timeout=SOCKET_TIMEOUT,
+            timeout=timeout,
             decode_responses=False,
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=SOCKET_TIMEOUT,
+            socket_timeout=timeout / (retries + 1),
+            socket_connect_timeout=timeout / (retries + 1),
             health_check_interval=HEALTH_CHECK_INTERVAL,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), RETRIES),
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=timeout / 8), retries),
         )
     except ValueError as exc:
         raise StoreError(f"invalid store URL {safe}: {exc}") from exc

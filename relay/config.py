@@ -43,6 +43,8 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     # idle keep-alive connection closes after keepalive_timeout (nginx's default).
     header_timeout: Seconds = 15.0
     keepalive_timeout: Seconds = 75.0
+    # A deadline on every store call: past it a request gets 503 store_unavailable.
+    store_timeout: Seconds = 2.0
     drain_timeout: Seconds = 10.0
     reconnect_grace: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     reconcile_interval: Seconds = 30.0

@@ -93,6 +93,26 @@ class Metrics:
             "relay_store_errors_total", description="Directory operations that failed"
         )
 
+    def watch_embedded_store(self, counts: Callable[[], tuple[int, int]]) -> None:
+        """Export the embedded store's deaths and restarts (``counts`` reads both)."""
+
+        def deaths(_options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(counts()[0])]
+
+        def restarts(_options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(counts()[1])]
+
+        self.meter.create_observable_counter(
+            "relay_store_embedded_deaths_total",
+            callbacks=[deaths],
+            description="Times the embedded Valkey died",
+        )
+        self.meter.create_observable_counter(
+            "relay_store_embedded_restarts_total",
+            callbacks=[restarts],
+            description="Times the embedded Valkey was restarted after dying",
+        )
+
     def _observe_requests(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(n, {"status": str(s)}) for s, n in self.requests_by_status.items()]
 

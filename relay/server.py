@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from directory.embedded import EmbeddedValkey
 from directory.errors import DirectoryError
 from directory.hosts import HostRegistry
 from directory.keys import Keys
 from directory.machines import MachineRegistry
 from directory.ownership import OwnershipStore
 from directory.store import connect
+from directory.supervisor import SupervisedValkey
 from relay.app import build_app
 from relay.dns_setup import build_dns_service
 from relay.errors import StartupError, TunnelClosed
@@ -74,23 +74,32 @@ async def serve(cfg: ServeConfig) -> int:
     log = get_logger("relay").bind(machine_id=cfg.machine_id)
     cfg.data_path.mkdir(parents=True, exist_ok=True)
     admin_token, generated = load_admin_token(cfg.admin_token, cfg.data_path)
-    embedded: EmbeddedValkey | None = None
+    embedded: SupervisedValkey | None = None
     redis_url = cfg.redis_url
     if redis_url is None:
-        embedded = EmbeddedValkey(cfg.data_path.resolve())
+        embedded = SupervisedValkey(cfg.data_path.resolve())
         redis_url = await embedded.start()
         log.info("store.embedded_started", url=redis_url)
     try:
-        return await _run(cfg, redis_url, admin_token, generated=generated)
+        return await _run(cfg, redis_url, admin_token, generated=generated, embedded=embedded)
     finally:
         if embedded is not None:
             await embedded.stop()
             log.info("store.embedded_stopped")
 
 
-async def _run(cfg: ServeConfig, redis_url: str, admin_token: str, *, generated: bool) -> int:
+async def _run(
+    cfg: ServeConfig,
+    redis_url: str,
+    admin_token: str,
+    *,
+    generated: bool,
+    embedded: SupervisedValkey | None,
+) -> int:
     log = get_logger("relay").bind(machine_id=cfg.machine_id)
     state, events = await _build_state(cfg, redis_url, admin_token, log)
+    if embedded is not None:
+        state.metrics.watch_embedded_store(lambda: (embedded.deaths, embedded.restarts))
     runner = web.AppRunner(
         build_app(state),
         handler_cancellation=True,
@@ -144,9 +153,11 @@ async def _build_state(
     cfg: ServeConfig, redis_url: str, admin_token: str, log: FilteringBoundLogger
 ) -> tuple[RelayState, EventServices]:
     """Connect to the store (main pool and the upkeep's own) and gather the machine's state."""
-    redis = await connect(redis_url)
+    # Requests wait on this pool: --store-timeout bounds each call (one retry within it).
+    redis = await connect(redis_url, timeout=cfg.store_timeout, retries=1)
     keys = Keys(cfg.key_prefix)
-    upkeep_redis = await connect(redis_url, max_connections=_UPKEEP_CONNECTIONS)
+    # Upkeep's batched scripts get the default, longer deadline (well within an owner TTL).
+    upkeep_redis = await connect(redis_url, max_connections=_UPKEEP_CONNECTIONS, retries=1)
     upkeep = Upkeep(
         upkeep_redis, OwnershipStore(upkeep_redis, keys), MachineRegistry(upkeep_redis, keys)
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import stat
@@ -16,6 +17,7 @@ import pytest
 from directory.embedded import MAX_UNIX_SOCKET_PATH, EmbeddedValkey
 from directory.errors import EmbeddedStoreError
 from directory.store import connect
+from directory.supervisor import SupervisedValkey
 from tests.servers import wait_for
 
 
@@ -202,3 +204,39 @@ async def test_a_data_dir_with_spaces_and_percent_signs_works(tmp_path):
     finally:
         await client.aclose()
         await store.stop()
+
+
+async def test_a_killed_server_is_reaped_restarted_and_keeps_its_data(tmp_path):
+    store = SupervisedValkey(tmp_path, check_interval=0.05, min_backoff=0.05)
+    url = await store.start()
+    try:
+        client = await connect(url)
+        try:
+            await client.set("kept", b"after a kill")
+            await client.execute_command("BGREWRITEAOF")  # on disk now, whatever fsync says
+
+            async def rewritten() -> bool:
+                info = await client.info("persistence")
+                return info["aof_rewrite_in_progress"] == 0 and info["aof_rewrites"] >= 1
+
+            await wait_for(rewritten, timeout=5, what="AOF rewrite")
+        finally:
+            await client.aclose()
+        first = store.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while store.restarts < 1:
+            assert time.monotonic() < deadline, "not restarted"
+            await asyncio.sleep(0.02)
+        assert store.deaths == 1
+        assert not _alive(first)  # reaped: no zombie left behind
+        assert store.pid is not None and store.pid != first
+        client = await connect(url)  # same URL: clients find it again
+        try:
+            assert await client.get("kept") == b"after a kill"
+        finally:
+            await client.aclose()
+    finally:
+        await store.stop()
+    assert store.pid is None
