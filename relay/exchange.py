@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from relay.error_pages import wants_html
 from relay.errors import StreamError, StreamRefused, StreamReset, StreamViolation, TunnelClosed
 from relay.flow import FlowStream
 from relay.http1 import LAST_CHUNK, HeaderRefused, chunk, response_head
@@ -413,6 +414,7 @@ class ClientExchange(FlowStream):
             retry_after=retry,
             close=close,
             head_only=self.info.method == "HEAD",
+            html=wants_html(self.info.wanted.get(b"accept", "")),
         )
         state.log.info(
             "proxy.error",

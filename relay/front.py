@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
+import resource
 from collections import deque
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
-import msgspec
 
+from relay.error_pages import html_body, json_body, new_request_id, wants_html
 from relay.exchange import ClientExchange, RequestInfo
 from relay.http1 import LAST_CHUNK, chunk, status_line
 from relay.routing import slug_from_host
@@ -54,10 +55,13 @@ _WANTED: Final = frozenset(
         b"x-forwarded-proto",
         b"fly-replay-src",
         b"traceparent",
+        b"accept",
     }
 )
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-_encode_json = msgspec.json.Encoder().encode
+# Descriptors kept free for what serving the connections we have needs (store pool
+# reconnects, upstream and peer connections): past that, new clients are turned away.
+_FD_RESERVE: Final = 64
 
 
 class _Refused(Exception):
@@ -77,12 +81,16 @@ def error_response(
     retry_after: int | None = None,
     close: bool = False,
     head_only: bool = False,
+    html: bool = False,
 ) -> tuple[bytes, str]:
-    """A complete JSON error response and its request id (also sent as X-Request-Id)."""
-    request_id = secrets.token_hex(8)
-    body = _encode_json({"error": {"code": code, "message": message, "request_id": request_id}})
+    """A complete error response (JSON, or a page for browsers) and its request id."""
+    request_id = new_request_id()
+    if html:
+        body, kind = html_body(status, code, message, request_id), "text/html; charset=utf-8"
+    else:
+        body, kind = json_body(code, message, request_id), "application/json"
     lines = [
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n",
+        f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n",
         f"X-Request-Id: {request_id}\r\n",
     ]
     if retry_after is not None:
@@ -107,6 +115,11 @@ class FrontServer:
         cfg = state.config
         self.base_domain = cfg.base_domain
         self.test_zone = (cfg.dns_test_zone or "").strip(".").lower() or None
+        # Open descriptors: counted by the sweep, plus one per connection accepted since.
+        self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.fds_open = _open_descriptors()
+        self.refused = 0  # connections turned away for want of descriptors
+        self._refusal_logged_at = 0.0
 
     async def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
         """Listen on ``host:port``."""
@@ -129,8 +142,27 @@ class FrontServer:
         while True:
             await asyncio.sleep(period)
             now = self.loop.time()
+            self.fds_open = _open_descriptors()
             for conn in list(self.connections):
                 conn.check_deadline(now, cfg.header_timeout, cfg.keepalive_timeout)
+
+    def admit(self) -> bool:
+        """Whether a new connection may be served (False: out of descriptors, logged)."""
+        self.fds_open += 1
+        if self.fds_open < self.fd_limit - _FD_RESERVE:
+            return True
+        self.refused += 1
+        now = self.loop.time()
+        if now - self._refusal_logged_at >= 1.0:  # a flood of refusals: one line a second
+            self._refusal_logged_at = now
+            self.state.log.warning(
+                "relay.descriptors_exhausted",
+                open=self.fds_open,
+                limit=self.fd_limit,
+                refused_total=self.refused,
+                hint="raise the nofile limit of relay serve",
+            )
+        return False
 
     async def close(self) -> None:
         """Stop listening and close the connections still ours (not handed off)."""
@@ -189,6 +221,9 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
         # A TCP server's transport (uvloop's is not an asyncio.Transport subclass).
         self.transport = cast("asyncio.Transport", transport)
+        if not self.front.admit():
+            self.transport.abort()
+            return
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
         self.front.connections.add(self)
@@ -390,7 +425,8 @@ class ClientConnection(asyncio.Protocol):
         state.metrics.requests_by_status[status] += 1
         state.metrics.proxy_errors.add(1, {"reason": code})
         if not self.exchanges:
-            body, request_id = error_response(status, code, message, close=True)
+            html = wants_html(self._wanted.get(b"accept", ""))
+            body, request_id = error_response(status, code, message, close=True, html=html)
             self.write(body)
             state.log.info("proxy.request_refused", status=status, code=code, request_id=request_id)
         self.close()
@@ -439,3 +475,11 @@ def _origin_form(url: bytes, method: str) -> str | None:
     if parts.query:
         path += b"?" + parts.query
     return path.decode("latin-1")
+
+
+def _open_descriptors() -> int:
+    """Descriptors this process has open (Linux /proc; 0 where it cannot be read)."""
+    try:
+        return sum(1 for _ in Path("/proc/self/fd").iterdir())
+    except OSError:
+        return 0

@@ -93,6 +93,30 @@ class Metrics:
             "relay_store_errors_total", description="Directory operations that failed"
         )
 
+    def watch_descriptors(self, read: Callable[[], tuple[int, int, int]]) -> None:
+        """Export descriptor use: ``read`` gives (open, limit, connections refused)."""
+
+        def open_now(_options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(read()[0])]
+
+        def limit(_options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(read()[1])]
+
+        def refused(_options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(read()[2])]
+
+        self.meter.create_observable_gauge(
+            "relay_open_descriptors", callbacks=[open_now], description="Open file descriptors"
+        )
+        self.meter.create_observable_gauge(
+            "relay_descriptor_limit", callbacks=[limit], description="The nofile soft limit"
+        )
+        self.meter.create_observable_counter(
+            "relay_connections_refused_total",
+            callbacks=[refused],
+            description="Client connections turned away for want of file descriptors",
+        )
+
     def watch_embedded_store(self, counts: Callable[[], tuple[int, int]]) -> None:
         """Export the embedded store's deaths and restarts (``counts`` reads both)."""
 

@@ -11,11 +11,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from directory.errors import DirectoryError
+from relay.error_pages import wants_html
 from relay.errors import PeerUnreachable, StreamError, StreamRefused, StreamReset, TunnelClosed
 from relay.forward import Origin, forward, origin_of, replay, replayable
 from relay.http_headers import request_headers_for_upstream, response_headers_for_client
 from relay.protocol import Body, Data, ReqHead, ResetCode, RespHead, header_bytes
-from relay.responses import json_error
+from relay.responses import ERROR_DETAIL, as_page, json_error
 from relay.ws_proxy import proxy_websocket
 
 if TYPE_CHECKING:
@@ -32,6 +33,18 @@ async def proxy_request(state: RelayState, request: web.Request, slug: str) -> w
     """Serve one client request for ``slug`` through its tunnel."""
     started = time.perf_counter()
     response = await _route(state, request, slug)
+    if isinstance(response, web.Response) and ERROR_DETAIL in response:
+        code, message, request_id = response[ERROR_DETAIL]
+        state.log.info(
+            "proxy.error",
+            status=response.status,
+            code=code,
+            slug=slug,
+            request_id=request_id,
+            detail=message,
+        )
+        if wants_html(request.headers.get("Accept", "")):
+            response = as_page(response)
     if state.draining:
         # No keep-alive while draining: a proxy must not reuse a connection we are about
         # to close under it.

@@ -111,6 +111,7 @@ async def _run(
     host, port = cfg.host_port
     assert runner.server is not None  # noqa: S101 - set by setup()
     front = FrontServer(state, runner.server)
+    state.metrics.watch_descriptors(lambda: (front.fds_open, front.fd_limit, front.refused))
     try:
         await front.start(host, port, backlog=1024)
     except OSError as exc:

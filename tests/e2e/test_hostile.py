@@ -20,7 +20,7 @@ from relay.protocol import (
     RespHead,
     Welcome,
 )
-from tests.e2e.harness import wait_until
+from tests.e2e.harness import RELAY, Proc, Relay, free_port, wait_until
 from tests.e2e.test_tunnel import connected
 from tests.e2e.upstream import pattern_bytes
 
@@ -245,3 +245,64 @@ async def test_slow_heads_and_idle_connections_are_closed(cluster, upstream):
     assert rest.endswith(b"}") or rest == b""
     writer.close()
     await wait_until(relay.healthy, what="relay still healthy")
+
+
+async def test_running_out_of_descriptors_is_logged_counted_and_survived(
+    cluster, upstream, tmp_path
+):
+    port = free_port()
+    argv = [
+        "prlimit",
+        "--nofile=200",
+        "--",
+        RELAY,
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data-dir",
+        str(tmp_path / "d"),
+    ]
+    proc = Proc("relay-fds", argv, cluster.env(), tmp_path / "relay-fds.log").start()
+    cluster.procs.append(proc)
+    relay = Relay(proc, port, "fds")
+    await wait_until(relay.healthy, timeout=20, what="relay under a low nofile limit")
+    # A keep-alive connection opened before the flood keeps being served.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    idle = []
+    try:
+        for _ in range(260):
+            idle.append(await asyncio.open_connection("127.0.0.1", port))
+        await wait_until(
+            lambda: '"relay.descriptors_exhausted"' in proc.log(), what="the exhaustion logged"
+        )
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+    finally:
+        for _, w in idle:
+            w.close()
+        writer.close()
+    await wait_until(relay.healthy, timeout=10, what="new connections served again")
+    assert await relay.metric("relay_connections_refused_total") > 0
+
+
+async def test_error_answers_carry_a_request_id_and_browsers_get_a_page(cluster, upstream):
+    relay, host, _ = await connected(cluster, upstream)
+    offline = await relay.add_host("away")
+    for slug in ("nosuchhost", offline["slug"]):  # the relay's own answers (404, 503)
+        async with relay.client(slug) as c:
+            r = await c.get("/")
+            body = r.json()["error"]
+            assert body["request_id"] == r.headers["X-Request-Id"]
+            page = await c.get("/", headers={"Accept": "text/html,*/*"})
+            assert page.headers["content-type"].startswith("text/html")
+            assert page.headers["X-Request-Id"] in page.text
+            assert "127.0.0.1" not in page.text
+    # A 431 from the fast path too.
+    async with relay.client(host["slug"]) as c:
+        r = await c.get("/", headers={"Accept": "text/html", "x-big": "v" * 70_000})
+    assert r.status_code == 431
+    assert r.headers["content-type"].startswith("text/html")
+    assert r.headers["X-Request-Id"] in r.text
+    assert f'"request_id": "{r.headers["X-Request-Id"]}"' in relay.proc.log()
