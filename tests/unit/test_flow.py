@@ -1,0 +1,129 @@
+"""Callback streams joined through an in-memory tunnel: both ends' real read loops, no sockets.
+
+Each end streams a body to the other through a small window while its consumer takes
+bytes at its own pace; whatever the pace, every byte arrives once and in order, nothing
+buffers beyond the window, and a sender pauses instead of queueing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+
+import aiohttp
+import pytest
+import structlog
+
+from relay.connection import TunnelConnection
+from relay.errors import StreamError
+from relay.flow import FlowStream
+from relay.protocol import Limits, ReqHead, RespHead
+
+LIMITS = Limits(max_frame=32 * 1024, initial_window=16 * 1024)
+
+
+class PipeEnd:
+    """One end of an in-memory WebSocket pair."""
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[aiohttp.WSMessage] = asyncio.Queue()
+        self.peer: PipeEnd | None = None
+        self.closed = False
+        self.close_code: int | None = None
+
+    async def send_bytes(self, data: bytes, compress: int | None = None) -> None:
+        assert self.peer is not None
+        await asyncio.sleep(0)  # a real socket's write is not instant either
+        self.peer.inbox.put_nowait(aiohttp.WSMessage(aiohttp.WSMsgType.BINARY, data, None))
+
+    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage:
+        return await self.inbox.get()
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        self.closed = True
+        self.close_code = code
+        return True
+
+
+def pipe() -> tuple[PipeEnd, PipeEnd]:
+    a, b = PipeEnd(), PipeEnd()
+    a.peer, b.peer = b, a
+    return a, b
+
+
+class Endpoint(FlowStream):
+    """Streams ``body`` out as credit allows; takes the peer's bytes at a random pace."""
+
+    def __init__(self, conn: TunnelConnection, sid: int, body: bytes, seed: int) -> None:
+        super().__init__(conn, sid)
+        self.body = body
+        self.offset = 0
+        self.paused = False
+        self.got = hashlib.sha256()
+        self.received = 0
+        self.buffered = 0
+        self.most_buffered = 0
+        self.ended = asyncio.Event()
+        self.random = random.Random(seed)
+
+    def produce(self) -> None:
+        while not self.paused and self.offset < len(self.body):
+            n = self.random.randint(1, 20_000)
+            piece = self.body[self.offset : self.offset + n]
+            self.offset += len(piece)
+            self.send_body(piece, end=self.offset >= len(self.body))
+
+    def on_blocked(self) -> None:
+        self.paused = True
+
+    def on_unblocked(self) -> None:
+        self.paused = False
+        self.produce()
+
+    def on_head(self, frame: ReqHead | RespHead) -> None:
+        pass
+
+    def on_data(self, chunk: bytes, *, end: bool) -> None:
+        self.got.update(chunk)
+        self.received += len(chunk)
+        self.buffered += len(chunk)
+        self.most_buffered = max(self.most_buffered, self.buffered)
+        if end:
+            self.ended.set()
+
+    def on_reset(self, error: StreamError) -> None:
+        raise AssertionError(f"stream reset: {error}")
+
+    def take(self) -> None:
+        n = min(self.buffered, self.random.randint(0, 24_000))
+        self.buffered -= n
+        self.consumed(n)
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_bodies_cross_both_ways_intact_within_the_window(seed):
+    relay_ws, agent_ws = pipe()
+    log = structlog.get_logger()
+    relay = TunnelConnection(relay_ws, local_limits=LIMITS, peer_limits=LIMITS, log=log)
+    agent = TunnelConnection(agent_ws, local_limits=LIMITS, peer_limits=LIMITS, log=log)
+    readers = [asyncio.create_task(relay.read_loop()), asyncio.create_task(agent.read_loop())]
+    up = random.Random(seed).randbytes(600_000)
+    down = random.Random(seed + 100).randbytes(900_000)
+    ends = [Endpoint(relay, 1, up, seed), Endpoint(agent, 1, down, seed + 1)]
+    for end in ends:
+        end.produce()
+    async with asyncio.timeout(20):
+        while not all(e.ended.is_set() and not e.buffered for e in ends):
+            for end in ends:
+                end.take()
+                assert end.buffered <= LIMITS.initial_window  # the window bounds it
+            for conn in (relay, agent):
+                assert conn._out_bytes <= 4 * LIMITS.max_frame + 20_000  # senders paused
+            await asyncio.sleep(0)
+    assert ends[1].got.digest() == hashlib.sha256(up).digest()
+    assert ends[0].got.digest() == hashlib.sha256(down).digest()
+    assert all(e.state.local_ended and e.state.remote_ended for e in ends)
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
