@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
 import structlog
 
 from relay.connection import TunnelConnection
-from relay.errors import StreamError
 from relay.flow import FlowStream
 from relay.protocol import Limits, ReqHead, RespHead
+
+if TYPE_CHECKING:
+    from relay.errors import StreamError
 
 LIMITS = Limits(max_frame=32 * 1024, initial_window=16 * 1024)
 
