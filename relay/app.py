@@ -50,7 +50,7 @@ def build_app(state: RelayState) -> web.Application:
                 return json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
             raise
 
-    app = web.Application(middlewares=[front], client_max_size=1 << 20)
+    app = web.Application(middlewares=[one_request, front], client_max_size=1 << 20)
     app[STATE] = state
     app.router.add_get("/tunnel", tunnel_endpoint)
     add_routes(app)
@@ -60,6 +60,22 @@ def build_app(state: RelayState) -> web.Application:
     # HTTPNotFound built per request) and gives other unknown paths a JSON 404.
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
+
+
+@web.middleware
+async def one_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Serve the one request this connection was handed, then close it.
+
+    Connections reach aiohttp only by handoff from the fast front (relay/front.py); the
+    client's next request is read by the front again, with its header timeout and its
+    fast path.
+    """
+    response = await handler(request)
+    if not response.prepared:
+        response.force_close()
+    elif request.protocol is not None and not isinstance(response, web.WebSocketResponse):
+        request.protocol.keep_alive(val=False)
+    return response
 
 
 async def _not_found(request: web.Request) -> web.Response:
