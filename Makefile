@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/relay serve
 
-test: install
+test: install lint
 	@sh scripts/ensure-test-deps.sh  # PowerDNS for the DNS end-to-end tests (apt, once)
 	$(BIN)/python -m pytest -q
 
@@ -28,6 +28,7 @@ bench: install  # one table of the performance goals; `make bench BENCH_ARGS=--q
 
 lint: install
 	$(BIN)/ruff check relay directory tests loadtest
+	$(BIN)/ruff format --check relay directory tests loadtest
 	$(BIN)/mypy --strict relay directory
 
 clean:

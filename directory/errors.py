@@ -37,11 +37,6 @@ the original cause stays on the traceback.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from directory.models import OwnerRecord
-
 __all__ = [
     "CorruptRecord",
     "DirectoryError",
@@ -138,9 +133,10 @@ class Superseded(DirectoryError):
     http_status = 409
     code = "superseded"
 
-    def __init__(self, message: str, owner: OwnerRecord) -> None:
+    def __init__(self, message: str, *, machine_id: str, epoch: int) -> None:
         super().__init__(message)
-        self.owner = owner
+        self.machine_id = machine_id  # who holds the host now, with which epoch
+        self.epoch = epoch
 
 
 class DnsError(DirectoryError):

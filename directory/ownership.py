@@ -215,7 +215,8 @@ class OwnershipStore:
             raise Superseded(
                 f"host {host_id} is held by machine {newer.machine_id} with epoch "
                 f"{newer.epoch}, newer than this claim's {epoch}",
-                newer,
+                machine_id=newer.machine_id,
+                epoch=newer.epoch,
             )
         return epoch
 

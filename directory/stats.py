@@ -3,7 +3,7 @@
 ``directory`` never imports ``relay``, so it cannot reach the relay's OpenTelemetry meter.
 Instead its components count into a :class:`Stats` (plain integers, a few dozen
 nanoseconds per increment) and the relay reads them at scrape time through observable
-instruments (:func:`relay.events.register_event_metrics`). Names are the exported metric
+instruments (:func:`relay.machine.events.register_event_metrics`). Names are the exported metric
 names; labels are keyword arguments::
 
     stats.incr("events_dead_lettered_total", group="presence")

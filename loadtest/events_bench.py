@@ -36,7 +36,7 @@ from directory.presence import PresenceStore
 from directory.stats import Stats
 from directory.store import connect
 from loadtest.common import run
-from relay.events import PRESENCE_BLOCK_MS, EventEmitter
+from relay.machine.events import PRESENCE_BLOCK_MS, EventEmitter
 from tests.servers import start_valkey
 
 CATCH_UP_LIMIT = 300  # s: a projection stuck for longer fails the run instead of hanging

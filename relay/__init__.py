@@ -1,3 +1,21 @@
-"""relay-directory: a WebSocket tunnel relay with a Redis directory."""
+"""relay-directory: a WebSocket tunnel relay with a Redis directory.
+
+Layout (each package imports only those below it; ``directory`` never imports ``relay``)::
+
+    cli/        the `relay` command and the admin API client          (top)
+    server/     `relay serve`: aiohttp app, tunnel endpoint, drain
+    api/        admin routes: hosts, machines, DNS, events
+    proxy/      the public side: fast front, exchanges, replay/forward, header rules
+    machine/    a machine's state: tunnel table, events, loops, metrics, DNS setup
+    agent/      `relay agent`: tunnels, the pooled upstream client
+    wire/       what relay and agent share: frames, codec, streams, the tunnel socket
+    edge.py     `relay edge`, the local stand-in for Fly's proxy
+    config.py   options of serve and agent;  errors.py, logs.py       (bottom)
+
+A client request for ``<slug>.<base-domain>`` enters at ``proxy.front``; if this
+machine holds the host's tunnel it goes through ``proxy.exchange`` and ``wire`` to the
+agent, whose ``agent.exchange`` calls the service with ``agent.http_client``. Anything
+else is handed to ``server.app`` (aiohttp) for one request.
+"""
 
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from relay.errors import ConfigError
-from relay.protocol import Limits
+from relay.wire.protocol import Limits
 
 __all__ = ["AgentConfig", "ServeConfig", "parse_hostport"]
 
@@ -48,13 +48,13 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     drain_timeout: Seconds = 10.0
     reconnect_grace: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     reconcile_interval: Seconds = 30.0
-    # Event log (relay/events.py): approximate MAXLEN of the stream, outbox capacity, and
+    # Event log (relay/machine/events.py): approximate MAXLEN of the stream, outbox capacity, and
     # how long an entry may sit with a consumer before another one reclaims it.
     events_maxlen: Positive = 100_000
     events_outbox: Positive = 10_000
     events_claim_idle: Seconds = 30.0
     dns_offline_grace: Seconds = 86400.0
-    # DNS (relay/dns_setup.py; secrets come from the environment, never from here).
+    # DNS (relay/machine/dns_setup.py; secrets come from the environment, never from here).
     dns_mode: Literal["wildcard", "managed"] = "wildcard"
     dns_provider: Literal["memory", "cloudflare", "powerdns"] | None = None
     dns_zone: str | None = None
@@ -120,7 +120,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(
                     f"--redis-url must be redis://, rediss:// or unix:// (got {scheme!r})"
                 )
-        from relay.dns_setup import check_dns_config  # noqa: PLC0415 - keep `relay agent` lean
+        from relay.dns_options import check_dns_config  # noqa: PLC0415 - keep `relay agent` lean
 
         check_dns_config(msgspec.structs.replace(self, base_domain=base))
         return msgspec.structs.replace(

@@ -26,10 +26,10 @@ from multidict import CIMultiDict
 
 from relay.config import parse_hostport
 from relay.errors import ConfigError
-from relay.forward import pump_websockets
-from relay.http_headers import HOP_BY_HOP
 from relay.logs import configure_logging, get_logger
-from relay.responses import json_error
+from relay.proxy.forward import pump_websockets
+from relay.proxy.headers import HOP_BY_HOP
+from relay.proxy.responses import json_error
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from relay.errors import StreamError, TunnelClosed
-from relay.flow import FlowStream
-from relay.http1 import LAST_CHUNK, HeaderRefused, chunk, request_head
-from relay.protocol import Body, ReqHead, ResetCode, RespHead
+from relay.wire.flow import FlowStream
+from relay.wire.http1 import LAST_CHUNK, HeaderRefused, chunk, request_head
+from relay.wire.protocol import Body, ReqHead, ResetCode, RespHead
 
 if TYPE_CHECKING:
     from relay.agent.http_client import UpstreamConnection, UpstreamPool
-    from relay.connection import TunnelConnection
+    from relay.wire.connection import TunnelConnection
 
 __all__ = ["UpstreamExchange"]
 

@@ -26,7 +26,7 @@ from relay.agent.session import SILENCE, AgentSession, HandshakeClosed, handshak
 from relay.agent.upstream import Upstream
 from relay.errors import ProtocolError
 from relay.logs import get_logger
-from relay.protocol import CloseCode
+from relay.wire.protocol import CloseCode
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

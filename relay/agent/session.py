@@ -7,9 +7,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from relay.agent.exchange import UpstreamExchange
-from relay.connection import TunnelConnection
 from relay.errors import MalformedFrame, ProtocolError, StreamError
-from relay.protocol import (
+from relay.wire.connection import TunnelConnection
+from relay.wire.protocol import (
     PROTOCOL_VERSION,
     Drain,
     Frame,

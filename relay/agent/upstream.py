@@ -13,12 +13,12 @@ from yarl import URL
 
 from relay.agent.http_client import UpstreamPool
 from relay.errors import StreamError
-from relay.protocol import ResetCode, RespHead, WsAccept, WsClose, WsMsg, WsOpen
+from relay.wire.protocol import ResetCode, RespHead, WsAccept, WsClose, WsMsg, WsOpen
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
-    from relay.channel import StreamChannel
+    from relay.wire.channel import StreamChannel
 
 __all__ = ["Upstream"]
 

@@ -18,7 +18,7 @@ import pytest
 
 from directory.keys import Keys
 from directory.store import connect
-from relay.protocol import PROTOCOL_VERSION, FrameCodec, Hello, Limits, Welcome
+from relay.wire.protocol import PROTOCOL_VERSION, FrameCodec, Hello, Limits, Welcome
 from tests.dns.conftest import TEST_ZONE, ZONE
 from tests.e2e.harness import ADMIN_TOKEN, wait_until
 

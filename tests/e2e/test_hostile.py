@@ -9,7 +9,7 @@ import hashlib
 import aiohttp
 import pytest
 
-from relay.protocol import (
+from relay.wire.protocol import (
     PROTOCOL_VERSION,
     FrameCodec,
     Hello,

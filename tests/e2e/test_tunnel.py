@@ -13,7 +13,7 @@ import httpx
 import msgspec
 import pytest
 
-from relay.protocol import PROTOCOL_VERSION, FrameCodec, Hello, Limits, Welcome
+from relay.wire.protocol import PROTOCOL_VERSION, FrameCodec, Hello, Limits, Welcome
 from tests.e2e.harness import ADMIN_TOKEN, wait_until
 from tests.e2e.upstream import pattern_bytes
 

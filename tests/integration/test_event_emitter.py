@@ -9,8 +9,8 @@ from directory.events import Connected, RedisEventLog
 from directory.keys import Keys
 from directory.stats import Stats
 from directory.store import connect
-from relay.events import EventEmitter, disconnect_reason
-from relay.protocol import CloseCode
+from relay.machine.events import EventEmitter, disconnect_reason
+from relay.wire.protocol import CloseCode
 from tests.servers import wait_for
 
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from relay.channel import StreamChannel
 from relay.errors import StreamReset, StreamStateError
-from relay.protocol import Data, Reset, ResetCode, RespHead, Window, WsMsg
+from relay.wire.channel import StreamChannel
+from relay.wire.protocol import Data, Reset, ResetCode, RespHead, Window, WsMsg
 
 
 class Sink:

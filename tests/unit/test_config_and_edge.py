@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.cli import main
+from relay.cli.main import main
 from relay.config import AgentConfig, ServeConfig, parse_hostport
 from relay.edge import parse_machines, replay_target
 from relay.errors import ConfigError

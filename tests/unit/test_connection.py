@@ -7,8 +7,8 @@ import asyncio
 import aiohttp
 import structlog
 
-from relay.connection import TunnelConnection
-from relay.protocol import Data, FrameCodec, Limits, Ping
+from relay.wire.connection import TunnelConnection
+from relay.wire.protocol import Data, FrameCodec, Limits, Ping
 
 LIMITS = Limits(max_frame=4096)
 

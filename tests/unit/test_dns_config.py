@@ -6,9 +6,9 @@ import pytest
 
 from directory.dns.cloudflare import CloudflareProvider
 from directory.dns.powerdns import PowerDnsProvider
-from relay.cli import _build, _parser
+from relay.cli.main import _build, _parser
 from relay.config import ServeConfig
-from relay.dns_setup import build_providers, check_dns_config, dns_settings
+from relay.dns_options import build_providers, check_dns_config, dns_settings
 from relay.errors import ConfigError
 
 

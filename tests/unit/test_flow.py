@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 import structlog
 
-from relay.connection import TunnelConnection
-from relay.flow import FlowStream
-from relay.protocol import Limits, ReqHead, RespHead
+from relay.wire.connection import TunnelConnection
+from relay.wire.flow import FlowStream
+from relay.wire.protocol import Limits, ReqHead, RespHead
 
 if TYPE_CHECKING:
     from relay.errors import StreamError

@@ -8,8 +8,8 @@ import weakref
 import pytest
 import structlog
 
-from relay.gc_policy import GcPolicy
-from relay.tunnel import LocalTunnels
+from relay.machine.gc_policy import GcPolicy
+from relay.machine.tunnels import LocalTunnels
 from tests.unit.test_local_tunnels import fake_tunnel
 
 

@@ -25,8 +25,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from directory.models import HostRecord
 from relay.errors import StreamError, StreamStateError
-from relay.flow import FlowStream
-from relay.protocol import (
+from relay.machine.tunnels import Tunnel
+from relay.wire.flow import FlowStream
+from relay.wire.protocol import (
     CloseCode,
     Data,
     FrameCodec,
@@ -38,10 +39,9 @@ from relay.protocol import (
     Window,
     WsMsg,
 )
-from relay.tunnel import Tunnel
 
 if TYPE_CHECKING:
-    from relay.connection import TunnelConnection
+    from relay.wire.connection import TunnelConnection
 
 RELAY = Limits(max_frame=64 * 1024, max_header_bytes=1024, initial_window=32 * 1024)
 AGENT = Limits(max_frame=64 * 1024, initial_window=32 * 1024)

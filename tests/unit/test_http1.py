@@ -5,7 +5,7 @@ from __future__ import annotations
 import httptools
 import pytest
 
-from relay.http1 import HeaderRefused, chunk, request_head, response_head, status_line
+from relay.wire.http1 import HeaderRefused, chunk, request_head, response_head, status_line
 
 
 class Collect:

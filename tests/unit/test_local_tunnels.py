@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from relay.tunnel import LocalTunnels
+from relay.machine.tunnels import LocalTunnels
 
 
 def fake_tunnel(epoch: int, host_id: str = "h_1", slug: str = "web"):

@@ -6,7 +6,7 @@ visits per tick and never depend on how fast the machine runs.
 
 from __future__ import annotations
 
-from relay.ping_wheel import PingWheel
+from relay.machine.ping_wheel import PingWheel
 
 SLOTS = 10
 

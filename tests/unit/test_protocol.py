@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.errors import FrameTooLarge, MalformedFrame, ProtocolError
-from relay.protocol import (
+from relay.wire.protocol import (
     Body,
     Data,
     Drain,

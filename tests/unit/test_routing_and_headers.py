@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay.http_headers import request_headers_for_upstream, response_headers_for_client
-from relay.routing import slug_from_host
+from relay.proxy.headers import request_headers_for_upstream, response_headers_for_client
+from relay.proxy.routing import slug_from_host
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.errors import FlowControlError, LocalStreamError, StreamStateError
-from relay.streams import MAX_WINDOW, StreamState
+from relay.wire.streams import MAX_WINDOW, StreamState
 
 
 def make(send=1000, recv=1000):

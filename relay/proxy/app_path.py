@@ -1,0 +1,307 @@
+"""Client requests for ``<slug>.<base-domain>``: find the tunnel, stream through it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from directory.errors import DirectoryError
+from relay.errors import PeerUnreachable, StreamError, StreamRefused, StreamReset, TunnelClosed
+from relay.proxy.error_pages import wants_html
+from relay.proxy.forward import Origin, forward, origin_of, replay, replayable
+from relay.proxy.headers import request_headers_for_upstream, response_headers_for_client
+from relay.proxy.responses import ERROR_DETAIL, as_page, json_error
+from relay.proxy.websocket import proxy_websocket
+from relay.wire.protocol import Body, Data, ReqHead, ResetCode, RespHead, header_bytes
+
+if TYPE_CHECKING:
+    from relay.machine.state import RelayState
+    from relay.machine.tunnels import Tunnel
+    from relay.wire.channel import StreamChannel
+
+__all__ = ["proxy_request"]
+
+_INLINE_BODY = 16 * 1024  # small request bodies ride in the head frame
+
+
+async def proxy_request(state: RelayState, request: web.Request, slug: str) -> web.StreamResponse:
+    """Serve one client request for ``slug`` through its tunnel."""
+    started = time.perf_counter()
+    response = await _route(state, request, slug)
+    if isinstance(response, web.Response) and ERROR_DETAIL in response:
+        code, message, request_id = response[ERROR_DETAIL]
+        state.log.info(
+            "proxy.error",
+            status=response.status,
+            code=code,
+            slug=slug,
+            request_id=request_id,
+            detail=message,
+        )
+        if wants_html(request.headers.get("Accept", "")):
+            response = as_page(response)
+    if state.draining:
+        # No keep-alive while draining: a proxy must not reuse a connection we are about
+        # to close under it.
+        response.force_close()
+    state.metrics.requests_by_status[response.status] += 1
+    state.metrics.request_duration.observe(time.perf_counter() - started)
+    return response
+
+
+async def _route(state: RelayState, request: web.Request, slug: str) -> web.StreamResponse:
+    tunnel = state.tunnels.by_slug.get(slug)
+    if tunnel is None:
+        found = await _locate(state, request, slug)
+        if isinstance(found, web.StreamResponse):
+            return found
+        tunnel = found
+    try:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await proxy_websocket(state, request, tunnel)
+        return await _proxy_http(state, request, tunnel)
+    except StreamRefused as exc:
+        state.metrics.proxy_errors.add(1, {"reason": "stream_refused"})
+        return json_error(503, exc.code, str(exc), retry_after=1)
+
+
+async def _locate(
+    state: RelayState, request: web.Request, slug: str
+) -> Tunnel | web.StreamResponse:
+    """No tunnel here: 404, replay or forward to the owner, or wait a grace, else 503."""
+    try:
+        host_id = await state.hosts.resolve_slug(slug)
+        if host_id is None:
+            return json_error(404, "unknown_host", f"no host is registered as {slug!r}")
+        found = await _via_owner(state, request, slug, host_id)
+    except DirectoryError as exc:
+        state.metrics.proxy_errors.add(1, {"reason": "store_unavailable"})
+        state.log.warning("proxy.store_error", slug=slug, error=str(exc))
+        return json_error(503, "store_unavailable", "the directory is unreachable", retry_after=2)
+    if found is not None:
+        return found
+    origin = origin_of(state, request)
+    state.log.info("proxy.host_offline", slug=slug, hopped=origin.hopped)
+    return json_error(
+        503, "host_offline", f"host {slug!r} is not connected right now", retry_after=5
+    )
+
+
+async def _via_owner(
+    state: RelayState, request: web.Request, slug: str, host_id: str
+) -> Tunnel | web.StreamResponse | None:
+    """Follow the owner key (twice at most: before and after a short grace)."""
+    origin = origin_of(state, request)
+    grace = state.config.reconnect_grace
+    for attempt in range(2):
+        owner = await state.ownership.owner(host_id)
+        if owner is not None and owner.machine_id != state.config.machine_id:
+            if origin.hopped:
+                # One hop at most. A tunnel that moved away during our drain still
+                # serves; otherwise the directory changed under us: never hop again.
+                retired = state.tunnels.retired.get(slug)
+                if retired is not None and not retired.closed:
+                    return retired
+                state.metrics.proxy_errors.add(1, {"reason": "loop_guard"})
+                break
+            sent = await _to_owner(state, request, owner.machine_id, origin)
+            if sent is not None:
+                return sent
+        if attempt or (owner is None and not state.tunnels.left_within(slug, grace)):
+            break
+        # Mid-reconnect (owner key live, owner machine gone, or it just left here): wait
+        # a short grace for the tunnel to land here or for a machine to claim it.
+        tunnel = await state.tunnels.wait_for(slug, host_id, grace)
+        if tunnel is not None:
+            return tunnel
+    return state.tunnels.by_slug.get(slug)
+
+
+async def _to_owner(
+    state: RelayState, request: web.Request, machine_id: str, origin: Origin
+) -> web.StreamResponse | None:
+    """Replay or forward to the owning machine; None when that machine is gone."""
+    machine = await state.machines.get(machine_id)
+    if machine is None or machine.state == "stopped":
+        return None
+    if state.config.route_mode == "fly-replay" and replayable(request):
+        return replay(state, machine_id)
+    try:
+        return await forward(state, request, machine, origin)
+    except PeerUnreachable as exc:
+        state.log.info("proxy.owner_unreachable", machine=machine_id, error=str(exc))
+        return None
+
+
+async def _proxy_http(
+    state: RelayState, request: web.Request, tunnel: Tunnel
+) -> web.StreamResponse:
+    channel = tunnel.open_stream()
+    body_task: asyncio.Task[None] | None = None
+    try:
+        limit = min(tunnel.peer_limits.max_header_bytes, state.config.max_header_bytes)
+        head, body_task = await _send_request(state, request, channel, limit)
+        try:
+            first = await channel.receive_within(state.config.request_timeout)
+        except TimeoutError:
+            await channel.reset(ResetCode.TIMEOUT, "response headers timed out")
+            state.metrics.proxy_errors.add(1, {"reason": "timeout"})
+            return json_error(
+                504,
+                "upstream_timeout",
+                f"no response headers within {state.config.request_timeout:g} s",
+            )
+        if not isinstance(first, RespHead):
+            await channel.reset(ResetCode.INTERNAL, "expected a response head")
+            return json_error(502, "upstream_error", f"agent sent {type(first).__name__} first")
+        return await _send_response(state, request, channel, first, head_only=head.method == "HEAD")
+    except StreamReset as exc:
+        state.metrics.proxy_errors.add(1, {"reason": "reset"})
+        if exc.reset_code == ResetCode.TOO_LARGE:
+            return json_error(413, "too_large", exc.reason or "request too large")
+        if exc.reset_code == ResetCode.HEADERS_TOO_LARGE:
+            return json_error(431, "headers_too_large", "request headers exceed the host's limit")
+        return json_error(502, "upstream_error", "the host's service failed")
+    except TunnelClosed:
+        state.metrics.proxy_errors.add(1, {"reason": "tunnel_closed"})
+        return json_error(502, "tunnel_closed", "the host's tunnel closed during the request")
+    except (asyncio.CancelledError, ConnectionResetError):
+        # The client went away: tell the agent so it aborts the upstream call.
+        await asyncio.shield(_cancel(channel))
+        raise
+    finally:
+        if body_task is not None and not body_task.done():
+            body_task.cancel()
+        channel.close()
+
+
+async def _cancel(channel: StreamChannel) -> None:
+    with contextlib.suppress(StreamError):
+        await channel.reset(ResetCode.CANCEL, "client disconnected")
+
+
+async def _send_request(
+    state: RelayState, request: web.Request, channel: StreamChannel, header_limit: int
+) -> tuple[ReqHead, asyncio.Task[None] | None]:
+    """Send the request head (and small bodies inline); stream larger bodies in a task."""
+    origin = origin_of(state, request)
+    headers = request_headers_for_upstream(
+        list(request.headers.items()),
+        client_ip=origin.client_ip,
+        proto=origin.proto,
+        host=request.host,
+        trust_fly_headers=state.config.trust_fly_headers,
+    )
+    if header_bytes(headers) > header_limit:
+        raise StreamReset(ResetCode.HEADERS_TOO_LARGE, "request headers exceed the limit")
+    length = request.content_length
+    chunked = request.headers.get("Transfer-Encoding", "").lower().endswith("chunked")
+    max_body = state.config.max_body
+    if max_body and length is not None and length > max_body:
+        raise StreamReset(ResetCode.TOO_LARGE, f"body of {length} bytes exceeds {max_body}")
+    trace = request.headers.get("traceparent", "")
+    if not request.body_exists or (length == 0 and not chunked):
+        head = ReqHead(channel.sid, request.method, request.raw_path, headers, trace=trace)
+        await channel.send(head)
+        return head, None
+    if length is not None and length <= _INLINE_BODY:
+        body = await request.content.readexactly(length)
+        head = ReqHead(
+            channel.sid,
+            request.method,
+            request.raw_path,
+            headers,
+            Body.SIZED,
+            length,
+            trace,
+            body,
+            end=True,
+        )
+        await channel.send(head)
+        return head, None
+    kind = Body.SIZED if length is not None else Body.CHUNKED
+    head = ReqHead(
+        channel.sid,
+        request.method,
+        request.raw_path,
+        headers,
+        kind,
+        length if length is not None else -1,
+        trace,
+        end=False,
+    )
+    await channel.send(head)
+    return head, asyncio.create_task(_pump_body(request, channel, max_body))
+
+
+async def _pump_body(request: web.Request, channel: StreamChannel, max_body: int) -> None:
+    """Stream the client's body to the agent as credit allows; bounded by the window."""
+    sent = 0
+    try:
+        async for chunk in request.content.iter_chunked(channel.max_chunk):
+            sent += len(chunk)
+            if max_body and sent > max_body:
+                await channel.reset(ResetCode.TOO_LARGE, f"body exceeds {max_body} bytes")
+                return
+            await channel.send_body(chunk)
+        await channel.send_end()
+    except StreamError:
+        return  # the stream was reset or the tunnel closed; the response side reports it
+    except ConnectionResetError:
+        await _cancel(channel)
+
+
+async def _send_response(
+    state: RelayState,
+    request: web.Request,
+    channel: StreamChannel,
+    head: RespHead,
+    *,
+    head_only: bool,
+) -> web.StreamResponse:
+    if head.end and not head_only:
+        # Whole small body in the head frame: a plain response, length set by aiohttp.
+        return web.Response(
+            status=head.status,
+            body=head.chunk,
+            headers=CIMultiDict(response_headers_for_client(head.headers, keep_length=False)),
+        )
+    response = web.StreamResponse(
+        status=head.status, headers=CIMultiDict(response_headers_for_client(head.headers))
+    )
+    await response.prepare(request)
+    try:
+        await _stream_body(response, channel, head)
+    except StreamError as exc:
+        # Headers are out: the only honest signal left is to cut the connection, so the
+        # client sees a truncated body rather than a complete-looking one.
+        state.metrics.proxy_errors.add(1, {"reason": "body_interrupted"})
+        state.log.warning("proxy.body_interrupted", sid=channel.sid, error=str(exc))
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _stream_body(
+    response: web.StreamResponse, channel: StreamChannel, head: RespHead
+) -> None:
+    """Copy the response body to the client, granting credit as the socket takes it."""
+    if head.chunk:
+        await response.write(head.chunk)
+        await channel.consumed(len(head.chunk))
+    end = head.end
+    while not end:
+        frame = await channel.receive()
+        if not isinstance(frame, Data):
+            raise StreamReset(ResetCode.INTERNAL, f"unexpected {type(frame).__name__} in body")
+        if frame.chunk:
+            await response.write(frame.chunk)
+            await channel.consumed(len(frame.chunk))
+        end = frame.end

@@ -1,0 +1,484 @@
+"""One client request carried through a tunnel by callbacks (the relay's hot path).
+
+The client connection (:mod:`relay.proxy.front`) parses the request and feeds it here; the
+tunnel's read loop delivers the agent's frames here; each side's bytes are written to the
+other at once. Credit flows like the task-based path: request body bytes go out as the
+agent grants credit (the client is not read meanwhile); response body bytes are granted
+back as the client's socket takes them.
+
+The response framing is the relay's own: a whole body in the head frame gets its exact
+``Content-Length``; a streamed body keeps the upstream's length (and is cut if the agent
+sends more or less) or is chunked for HTTP/1.1 clients, close-delimited for HTTP/1.0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from relay.errors import StreamError, StreamRefused, StreamReset, StreamViolation, TunnelClosed
+from relay.proxy.error_pages import error_response, wants_html
+from relay.proxy.headers import request_headers_for_upstream, response_headers_for_client
+from relay.proxy.origin import resolve_origin
+from relay.wire.flow import FlowStream
+from relay.wire.http1 import LAST_CHUNK, HeaderRefused, chunk, response_head
+from relay.wire.protocol import Body, ReqHead, ResetCode, RespHead, header_bytes
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from relay.machine.state import RelayState
+    from relay.machine.tunnels import Tunnel
+
+__all__ = ["ClientExchange", "RequestInfo"]
+
+_INLINE_BODY = 16 * 1024  # small request bodies ride in the head frame
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class Client(Protocol):
+    """The client connection as an exchange uses it (``relay.proxy.front``)."""
+
+    peer: str
+    write_paused: bool
+    state: RelayState
+    loop: asyncio.AbstractEventLoop
+
+    def write(self, data: bytes) -> None:
+        """Write to the client."""
+
+    def write_continue(self) -> None:
+        """Answer ``Expect: 100-continue``."""
+
+    def pause_reading(self) -> None:
+        """Stop reading the client (counted)."""
+
+    def resume_reading(self) -> None:
+        """Undo one pause."""
+
+    def close(self) -> None:
+        """Close once written."""
+
+    def exchange_done(self, exchange: ClientExchange, *, keep_alive: bool) -> None:
+        """The response is complete."""
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What the client connection parsed of one request head."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    wanted: dict[bytes, str]  # the few headers the relay reads, by lower-case name
+    host: str
+    slug: str
+    http11: bool
+    keep_alive: bool
+    length: int | None
+    chunked: bool
+    started: float  # loop time the head began
+
+
+class ClientExchange(FlowStream):
+    """Request to the agent, response to the client; see the module docstring."""
+
+    __slots__ = (
+        "_body",
+        "_head",
+        "_head_sent",
+        "_inline",
+        "_out_chunked",
+        "_received",
+        "_remaining",
+        "_request_done",
+        "_timer",
+        "_unacked",
+        "client",
+        "info",
+        "keep_alive",
+        "tunnel",
+    )
+
+    def __init__(self, client: Client, info: RequestInfo) -> None:
+        # FlowStream.__init__ runs in start(), once the stream has a tunnel and an id.
+        self.client = client
+        self.info = info
+        self.tunnel: Tunnel | None = None
+        self.keep_alive = info.keep_alive
+        self._body: list[bytes] = []  # body bytes held until the head frame goes out
+        self._inline = False
+        self._request_done = False
+        self._received = 0
+        self._head_sent = False
+        self._out_chunked = False
+        self._remaining = -1  # response body bytes still due (-1: not length-delimited)
+        self._unacked = 0  # response bytes written while the client's socket was full
+        self._timer: asyncio.TimerHandle | None = None
+        self._head: ReqHead | None = None  # an inline-body head waiting for its body
+
+    # -- the request (fed by the client connection) --------------------------------------
+
+    def start(self) -> None:
+        """Open the stream on the host's tunnel and send the request head."""
+        client = self.client
+        state = client.state
+        info = self.info
+        tunnel = state.tunnels.by_slug.get(info.slug)
+        if tunnel is None:
+            # The tunnel left while this request waited behind a pipelined one.
+            self._answer_error(503, "host_offline", "the host's tunnel just closed", retry=5)
+            return
+        cfg = state.config
+        max_body = cfg.max_body
+        if max_body and info.length is not None and info.length > max_body:
+            self._answer_error(413, "too_large", f"body of {info.length} bytes exceeds {max_body}")
+            return
+        wanted = info.wanted
+        origin = resolve_origin(
+            lambda name: wanted.get(name.lower().encode()),
+            peer=client.peer,
+            scheme="http",
+            cluster_secret=state.cluster_secret,
+            trust_fly_headers=cfg.trust_fly_headers,
+        )
+        headers = request_headers_for_upstream(
+            info.headers,
+            client_ip=origin.client_ip,
+            proto=origin.proto,
+            host=info.host,
+            trust_fly_headers=cfg.trust_fly_headers,
+        )
+        if header_bytes(headers) > min(tunnel.peer_limits.max_header_bytes, cfg.max_header_bytes):
+            self._answer_error(431, "headers_too_large", "request headers exceed the host's limit")
+            return
+        try:
+            sid = tunnel.allocate_sid()
+        except StreamRefused as exc:
+            state.metrics.proxy_errors.add(1, {"reason": "stream_refused"})
+            self._answer_error(503, exc.code, str(exc), retry=1)
+            return
+        FlowStream.__init__(self, tunnel, sid)
+        self.tunnel = tunnel
+        self._timer = client.loop.call_later(cfg.request_timeout, self._timed_out)
+        self._send_head(sid, headers)
+
+    def _send_head(self, sid: int, headers: list[tuple[str, str]]) -> None:
+        """The request head, alone, with its small body, or before a streamed body."""
+        info = self.info
+        trace = info.wanted.get(b"traceparent", "")
+        length = info.length
+        if length == 0 or (length is None and not info.chunked):
+            self._request_done = True
+            self.send(ReqHead(sid, info.method, info.target, headers, trace=trace))
+            return
+        if info.wanted.get(b"expect", "").lower() == "100-continue":
+            self.client.write_continue()
+        if length is not None and length <= _INLINE_BODY:
+            # Small body: the head frame goes out with it, once it is all here.
+            self._inline = True
+            self._head = ReqHead(sid, info.method, info.target, headers, Body.SIZED, length, trace)
+            if self._request_done:
+                self._send_inline()
+            return
+        kind = Body.SIZED if length is not None else Body.CHUNKED
+        size = -1 if length is None else length
+        self.send(ReqHead(sid, info.method, info.target, headers, kind, size, trace, end=False))
+        held, self._body = self._body, []
+        for piece in held:
+            self.send_body(piece)
+        if self._request_done:
+            self.send_body(b"", end=True)
+
+    def client_body(self, data: bytes) -> None:
+        """Request body bytes from the client."""
+        if self.state_reset:
+            return
+        self._received += len(data)
+        max_body = self.client.state.config.max_body
+        if max_body and self._received > max_body:
+            self._too_large(max_body)
+            return
+        if self.tunnel is None or self._inline:
+            self._body.append(data)
+        else:
+            self.send_body(data)
+
+    def client_end(self) -> None:
+        """The request body is complete."""
+        if self._request_done:
+            return  # a bodiless request: its head said so already
+        self._request_done = True
+        if self.tunnel is None or self.state_reset:
+            return
+        if self._inline:
+            self._send_inline()
+        else:
+            self.send_body(b"", end=True)
+
+    def client_gone(self) -> None:
+        """The client disconnected: tell the agent so it aborts the upstream call."""
+        self._cancel_timer()
+        if self.tunnel is not None and not self.state.reset:
+            self.reset(ResetCode.CANCEL, "client disconnected")
+
+    def client_writable(self) -> None:
+        """The client's socket drained: grant the credit held back meanwhile."""
+        if self._unacked and self.tunnel is not None:
+            n, self._unacked = self._unacked, 0
+            self.consumed(n)
+
+    @property
+    def state_reset(self) -> bool:
+        """The stream was reset (or never opened and already answered)."""
+        return self.tunnel is not None and self.state.reset
+
+    def _send_inline(self) -> None:
+        head = self._head
+        assert head is not None  # noqa: S101 - set with _inline
+        body = b"".join(self._body)
+        self._body = []
+        self.send(
+            ReqHead(
+                head.sid,
+                head.method,
+                head.target,
+                head.headers,
+                head.body,
+                head.length,
+                head.trace,
+                body,
+                end=True,
+            )
+        )
+
+    def _too_large(self, max_body: int) -> None:
+        self.keep_alive = False
+        if self.tunnel is not None:
+            self.reset(ResetCode.TOO_LARGE, f"body exceeds {max_body} bytes")
+        if not self._head_sent:
+            self._answer_error(413, "too_large", f"body exceeds {max_body} bytes")
+        else:
+            self.client.close()
+
+    # -- flow control of the request body ------------------------------------------------
+
+    def on_blocked(self) -> None:
+        """No credit for more of the request body: stop reading the client."""
+        self.client.pause_reading()
+
+    def on_unblocked(self) -> None:
+        """Credit is back: read the client again."""
+        self.client.resume_reading()
+
+    # -- the response (from the tunnel's read loop) ---------------------------------------
+
+    def on_head(self, frame: ReqHead | RespHead) -> None:
+        """The response head: write it (and an inline body) to the client."""
+        if not isinstance(frame, RespHead) or self._head_sent:
+            if self._head_sent:
+                self._interrupted("a second response head")
+            else:
+                self.reset(ResetCode.INTERNAL, "expected a response head")
+                self._fail_response(502, "upstream_error", "the host's agent broke the protocol")
+            return
+        self._cancel_timer()
+        status = frame.status
+        info = self.info
+        no_body = info.method == "HEAD" or status in _NO_BODY_STATUS
+        if status < 200:
+            self.reset(ResetCode.INTERNAL, "interim status as a final response")
+            self._fail_response(502, "upstream_error", "the host's service sent no final status")
+            return
+        state = self.client.state
+        if state.draining or not self._request_done:
+            # A body the upstream did not wait for would be read as the next request.
+            self.keep_alive = False
+        try:
+            head = self._response_head(frame, no_body=no_body)
+        except HeaderRefused as exc:
+            self.reset(ResetCode.INTERNAL, "response header refused")
+            self._fail_response(502, "upstream_error", f"bad response header from the host: {exc}")
+            return
+        self._head_sent = True
+        state.metrics.requests_by_status[status] += 1
+        if frame.end:
+            self.client.write(head + frame.chunk if frame.chunk and not no_body else head)
+            self._finish()
+            return
+        self.client.write(head)
+        if no_body:
+            # Nothing may follow this head on the wire; the agent's end marker is ignored.
+            self.reset(ResetCode.CANCEL, "no body allowed")
+            self._finish()
+        elif frame.chunk:
+            self.on_data(frame.chunk, end=False)  # a first piece of a streamed body
+
+    def _response_head(self, frame: RespHead, *, no_body: bool) -> bytes:
+        """The head for the client, with the relay's own framing of the body."""
+        extra = ""
+        if frame.end:
+            headers = response_headers_for_client(frame.headers, keep_length=no_body)
+            if not no_body:
+                extra = f"Content-Length: {len(frame.chunk)}\r\n"
+        else:
+            headers = response_headers_for_client(frame.headers)
+            length = None if no_body else _content_length(headers)
+            if length is not None:
+                self._remaining = length
+            elif no_body:
+                pass
+            elif self.info.http11:
+                self._out_chunked = True
+                extra = "Transfer-Encoding: chunked\r\n"
+            else:
+                self.keep_alive = False
+        if not self.keep_alive:
+            extra += "Connection: close\r\n"
+        return response_head(frame.status, headers, extra)
+
+    def on_data(self, chunk_: bytes, *, end: bool) -> None:
+        """Response body bytes: to the client, credit back once its socket took them."""
+        if not self._head_sent:
+            self.reset(ResetCode.INTERNAL, "body before the response head")
+            self._fail_response(502, "upstream_error", "the host's agent broke the protocol")
+            return
+        client = self.client
+        if chunk_:
+            n = len(chunk_)
+            if self._remaining >= 0:
+                if n > self._remaining:
+                    self._interrupted("more body than its Content-Length")
+                    return
+                self._remaining -= n
+                client.write(chunk_)
+            elif self._out_chunked:
+                client.write(chunk(chunk_))
+            else:
+                client.write(chunk_)
+            if client.write_paused:
+                self._unacked += n
+            else:
+                self.consumed(n)
+        if end:
+            if self._remaining > 0:
+                self._interrupted("body shorter than its Content-Length")
+                return
+            if self._out_chunked:
+                client.write(LAST_CHUNK)
+            self._finish()
+
+    def on_reset(self, error: StreamError) -> None:
+        """The agent reset the stream or the tunnel closed."""
+        self._cancel_timer()
+        if self._head_sent:
+            self._interrupted(str(error))
+            return
+        if isinstance(error, StreamViolation):
+            self._fail_response(502, "upstream_error", "the host's agent broke the protocol")
+        elif isinstance(error, StreamReset) and error.reset_code == ResetCode.HEADERS_TOO_LARGE:
+            self._fail_response(431, "headers_too_large", "request headers exceed the host's limit")
+        elif isinstance(error, StreamReset) and error.reset_code == ResetCode.TOO_LARGE:
+            self._fail_response(413, "too_large", error.reason or "request too large")
+        elif isinstance(error, TunnelClosed):
+            self._fail_response(502, "tunnel_closed", "the host's tunnel closed during the request")
+        else:
+            self._fail_response(502, "upstream_error", "the host's service failed")
+
+    # -- endings -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Forget the stream (if it was ever opened)."""
+        if self.tunnel is not None:
+            super().close()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._head_sent or self.state.reset:
+            return
+        self.reset(ResetCode.TIMEOUT, "response headers timed out")
+        timeout = self.client.state.config.request_timeout
+        self._fail_response(504, "upstream_timeout", f"no response headers within {timeout:g} s")
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _interrupted(self, why: str) -> None:
+        """Headers are out: cutting the connection is the only honest signal left."""
+        state = self.client.state
+        state.metrics.proxy_errors.add(1, {"reason": "body_interrupted"})
+        state.log.warning("proxy.body_interrupted", slug=self.info.slug, error=why)
+        if not self.state.reset:
+            self.reset(ResetCode.CANCEL, why)
+        self.close()
+        self.keep_alive = False
+        self._finish()
+        self.client.close()
+
+    def _fail_response(self, status: int, code: str, message: str) -> None:
+        """Answer with an error (the stream is already reset or done)."""
+        self.close()
+        if status >= 500:
+            self.client.state.metrics.proxy_errors.add(1, {"reason": code})
+        self._answer_error(status, code, message)
+
+    def _answer_error(
+        self, status: int, code: str, message: str, *, retry: int | None = None
+    ) -> None:
+        state = self.client.state
+        if not self._request_done:
+            self.keep_alive = False  # the rest of the body would be read as a request
+        close = not self.keep_alive or state.draining
+        body, request_id = error_response(
+            status,
+            code,
+            message,
+            retry_after=retry,
+            close=close,
+            head_only=self.info.method == "HEAD",
+            html=wants_html(self.info.wanted.get(b"accept", "")),
+        )
+        state.log.info(
+            "proxy.error",
+            status=status,
+            code=code,
+            slug=self.info.slug,
+            request_id=request_id,
+            detail=message,
+        )
+        state.metrics.requests_by_status[status] += 1
+        self._head_sent = True
+        self.client.write(body)
+        self.keep_alive = not close
+        self._finish()
+
+    def _finish(self) -> None:
+        """The response is complete."""
+        self._cancel_timer()
+        if self.tunnel is not None:
+            if self._paused:
+                # Request body still waiting for credit: the client is read again (for
+                # its next request); what waited is not needed any more.
+                self._paused = False
+                self.client.resume_reading()
+            if not self._request_done and not self.state.reset:
+                # The upstream answered before the whole body came: stop sending it.
+                self.reset(ResetCode.CANCEL, "response complete")
+            self.close()
+        client = self.client
+        client.state.metrics.request_duration.observe(client.loop.time() - self.info.started)
+        self.client.exchange_done(self, keep_alive=self.keep_alive)
+
+
+def _content_length(headers: list[tuple[str, str]]) -> int | None:
+    """The one valid Content-Length among ``headers``; None when absent or not usable."""
+    found: int | None = None
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == "content-length":
+            text = value.strip()
+            if not text.isdigit() or (found is not None and int(text) != found):
+                raise HeaderRefused("invalid Content-Length")
+            found = int(text)
+    return found

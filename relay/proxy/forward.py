@@ -1,0 +1,187 @@
+"""Requests for tunnels held by another machine: replay (Fly) or forward (private network).
+
+Fly's proxy replays a request to another machine when the response carries
+``fly-replay: instance=<id>``, but it cannot carry request bodies over 1 MB or of unknown
+length, and WebSocket upgrades were unreliable in practice; those are forwarded over the
+private network instead, machine to machine, authenticated with the cluster secret.
+
+Loop guard: a request that already hopped once (``fly-replay-src`` from Fly, or our own
+authenticated ``X-Relay-Hop``) is never sent on again; if it still finds no tunnel it is
+answered 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Final
+
+import aiohttp
+from aiohttp import web
+
+from relay.errors import PeerUnreachable
+from relay.proxy.headers import HOP_BY_HOP, INTERNAL_PREFIXES
+from relay.proxy.origin import AUTH, CLIENT_IP, HOP, PROTO, Origin, resolve_origin
+from relay.proxy.responses import json_error
+
+if TYPE_CHECKING:
+    from directory.machines import MachineRecord
+    from relay.machine.state import RelayState
+
+__all__ = [
+    "MAX_REPLAY_BODY",
+    "Origin",
+    "forward",
+    "origin_of",
+    "replay",
+    "replayable",
+]
+
+MAX_REPLAY_BODY: Final = 1024 * 1024
+ORIGIN: web.RequestKey[Origin] = web.RequestKey("relay_origin", Origin)
+
+
+def origin_of(state: RelayState, request: web.Request) -> Origin:
+    """Work out the client and the hop state of a request, trusting only what is proven."""
+    cached: Origin | None = request.get(ORIGIN)
+    if cached is not None:
+        return cached
+    origin = resolve_origin(
+        request.headers.get,
+        peer=request.remote or "",
+        scheme=request.scheme,
+        cluster_secret=state.cluster_secret,
+        trust_fly_headers=state.config.trust_fly_headers,
+    )
+    request[ORIGIN] = origin
+    return origin
+
+
+def replayable(request: web.Request) -> bool:
+    """Whether Fly's proxy can replay this request (no upgrade, small sized body)."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return False
+    if not request.body_exists:
+        return True
+    length = request.content_length
+    return length is not None and length <= MAX_REPLAY_BODY
+
+
+def replay(state: RelayState, machine_id: str) -> web.Response:
+    """Ask Fly's proxy to send this request to ``machine_id`` (no body, by contract)."""
+    state.metrics.replays.add(1)
+    return web.Response(status=409, headers={"fly-replay": f"instance={machine_id}"})
+
+
+def _outbound_headers(state: RelayState, request: web.Request, origin: Origin) -> dict[str, str]:
+    drop = HOP_BY_HOP - {"upgrade", "connection"}
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        low = name.lower()
+        if low in drop or low.startswith((*INTERNAL_PREFIXES, "sec-websocket")):
+            continue
+        headers[name] = value
+    headers[HOP] = state.config.machine_id
+    headers[AUTH] = state.cluster_secret
+    headers[CLIENT_IP] = origin.client_ip
+    headers[PROTO] = origin.proto
+    return headers
+
+
+async def forward(
+    state: RelayState, request: web.Request, machine: MachineRecord, origin: Origin
+) -> web.StreamResponse:
+    """Carry the request to ``machine`` over the private network, streaming both ways."""
+    headers = _outbound_headers(state, request, origin)
+    url = machine.address.rstrip("/") + request.raw_path
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await _forward_websocket(state, request, url, headers)
+    try:
+        upstream = await state.peer_client.request(
+            request.method,
+            url,
+            headers=headers,
+            data=request.content if request.body_exists else None,
+            allow_redirects=False,
+        )
+    except aiohttp.ClientConnectorError as exc:
+        # Nothing was sent: the caller may wait for the host to land elsewhere.
+        raise PeerUnreachable(f"{machine.machine_id}: {exc}") from exc
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        state.metrics.proxy_errors.add(1, {"reason": "forward_failed"})
+        state.log.warning("proxy.forward_failed", machine=machine.machine_id, error=repr(exc))
+        return json_error(502, "forward_failed", f"machine {machine.machine_id} unreachable")
+    state.metrics.forwards.add(1)
+    async with upstream:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name, value in upstream.headers.items():
+            if name.lower() not in HOP_BY_HOP:
+                response.headers.add(name, value)
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (aiohttp.ClientError, OSError) as exc:
+            state.metrics.proxy_errors.add(1, {"reason": "forward_interrupted"})
+            state.log.warning("proxy.forward_interrupted", error=repr(exc))
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+
+
+async def _forward_websocket(
+    state: RelayState, request: web.Request, url: str, headers: dict[str, str]
+) -> web.StreamResponse:
+    protocols = [
+        p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
+    ]
+    for name in ("Upgrade", "Connection"):
+        headers.pop(name, None)
+    try:
+        peer = await state.peer_client.ws_connect(
+            url.replace("http", "ws", 1), headers=headers, protocols=protocols, max_msg_size=0
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        return web.Response(status=exc.status, text=exc.message)
+    except aiohttp.ClientConnectorError as exc:
+        raise PeerUnreachable(f"{url}: {exc}") from exc
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        state.metrics.proxy_errors.add(1, {"reason": "forward_failed"})
+        state.log.warning("proxy.forward_ws_failed", error=repr(exc))
+        return json_error(502, "forward_failed", "peer machine unreachable")
+    state.metrics.forwards.add(1)
+    client = web.WebSocketResponse(
+        protocols=[peer.protocol] if peer.protocol else (), max_msg_size=0
+    )
+    await client.prepare(request)
+    async with peer:
+        await pump_websockets(client, peer)
+    return client
+
+
+WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def pump_websockets(a: WebSocket, b: WebSocket) -> None:
+    """Copy messages both ways until one side closes; pass its close code on."""
+
+    async def copy(src: WebSocket, dst: WebSocket) -> None:
+        async for msg in src:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                await dst.send_bytes(msg.data)
+        code = src.close_code
+        await dst.close(code=1000 if code in {None, 1005, 1006} else int(code or 1000))
+
+    tasks = [asyncio.create_task(copy(a, b)), asyncio.create_task(copy(b, a))]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        if not task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), 1.0)
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await task

@@ -1,0 +1,460 @@
+"""The public listener: client connections parsed by httptools, host traffic served here.
+
+Every client connection starts on :class:`ClientConnection`, an asyncio protocol that
+parses requests with httptools (llhttp, the C parser) and serves requests for
+``<slug>.<base-domain>`` whose tunnel this machine holds straight through the tunnel
+(:class:`relay.proxy.exchange.ClientExchange`): no aiohttp request, response, task or
+middleware per request.
+
+Everything else (the relay's own routes, WebSocket upgrades, hosts held elsewhere or
+offline) is *handed off*: the connection switches to aiohttp's request handler for the
+rest of its life, which serves it with the full application (replay, forward, the
+API). The head already parsed is written back out as bytes for aiohttp to parse again,
+with any body bytes that came with it, as uvicorn does for upgrades.
+
+Timeouts a client cannot hold open: the whole request head within ``header_timeout``
+(408), an idle keep-alive connection closes after ``keepalive_timeout``. One sweep per
+server checks them, rather than a timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
+
+from relay.proxy.error_pages import error_response, wants_html
+from relay.proxy.exchange import ClientExchange, RequestInfo
+from relay.proxy.routing import slug_from_host
+from relay.wire.http1 import LAST_CHUNK, chunk
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from relay.machine.state import RelayState
+
+__all__ = ["ClientConnection", "FrontServer"]
+
+# Request headers the fast path looks at, by lower-case name.
+_WANTED: Final = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"expect",
+        b"x-relay-hop",
+        b"x-relay-auth",
+        b"x-relay-client-ip",
+        b"x-relay-proto",
+        b"fly-client-ip",
+        b"x-forwarded-proto",
+        b"fly-replay-src",
+        b"traceparent",
+        b"accept",
+    }
+)
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+# Descriptors kept free for what serving the connections we have needs (store pool
+# reconnects, upstream and peer connections): past that, new clients are turned away.
+_FD_RESERVE: Final = 64
+
+
+class _Refused(Exception):
+    """A request refused while its head is parsed (raised through httptools)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class FrontServer:
+    """The listening socket and its client connections."""
+
+    def __init__(self, state: RelayState, handoff: Callable[[], asyncio.Protocol]) -> None:
+        self.state = state
+        self.handoff_factory = handoff
+        self.connections: set[ClientConnection] = set()
+        self.loop = asyncio.get_running_loop()
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        cfg = state.config
+        self.base_domain = cfg.base_domain
+        self.test_zone = (cfg.dns_test_zone or "").strip(".").lower() or None
+        # Open descriptors: counted by the sweep, plus one per connection accepted since.
+        self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.fds_open = _open_descriptors()
+        self.refused = 0  # connections turned away for want of descriptors
+        self._refusal_logged_at = 0.0
+
+    async def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
+        """Listen on ``host:port``."""
+        self._server = await self.loop.create_server(
+            lambda: ClientConnection(self), host, port, backlog=backlog, reuse_address=True
+        )
+        self._sweeper = self.loop.create_task(self._sweep(), name="front-sweep")
+
+    def slug_of(self, host: str | None) -> str | None:
+        """The slug a Host header names, under the base domain or the DNS test zone."""
+        slug = slug_from_host(host, self.base_domain)
+        if slug is None and self.test_zone is not None:
+            slug = slug_from_host(host, self.test_zone)
+        return slug
+
+    async def _sweep(self) -> None:
+        """Close connections past their header or keep-alive deadline."""
+        cfg = self.state.config
+        period = min(1.0, cfg.header_timeout / 4, cfg.keepalive_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = self.loop.time()
+            self.fds_open = _open_descriptors()
+            for conn in list(self.connections):
+                conn.check_deadline(now, cfg.header_timeout, cfg.keepalive_timeout)
+
+    def admit(self) -> bool:
+        """Whether a new connection may be served (False: out of descriptors, logged)."""
+        self.fds_open += 1
+        if self.fds_open < self.fd_limit - _FD_RESERVE:
+            return True
+        self.refused += 1
+        now = self.loop.time()
+        if now - self._refusal_logged_at >= 1.0:  # a flood of refusals: one line a second
+            self._refusal_logged_at = now
+            self.state.log.warning(
+                "relay.descriptors_exhausted",
+                open=self.fds_open,
+                limit=self.fd_limit,
+                refused_total=self.refused,
+                hint="raise the nofile limit of relay serve",
+            )
+        return False
+
+    async def close(self) -> None:
+        """Stop listening and close the connections still ours (not handed off)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close()
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection while it carries host traffic (see the module docstring)."""
+
+    __slots__ = (
+        "_handoff",
+        "_handoff_chunked",
+        "_head_bytes",
+        "_headers",
+        "_in_head",
+        "_read_pauses",
+        "_since",
+        "_url",
+        "_wanted",
+        "exchanges",
+        "front",
+        "loop",
+        "parser",
+        "peer",
+        "state",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, front: FrontServer) -> None:
+        self.front = front
+        self.state = front.state  # what exchanges read (relay.proxy.exchange.Client)
+        self.loop = front.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        self.exchanges: deque[ClientExchange] = deque()
+        self.write_paused = False
+        self._read_pauses = 0
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._wanted: dict[bytes, str] = {}
+        self._head_bytes = 0
+        # A new connection waits for its first head: header_timeout applies from now.
+        self._in_head = True
+        self._since = front.loop.time()  # idle since, or head started at
+        # Bytes for aiohttp once the connection is handed off (None: still ours).
+        self._handoff: list[bytes] | None = None
+        self._handoff_chunked = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
+        # A TCP server's transport (uvloop's is not an asyncio.Transport subclass).
+        self.transport = cast("asyncio.Transport", transport)
+        if not self.front.admit():
+            self.transport.abort()
+            return
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self.front.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:  # noqa: D102
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # The upgrade request went to handoff mode at headers-complete; what follows
+            # its head belongs to the upgraded protocol.
+            if self._handoff is not None:
+                self._handoff.append(data[exc.args[0] :])
+        except httptools.HttpParserCallbackError as exc:
+            refused = exc.__context__
+            if not isinstance(refused, _Refused):
+                raise
+            self._refuse(refused.status, refused.code, str(refused))
+            return
+        except httptools.HttpParserError as exc:
+            self._refuse(400, "bad_request", f"malformed request: {exc}")
+            return
+        if self._in_head and self._head_bytes > self.front.state.config.max_header_bytes + 1024:
+            # A header still being received (httptools holds it until it ends).
+            self._refuse(431, "headers_too_large", "request headers exceed the relay's limit")
+            return
+        if self._handoff is not None and not self.exchanges:
+            self._hand_off()
+
+    def eof_received(self) -> bool | None:  # noqa: D102
+        return None  # close our side too: a client that stops sending has gone
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102, ARG002
+        self.front.connections.discard(self)
+        while self.exchanges:
+            self.exchanges.popleft().client_gone()
+
+    def pause_writing(self) -> None:  # noqa: D102
+        self.write_paused = True
+
+    def resume_writing(self) -> None:  # noqa: D102
+        self.write_paused = False
+        if self.exchanges:
+            self.exchanges[0].client_writable()
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        """A request starts."""
+        self._in_head = True
+        self._head_bytes = 0
+        self._since = self.front.loop.time()
+        self._url = b""
+        self._headers = []
+        self._wanted = {}
+
+    def on_url(self, url: bytes) -> None:
+        """(Part of) the request target."""
+        self._url += url
+        if len(self._url) > self.front.state.config.max_header_bytes:
+            raise _Refused(414, "uri_too_long", "request target exceeds the relay's limit")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """One complete header."""
+        low = name.lower()
+        decoded = value.decode("latin-1")
+        if low in _WANTED:
+            if low == b"host" and low in self._wanted:
+                raise _Refused(400, "bad_request", "duplicate Host header")
+            self._wanted[low] = decoded
+        self._headers.append((name.decode("latin-1"), decoded))
+
+    def on_headers_complete(self) -> None:
+        """The head is complete: serve it here, or hand the connection to aiohttp."""
+        self._in_head = False
+        size = len(self._url) + sum(len(k) + len(v) + 4 for k, v in self._headers)
+        if size > self.front.state.config.max_header_bytes:
+            raise _Refused(431, "headers_too_large", "request headers exceed the relay's limit")
+        parser = self.parser
+        if self._handoff is None:
+            host = self._wanted.get(b"host")
+            slug = self.front.slug_of(host)
+            tunnel = None if slug is None else self.front.state.tunnels.by_slug.get(slug)
+            if tunnel is not None and not parser.should_upgrade():
+                self._start(slug, host or "")
+                return
+            self._handoff = []
+        # Handoff mode: write the head back out for aiohttp.
+        self._handoff_chunked = "chunked" in self._wanted.get(b"transfer-encoding", "").lower()
+        method = parser.get_method().decode("latin-1")
+        lines = [f"{name}: {value}\r\n" for name, value in self._headers]
+        head = f"{method} {self._url.decode('latin-1')} HTTP/{parser.get_http_version()}\r\n"
+        self._handoff.append((head + "".join(lines) + "\r\n").encode("latin-1"))
+
+    def on_body(self, body: bytes) -> None:
+        """Request body bytes (de-chunked by the parser)."""
+        if self._handoff is not None:
+            self._handoff.append(chunk(body) if self._handoff_chunked else body)
+        elif self.exchanges:  # empty: answered early and closing
+            self.exchanges[-1].client_body(body)
+
+    def on_message_complete(self) -> None:
+        """The request (body included) is complete."""
+        if self._handoff is not None:
+            if self._handoff_chunked:
+                self._handoff.append(LAST_CHUNK)
+            return
+        if not self.exchanges:
+            return  # answered early and closing
+        self.exchanges[-1].client_end()
+        if len(self.exchanges) > 1:
+            # Pipelined requests wait their turn; so does reading more of them.
+            self.pause_reading()
+
+    # -- serving -------------------------------------------------------------------------
+
+    def _start(self, slug: str | None, host: str) -> None:
+        parser = self.parser
+        wanted = self._wanted
+        method = parser.get_method().decode("latin-1")
+        target = _origin_form(self._url, method)
+        if target is None:
+            raise _Refused(400, "bad_request", "request target must be a path")
+        length_text = wanted.get(b"content-length")
+        info = RequestInfo(
+            method=method,
+            target=target,
+            headers=self._headers,
+            wanted=wanted,
+            host=host,
+            slug=slug or "",
+            http11=parser.get_http_version() == "1.1",
+            keep_alive=parser.should_keep_alive(),
+            length=int(length_text) if length_text is not None else None,
+            chunked="chunked" in wanted.get(b"transfer-encoding", "").lower(),
+            started=self._since,
+        )
+        exchange = ClientExchange(self, info)
+        self.exchanges.append(exchange)
+        if len(self.exchanges) == 1:
+            exchange.start()
+
+    def write(self, data: bytes) -> None:
+        """Write to the client (dropped once the connection is closing)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def write_continue(self) -> None:
+        """Tell a client waiting on ``Expect: 100-continue`` to send its body."""
+        self.write(_CONTINUE)
+
+    def pause_reading(self) -> None:
+        """Stop reading the client (counted: flow control and pipelining both pause)."""
+        self._read_pauses += 1
+        if self._read_pauses == 1 and self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Undo one :meth:`pause_reading`."""
+        self._read_pauses -= 1
+        if self._read_pauses == 0 and self.transport is not None:
+            self.transport.resume_reading()
+
+    def exchange_done(self, exchange: ClientExchange, *, keep_alive: bool) -> None:
+        """The exchange's response is complete: next request, handoff, or close."""
+        if self.exchanges and self.exchanges[0] is exchange:
+            self.exchanges.popleft()
+        if not keep_alive:
+            self.close()
+            return
+        self._since = self.front.loop.time()
+        if self.exchanges:
+            if self._read_pauses and len(self.exchanges) == 1:
+                self.resume_reading()
+            self.exchanges[0].start()
+        elif self._handoff is not None:
+            self._hand_off()
+
+    def close(self) -> None:
+        """Close the connection once what was written is sent."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def check_deadline(self, now: float, header_timeout: float, keepalive_timeout: float) -> None:
+        """Called by the sweep: enforce the header and keep-alive timeouts."""
+        if self._handoff is not None or self.exchanges:
+            return
+        if self._in_head:
+            if now - self._since > header_timeout:
+                self._refuse(408, "request_timeout", "request headers took too long")
+        elif now - self._since > keepalive_timeout:
+            self.close()
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer a request refused before it reached a tunnel, then close."""
+        state = self.front.state
+        state.metrics.requests_by_status[status] += 1
+        state.metrics.proxy_errors.add(1, {"reason": code})
+        if not self.exchanges:
+            html = wants_html(self._wanted.get(b"accept", ""))
+            body, request_id = error_response(status, code, message, close=True, html=html)
+            self.write(body)
+            state.log.info("proxy.request_refused", status=status, code=code, request_id=request_id)
+        self.close()
+
+    def _hand_off(self) -> None:
+        """Give the connection to aiohttp, with what was read of it so far.
+
+        A pipelined request whose head was only partly read by then cannot be written
+        back (httptools keeps the partial bytes); aiohttp then answers it 400, so the
+        client sees an error rather than a silent loss. Clients do not pipeline in
+        practice, proxies and browsers included.
+        """
+        transport = self.transport
+        buffered = b"".join(self._handoff or ())
+        self._handoff = None
+        self.front.connections.discard(self)
+        if transport is None or transport.is_closing():
+            return
+        handler = self.front.handoff_factory()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._read_pauses:
+            self._read_pauses = 0
+            transport.resume_reading()
+        if buffered:
+            handler.data_received(buffered)
+
+
+def _origin_form(url: bytes, method: str) -> str | None:
+    """The target as a path (origin-form), the only form an upstream is sent.
+
+    Absolute-form (``GET http://h/p``), which HTTP/1.1 servers must accept, becomes its
+    path and query; ``OPTIONS *`` stays ``*``; anything else is refused (None).
+    """
+    if url.startswith(b"/"):
+        return url.decode("latin-1")
+    if url == b"*":
+        return "*" if method == "OPTIONS" else None
+    try:
+        parts = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        return None
+    if not parts.schema or parts.schema.lower() not in {b"http", b"https"}:
+        return None
+    path = parts.path or b"/"
+    if parts.query:
+        path += b"?" + parts.query
+    return path.decode("latin-1")
+
+
+def _open_descriptors() -> int:
+    """Descriptors this process has open (Linux /proc; 0 where it cannot be read)."""
+    try:
+        return sum(1 for _ in Path("/proc/self/fd").iterdir())
+    except OSError:
+        return 0

@@ -1,0 +1,301 @@
+"""`relay serve`: start the store, the app and the directory loops; drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+from directory.errors import DirectoryError
+from directory.hosts import HostRegistry
+from directory.keys import Keys
+from directory.machines import MachineRegistry
+from directory.ownership import OwnershipStore
+from directory.store import connect
+from directory.supervisor import SupervisedValkey
+from relay.errors import StartupError, TunnelClosed
+from relay.logs import configure_logging, get_logger
+from relay.machine.dns_setup import build_dns_service
+from relay.machine.events import EventServices, register_event_metrics
+from relay.machine.gc_policy import GcPolicy
+from relay.machine.loops import heartbeat_once, refresh_loop, takeover_loop
+from relay.machine.metrics import Metrics
+from relay.machine.ping_wheel import PingWheel
+from relay.machine.state import RelayState, Upkeep
+from relay.machine.tunnels import LocalTunnels, Tunnel
+from relay.proxy.front import FrontServer
+from relay.server.app import build_app
+from relay.wire.protocol import CloseCode
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from structlog.typing import FilteringBoundLogger
+
+    from relay.config import ServeConfig
+
+__all__ = ["load_admin_token", "serve"]
+
+# The upkeep's own pool (heartbeat and refresh run one after the other; one spare).
+_UPKEEP_CONNECTIONS = 2
+# Seconds moved tunnels stay after a drain settled, for requests replayed to us meanwhile.
+_REPLAY_LINGER = 0.5
+
+
+def load_admin_token(configured: str | None, data_dir: Path) -> tuple[str, bool]:
+    """The admin token: configured, else stored in ``<data-dir>/admin-token`` (0600).
+
+    Returns the token and whether it was generated just now.
+    """
+    if configured:
+        return configured, False
+    path = data_dir / "admin-token"
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token, False
+    token = "ra_" + secrets.token_urlsafe(32)  # prefixed: never starts with "-"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token, True
+
+
+async def serve(cfg: ServeConfig) -> int:
+    """Run one relay machine until SIGTERM/SIGINT; returns the exit status."""
+    configure_logging(cfg.log_format, cfg.log_level)
+    log = get_logger("relay").bind(machine_id=cfg.machine_id)
+    cfg.data_path.mkdir(parents=True, exist_ok=True)
+    admin_token, generated = load_admin_token(cfg.admin_token, cfg.data_path)
+    embedded: SupervisedValkey | None = None
+    redis_url = cfg.redis_url
+    if redis_url is None:
+        embedded = SupervisedValkey(cfg.data_path.resolve())
+        redis_url = await embedded.start()
+        log.info("store.embedded_started", url=redis_url)
+    try:
+        return await _run(cfg, redis_url, admin_token, generated=generated, embedded=embedded)
+    finally:
+        if embedded is not None:
+            await embedded.stop()
+            log.info("store.embedded_stopped")
+
+
+async def _run(
+    cfg: ServeConfig,
+    redis_url: str,
+    admin_token: str,
+    *,
+    generated: bool,
+    embedded: SupervisedValkey | None,
+) -> int:
+    log = get_logger("relay").bind(machine_id=cfg.machine_id)
+    state, events = await _build_state(cfg, redis_url, admin_token, log)
+    if embedded is not None:
+        state.metrics.watch_embedded_store(lambda: (embedded.deaths, embedded.restarts))
+    runner = web.AppRunner(
+        build_app(state),
+        handler_cancellation=True,
+        access_log=None,
+        auto_decompress=False,
+        keepalive_timeout=cfg.keepalive_timeout,
+    )
+    await runner.setup()
+    host, port = cfg.host_port
+    assert runner.server is not None  # noqa: S101 - set by setup()
+    front = FrontServer(state, runner.server)
+    state.metrics.watch_descriptors(lambda: (front.fds_open, front.fd_limit, front.refused))
+    try:
+        await front.start(host, port, backlog=1024)
+    except OSError as exc:
+        await runner.cleanup()
+        await _close_clients(state)
+        raise StartupError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from exc
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await heartbeat_once(state)
+    events.start()
+    if state.dns is not None:
+        state.dns.start()
+    loops = _start_loops(state, log)
+    _banner(state, admin_token, generated=generated)
+    log.info("relay.started", listen=cfg.listen, base_domain=cfg.base_domain)
+    try:
+        await stop.wait()
+        events.draining()
+        await _drain(state)
+    finally:
+        for task in loops:
+            task.cancel()
+        # Bounded: redis-py can swallow a cancellation that lands inside a command, and
+        # a stuck loop must not keep a draining machine from exiting.
+        _done, stuck = await asyncio.wait(loops, timeout=2.0)
+        if stuck:
+            log.warning("relay.loops_stuck_at_exit", loops=[t.get_name() for t in stuck])
+        state.pings.stop()
+        await front.close()
+        await runner.cleanup()
+        await events.close()  # after the tunnels' last Disconnected, before the store goes
+        await _close_clients(state)
+    log.info("relay.stopped")
+    return 0
+
+
+async def _build_state(
+    cfg: ServeConfig, redis_url: str, admin_token: str, log: FilteringBoundLogger
+) -> tuple[RelayState, EventServices]:
+    """Connect to the store (main pool and the upkeep's own) and gather the machine's state."""
+    # Requests wait on this pool: --store-timeout bounds each call (one retry within it).
+    redis = await connect(redis_url, timeout=cfg.store_timeout, retries=1)
+    keys = Keys(cfg.key_prefix)
+    # Upkeep's batched scripts get the default, longer deadline (well within an owner TTL).
+    upkeep_redis = await connect(redis_url, max_connections=_UPKEEP_CONNECTIONS, retries=1)
+    upkeep = Upkeep(
+        upkeep_redis, OwnershipStore(upkeep_redis, keys), MachineRegistry(upkeep_redis, keys)
+    )
+    tunnels = LocalTunnels()
+    metrics = Metrics(tunnels_current=lambda: len(tunnels))
+    machines = MachineRegistry(redis, keys)
+    events = EventServices(cfg, redis, keys)
+    register_event_metrics(metrics.meter, events.emitter)
+    state = RelayState(
+        config=cfg,
+        redis=redis,
+        hosts=HostRegistry(redis, keys),
+        ownership=OwnershipStore(redis, keys),
+        tunnels=tunnels,
+        metrics=metrics,
+        log=log,
+        admin_token=admin_token,
+        machines=machines,
+        peer_client=aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            auto_decompress=False,
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+        ),
+        cluster_secret=cfg.cluster_secret or await machines.cluster_secret(),
+        events=events.emitter,
+        presence=events.presence,
+        upkeep=upkeep,
+        pings=PingWheel(cfg.ping_interval, cfg.ping_misses),
+    )
+    state.dns = build_dns_service(
+        cfg,
+        redis=redis,
+        ownership=state.ownership,
+        presence=state.presence,
+        meter=metrics.meter,
+        log=log,
+        emit=events.emitter.emit,
+    )
+    return state, events
+
+
+async def _close_clients(state: RelayState) -> None:
+    """Close what :func:`_build_state` opened (DNS service, peer client, store pools)."""
+    if state.dns is not None:
+        await state.dns.aclose()
+    await state.peer_client.close()
+    await state.redis.aclose()
+    await state.upkeep.redis.aclose()
+    state.metrics.shutdown()
+
+
+def _banner(state: RelayState, admin_token: str, *, generated: bool) -> None:
+    cfg = state.config
+    host, port = cfg.host_port
+    where = f"http://{host}:{port}"
+    if cfg.admin_token:
+        token_line = "  admin token: (from RELAY_ADMIN_TOKEN)"  # noqa: S105 - a label, not a secret
+    else:
+        saved = cfg.data_path / "admin-token"
+        token_line = f"  admin token{' (new)' if generated else ''}: {admin_token}  [{saved}]"
+    lines = [
+        f"relay {cfg.machine_id} listening on {where}",
+        f"  hosts are served at {state.url_for('<slug>')}",
+        token_line,
+        f"  add a host:  relay hosts add myhost --server {where}",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+def _start_loops(state: RelayState, log: FilteringBoundLogger) -> list[asyncio.Task[None]]:
+    """The machine's background loops: ownership refresh, takeover watch, GC policy."""
+    state.pings.start()
+    gc_policy = GcPolicy(state.tunnels, log)
+    gc_policy.start()  # last thing before serving: what exists now lives for the process
+    return [
+        asyncio.create_task(refresh_loop(state), name="ownership-refresh"),
+        asyncio.create_task(takeover_loop(state), name="takeover-watch"),
+        asyncio.create_task(gc_policy.run(), name="gc-policy"),
+    ]
+
+
+async def _linger(state: RelayState, tunnels: list[Tunnel], deadline: float) -> None:
+    """Keep moved tunnels a moment for requests replayed here on a stale owner record.
+
+    Another machine may have read our owner record just before the agent's new claim
+    and answered ``fly-replay: instance=<us>``; that request may not hop again, so it
+    must find the old tunnel still here. The moment covers the replay's trip.
+    """
+    moved = [t for t in tunnels if t.has_moved and not t.closed]
+    linger = min(_REPLAY_LINGER, deadline - time.time())
+    if not moved or linger <= 0:
+        return
+    await asyncio.sleep(linger)
+    idle = [asyncio.create_task(t.wait_idle()) for t in moved]
+    _done, busy = await asyncio.wait(idle, timeout=max(0.0, deadline - time.time()))
+    for task in busy:
+        task.cancel()
+    state.log.info("relay.drain_lingered", tunnels=len(moved), s=linger, busy=len(busy))
+
+
+async def _drain(state: RelayState) -> None:
+    """Move every agent away (drain frame, make before break), then close 4001 and go.
+
+    Readiness fails from the first moment; tunnels keep serving until their agent has a
+    new tunnel elsewhere and their in-flight streams are done, within the drain window.
+    """
+    cfg = state.config
+    state.draining = True
+    deadline = time.time() + cfg.drain_timeout
+    tunnels = state.tunnels.all()
+    state.log.info("relay.draining", tunnels=len(tunnels))
+    try:
+        await heartbeat_once(state)
+    except DirectoryError as exc:
+        state.log.warning("relay.drain_heartbeat_failed", error=str(exc))
+    for tunnel in tunnels:
+        try:
+            await tunnel.drain(deadline)
+        except TunnelClosed:
+            continue  # it went away on its own, which is what a drain wants
+    settled = [asyncio.create_task(t.settled()) for t in tunnels]
+    if settled:
+        _done, late = await asyncio.wait(settled, timeout=cfg.drain_timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            state.log.warning("relay.drain_window_exceeded", unsettled=len(late))
+    await _linger(state, tunnels, deadline)
+    for tunnel in tunnels:
+        await tunnel.close(CloseCode.DRAIN, "server draining")
+    # Each tunnel's handler releases its ownership as it ends; give them a moment.
+    if state.handlers:
+        await asyncio.wait(list(state.handlers), timeout=2.0)
+    try:
+        await state.machines.remove(cfg.machine_id)
+    except DirectoryError as exc:
+        state.log.warning("relay.machine_remove_failed", error=str(exc))
+    state.log.info("relay.drained", tunnels=len(tunnels))

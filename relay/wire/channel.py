@@ -1,0 +1,235 @@
+"""One multiplexed stream as seen by the task that serves it (relay or agent side).
+
+The tunnel's read loop *delivers* frames here without awaiting (a stream's buffer is bounded
+by its window, so delivery never needs backpressure); the serving task *receives* them and
+reports what it *consumed*, which turns into ``Window`` credit for the peer. Sending body
+bytes waits for credit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+from relay.errors import StreamError, StreamReset, StreamStateError
+from relay.wire.protocol import (
+    Data,
+    Frame,
+    ReqHead,
+    Reset,
+    ResetCode,
+    RespHead,
+    Window,
+    WsAccept,
+    WsClose,
+    WsMsg,
+    WsOpen,
+)
+from relay.wire.streams import StreamState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["FrameSink", "StreamChannel"]
+
+
+class FrameSink(Protocol):
+    """Where a channel sends its frames: the tunnel connection."""
+
+    async def send(self, frame: Frame) -> None:
+        """Send one frame on the tunnel."""
+
+
+class StreamChannel:
+    """Inbox, credit and lifecycle of one stream."""
+
+    __slots__ = (
+        "_credit",
+        "_error",
+        "_inbox",
+        "_loop",
+        "_on_close",
+        "_readable",
+        "_sink",
+        "max_chunk",
+        "sid",
+        "state",
+    )
+
+    def __init__(
+        self,
+        sid: int,
+        sink: FrameSink,
+        *,
+        send_window: int,
+        recv_window: int,
+        max_chunk: int,
+        on_close: Callable[[int], None],
+    ) -> None:
+        self.sid = sid
+        self.state = StreamState(sid, send_window=send_window, recv_window=recv_window)
+        self.max_chunk = max_chunk
+        self._sink = sink
+        self._inbox: deque[Frame] = deque()
+        self._readable: asyncio.Future[None] | None = None
+        self._credit: asyncio.Future[None] | None = None
+        self._error: StreamError | None = None
+        self._on_close = on_close
+        self._loop = asyncio.get_running_loop()
+
+    # -- fed by the tunnel's read loop (never awaits) ----------------------------------
+
+    def deliver(self, frame: Frame) -> None:
+        """Accept one frame from the peer for this stream."""
+        if isinstance(frame, Data):
+            self.state.on_receive(len(frame.chunk), end=frame.end)
+        elif isinstance(frame, WsMsg):
+            # A WebSocket message cannot be split, so it may overdraw a positive window
+            # by up to one message (bounded by the frame limit).
+            if self.state.recv_window <= 0:
+                raise StreamStateError(f"stream {self.sid}: message with no credit")
+            self.state.recv_window -= len(frame.payload)
+        elif isinstance(frame, Window):
+            self.state.on_window(frame.increment)
+            _wake(self._credit)
+            return
+        elif isinstance(frame, Reset):
+            self.state.on_reset()
+            self._error = StreamReset(frame.code, frame.reason)
+            _wake(self._readable)
+            _wake(self._credit)
+            return
+        elif isinstance(frame, RespHead | ReqHead):
+            # An inline body spends credit like Data: heads cannot bypass the window.
+            self.state.on_receive(len(frame.chunk), end=frame.end)
+        elif not isinstance(frame, WsAccept | WsClose | WsOpen):
+            raise StreamStateError(f"stream {self.sid}: unexpected {type(frame).__name__}")
+        self._inbox.append(frame)
+        _wake(self._readable)
+
+    def fail(self, error: StreamError) -> None:
+        """The tunnel went away: wake everyone waiting on this stream with ``error``."""
+        if self._error is None:
+            self._error = error
+        self.state.on_reset()
+        _wake(self._readable)
+        _wake(self._credit)
+
+    # -- used by the serving task -------------------------------------------------------
+
+    async def receive(self) -> Frame:
+        """Next frame from the peer; raises the stream's error once it is reset."""
+        while not self._inbox:
+            if self._error is not None:
+                raise self._error
+            self._readable = self._loop.create_future()
+            try:
+                await self._readable
+            finally:
+                self._readable = None
+        return self._inbox.popleft()
+
+    async def receive_within(self, timeout: float) -> Frame:
+        """Like :meth:`receive`, but raise TimeoutError after ``timeout`` seconds.
+
+        A plain timer that wakes the waiter: cheaper on the hot path than
+        ``asyncio.timeout``, which cancels and un-cancels the whole task.
+        """
+        if self._inbox:
+            return self._inbox.popleft()
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            _wake(self._readable)
+
+        timer = self._loop.call_later(timeout, expire)
+        try:
+            while not self._inbox:
+                if self._error is not None:
+                    raise self._error
+                if expired:
+                    raise TimeoutError
+                self._readable = self._loop.create_future()
+                try:
+                    await self._readable
+                finally:
+                    self._readable = None
+            return self._inbox.popleft()
+        finally:
+            timer.cancel()
+
+    async def consumed(self, n: int) -> None:
+        """Our consumer took ``n`` bytes: hand credit back when enough has gathered."""
+        grant = self.state.on_consumed(n)
+        if grant:
+            await self._sink.send(Window(self.sid, grant))
+
+    async def send(self, frame: Frame) -> None:
+        """Send a frame that needs no credit (heads, WebSocket accept/close)."""
+        if self._error is not None:
+            raise self._error
+        await self._sink.send(frame)
+
+    async def send_body(self, chunk: bytes, *, end: bool = False) -> None:
+        """Send body bytes as ``Data`` frames, waiting for credit as needed."""
+        if not chunk:
+            if end:
+                await self.send_end()
+            return
+        view = memoryview(chunk)
+        while True:
+            n = await self._wait_credit(len(view))
+            piece = bytes(view[:n])
+            view = view[n:]
+            last = end and not view
+            self.state.on_send(n, end=last)
+            await self._sink.send(Data(self.sid, piece, last))
+            if not view:
+                return
+
+    async def send_end(self) -> None:
+        """Half-close our direction with an empty end marker."""
+        self.state.on_send(0, end=True)
+        await self._sink.send(Data(self.sid, b"", end=True))
+
+    async def send_ws(self, *, binary: bool, payload: bytes) -> None:
+        """Send one WebSocket message once some credit is available."""
+        while self.state.send_window <= 0:
+            await self._wait_credit(1)
+        self.state.send_window -= len(payload)
+        await self._sink.send(WsMsg(self.sid, binary, payload))
+
+    async def reset(self, code: ResetCode, reason: str = "") -> None:
+        """Abort the stream and tell the peer (once)."""
+        if self.state.reset:
+            return
+        self.state.on_reset()
+        self._error = StreamReset(code, reason)
+        _wake(self._readable)
+        _wake(self._credit)
+        await self._sink.send(Reset(self.sid, int(code), reason))
+
+    def close(self) -> None:
+        """Forget the stream on the tunnel; later frames for it are ignored."""
+        self._on_close(self.sid)
+
+    async def _wait_credit(self, wanted: int) -> int:
+        while True:
+            if self._error is not None:
+                raise self._error
+            n = self.state.sendable(min(wanted, self.max_chunk))
+            if n > 0:
+                return n
+            self._credit = self._loop.create_future()
+            try:
+                await self._credit
+            finally:
+                self._credit = None
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)

@@ -1,0 +1,408 @@
+"""The tunnel WebSocket shared by both ends: framing, stream table, read loop, close.
+
+Subclasses (the relay's :class:`relay.machine.tunnels.Tunnel` and the agent's session) decide what
+to do with connection-level frames and with frames that open streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any, Protocol
+
+import aiohttp
+import msgspec
+
+from relay.errors import (
+    FlowControlError,
+    MalformedFrame,
+    ProtocolError,
+    StreamReset,
+    StreamStateError,
+    StreamViolation,
+    TunnelClosed,
+)
+from relay.wire.channel import StreamChannel
+from relay.wire.protocol import (
+    DATA_OVERHEAD,
+    HEAD_FRAMES,
+    STREAM_FRAMES,
+    CloseCode,
+    Data,
+    Frame,
+    FrameCodec,
+    Limits,
+    Ping,
+    Pong,
+    Reset,
+    ResetCode,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from structlog.typing import FilteringBoundLogger
+
+__all__ = ["StreamEndpoint", "TunnelConnection", "WebSocketLike"]
+
+
+class StreamEndpoint(Protocol):
+    """What the tunnel's stream table holds: a task's channel or a callback stream."""
+
+    sid: int
+
+    def deliver(self, frame: Frame) -> None:
+        """Accept one frame from the peer for this stream."""
+
+    def fail(self, error: StreamReset | TunnelClosed) -> None:
+        """The tunnel went away, or the stream broke its rules."""
+
+
+class WebSocketLike(Protocol):
+    """What we need of aiohttp's server and client WebSocket objects."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the socket is closed."""
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once closed."""
+
+    async def send_bytes(self, data: bytes, compress: int | None = None) -> None:
+        """Send one binary message."""
+
+    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage:
+        """Receive one message."""
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        """Close the socket."""
+
+
+class TunnelConnection:
+    """Frames over one WebSocket, with the streams multiplexed on it."""
+
+    # Slots: a relay holds tens of thousands of these; a __dict__ would cost ~1.5 KiB each.
+    __slots__ = (
+        "_encode",
+        "_idle",
+        "_log",
+        "_out",
+        "_out_bytes",
+        "_out_limit",
+        "_out_sizes",
+        "_room",
+        "_room_callbacks",
+        "_writer",
+        "close_code",
+        "close_reason",
+        "codec",
+        "last_frame_at",
+        "last_pong_at",
+        "local_limits",
+        "loop",
+        "max_chunk",
+        "peer_limits",
+        "stream_violations",
+        "streams",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: WebSocketLike,
+        *,
+        local_limits: Limits,
+        peer_limits: Limits,
+        log: FilteringBoundLogger,
+    ) -> None:
+        self.ws = ws
+        self.local_limits = local_limits
+        self.peer_limits = peer_limits
+        self.codec = FrameCodec.shared(local_limits.max_frame, local_limits.max_header_bytes)
+        self._log = log
+        self.streams: dict[int, StreamEndpoint] = {}
+        self.loop = asyncio.get_running_loop()
+        self.last_frame_at = self.loop.time()
+        self.last_pong_at = self.last_frame_at
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.stream_violations = 0  # streams reset for breaking their rules
+        self._encode = self.codec.encode
+        # Leave room for framing inside the peer's frame limit.
+        self.max_chunk = min(64 * 1024, peer_limits.max_frame - 1024)
+        # Outgoing frames wait here until the writer task packs them into messages. The
+        # writer runs only while there is something to send, and the events below are
+        # made only when someone waits: an idle tunnel holds no task and no waiter (a
+        # relay holds tens of thousands of idle tunnels).
+        # Body frames wait as structs (their chunk is copied once, into the message);
+        # other frames are encoded at once. Sizes are kept to cut messages at the limit.
+        self._out: list[Data | msgspec.Raw] = []
+        self._out_sizes: list[int] = []
+        self._out_bytes = 0
+        self._out_limit = 4 * peer_limits.max_frame  # senders wait beyond this
+        self._writer: asyncio.Task[None] | None = None
+        self._room: asyncio.Event | None = None  # set when the writer takes the queue
+        # Callback-driven streams (relay.wire.flow) paused on a full queue, resumed likewise.
+        self._room_callbacks: list[Callable[[], None]] | None = None
+        self._idle: asyncio.Event | None = None  # set when the last stream ends
+
+    @property
+    def log(self) -> FilteringBoundLogger:
+        """The logger of this connection."""
+        return self._log
+
+    @property
+    def closed(self) -> bool:
+        """Whether this connection has been closed (by either side)."""
+        return self.close_code is not None or self.ws.closed
+
+    @property
+    def congested(self) -> bool:
+        """More is queued than the peer should be sent at once: producers should pause."""
+        return self._out_bytes > self._out_limit
+
+    def when_room(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the writer takes the queue (or the tunnel closes)."""
+        if self._room_callbacks is None:
+            self._room_callbacks = []
+        self._room_callbacks.append(callback)
+
+    def queue(self, frame: Frame) -> None:
+        """Queue one frame for the writer without waiting (small control frames).
+
+        Raises :class:`TunnelClosed` once the tunnel is gone.
+        """
+        if self.close_code is not None:
+            raise TunnelClosed("tunnel closed")
+        if type(frame) is Data:
+            size = len(frame.chunk) + DATA_OVERHEAD
+            self._out.append(frame)
+        else:
+            raw = msgspec.Raw(self._encode(frame))
+            size = len(raw)
+            self._out.append(raw)
+        self._out_sizes.append(size)
+        self._out_bytes += size
+        if self._writer is None:
+            # Started now, it runs after the current callback: frames queued in the same
+            # event-loop turn go out together, in one message.
+            self._writer = self.loop.create_task(self._write_loop())
+
+    async def send(self, frame: Frame) -> None:
+        """Queue one frame for the writer; waits only when too much is queued.
+
+        Raises :class:`TunnelClosed` once the tunnel is gone.
+        """
+        self.queue(frame)
+        if self._out_bytes > self._out_limit:
+            await self._wait_room()
+
+    async def _wait_room(self) -> None:
+        """Wait until the writer takes the queue; :class:`TunnelClosed` if it closed.
+
+        The WebSocket's own write backpressure, passed on to whoever produces.
+        """
+        if self._room is None:
+            self._room = asyncio.Event()
+        await self._room.wait()
+        if self.close_code is not None:
+            raise TunnelClosed("tunnel closed")
+
+    def _release_senders(self) -> None:
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+        callbacks = self._room_callbacks
+        if callbacks is not None:
+            self._room_callbacks = None
+            for callback in callbacks:
+                callback()
+
+    async def _write_loop(self) -> None:
+        """Pack queued frames into as few messages as the peer's frame limit allows.
+
+        Ends when the queue is empty; the next :meth:`queue` starts a new writer.
+        """
+        limit = self.peer_limits.max_frame
+        try:
+            while self._out:
+                batch, sizes = self._out, self._out_sizes
+                self._out, self._out_sizes, self._out_bytes = [], [], 0
+                self._release_senders()
+                start, size = 0, 0
+                for i, n in enumerate(sizes):
+                    if size + n > limit - 8 and i > start:
+                        await self.ws.send_bytes(self.codec.pack(batch[start:i]))
+                        start, size = i, 0
+                    size += n
+                await self.ws.send_bytes(self.codec.pack(batch[start:] if start else batch))
+        except (ConnectionError, RuntimeError) as exc:
+            # aiohttp raises these when the socket closes under us.
+            if self.close_code is None:
+                self.close_code = CloseCode.NORMAL if self.ws.closed else 1006
+                self.close_reason = f"send failed: {exc}"
+            # The streams those frames belonged to fail below, each with its own error.
+            self.log.info("tunnel.send_failed", error=str(exc), frames_unsent=len(self._out))
+            self.fail_streams(TunnelClosed(f"tunnel send failed: {exc}"))
+        finally:
+            self._writer = None
+            self._release_senders()
+
+    async def flush(self, timeout: float = 1.0) -> None:
+        """Wait up to ``timeout`` until everything queued has been handed to the socket."""
+        writer = self._writer
+        if writer is None:
+            return
+        done, _ = await asyncio.wait({writer}, timeout=timeout)
+        if not done:
+            # A peer that stopped reading: say what never left before the socket closes.
+            self.log.warning("tunnel.flush_timeout", frames_unsent=len(self._out))
+
+    async def _stop_writer(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        # A writer cancelled before its first step never ran its own cleanup.
+        self._writer = None
+        self._release_senders()
+        if self._out:
+            # The socket is gone or closing: say what never left rather than drop it quietly.
+            self.log.info("tunnel.frames_unsent", frames=len(self._out), bytes=self._out_bytes)
+
+    async def wait_idle(self) -> None:
+        """Wait until no stream is open on this connection."""
+        if self.streams:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            await self._idle.wait()
+
+    def open_channel(self, sid: int) -> StreamChannel:
+        """Create the local side of stream ``sid``."""
+        channel = StreamChannel(
+            sid,
+            self,
+            send_window=self.peer_limits.initial_window,
+            recv_window=self.local_limits.initial_window,
+            max_chunk=self.max_chunk,
+            on_close=self.forget,
+        )
+        self.streams[sid] = channel
+        return channel
+
+    def forget(self, sid: int) -> None:
+        """Drop stream ``sid`` from the table (it ended); wakes :meth:`wait_idle`."""
+        self.streams.pop(sid, None)
+        if not self.streams and self._idle is not None:
+            self._idle.set()
+            self._idle = None
+
+    async def read_loop(self, early: list[Frame] | None = None) -> None:
+        """Read frames until the socket closes; protocol errors close the tunnel (4004).
+
+        ``early``: frames that came in the handshake's message, handled first.
+        """
+        ws = self.ws
+        decode = self.codec.decode
+        loop = self.loop
+        binary = aiohttp.WSMsgType.BINARY
+        try:
+            if early:
+                self._dispatch(early)
+            while True:
+                msg = await ws.receive()
+                if msg.type is binary:
+                    self.last_frame_at = loop.time()
+                    # A call, so the frames die with its frame rather than stay in this
+                    # one while waiting for the next message (idle tunnels wait minutes).
+                    self._dispatch(decode(msg.data))
+                    if self._out_bytes > self._out_limit:
+                        # Answers (pongs) pile up for a peer that does not read: stop
+                        # reading it too, rather than queue without bound.
+                        await self._wait_room()
+                elif msg.type is aiohttp.WSMsgType.TEXT:
+                    raise MalformedFrame("text message on the tunnel")
+                else:
+                    # CLOSE / CLOSING / CLOSED / ERROR: the peer or the network is done.
+                    if self.close_code is None:
+                        self.close_code = ws.close_code or CloseCode.NORMAL
+                        self.close_reason = "peer closed"
+                    return
+        except ProtocolError as exc:
+            self.log.warning("tunnel.protocol_error", error=str(exc), kind=exc.code)
+            await self.close(exc.close_code, f"protocol error: {exc}")
+        except TunnelClosed:
+            return  # answering a ping as the tunnel closed: nothing left to do
+        finally:
+            self.fail_streams(TunnelClosed(f"tunnel closed ({self.close_code})"))
+            if self.ws.closed:
+                await self._stop_writer()
+
+    def _dispatch(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            if isinstance(frame, STREAM_FRAMES):
+                self.dispatch_stream_frame(frame)
+            else:
+                self.on_control_frame(frame)
+
+    def dispatch_stream_frame(self, frame: Any) -> None:  # noqa: ANN401 - one of STREAM_FRAMES
+        """Route a stream frame to its channel, or to :meth:`on_unknown_stream`.
+
+        A frame that breaks a stream's rules (credit, order, header limit) resets that
+        stream only; the tunnel and its other streams carry on.
+        """
+        channel = self.streams.get(frame.sid)
+        if channel is None:
+            self.on_unknown_stream(frame)
+            return
+        if isinstance(frame, HEAD_FRAMES) and self.codec.headers_too_large(frame):
+            self.reset_stream(channel, ResetCode.TOO_LARGE, "headers exceed the limit")
+            return
+        try:
+            channel.deliver(frame)
+        except FlowControlError as exc:
+            self.reset_stream(channel, ResetCode.FLOW_CONTROL, str(exc))
+        except StreamStateError as exc:
+            self.reset_stream(channel, ResetCode.INTERNAL, str(exc))
+
+    def reset_stream(self, channel: StreamEndpoint, code: ResetCode, reason: str) -> None:
+        """The peer broke one stream's rules: reset it both ways, tell the peer, log it."""
+        self.log.warning("tunnel.stream_violation", sid=channel.sid, code=int(code), error=reason)
+        self.stream_violations += 1
+        self.forget(channel.sid)
+        channel.fail(StreamViolation(int(code), reason))
+        if self.close_code is None:
+            self.queue(Reset(channel.sid, int(code), reason[:200]))
+
+    def on_unknown_stream(self, frame: Any) -> None:  # noqa: ANN401 - one of STREAM_FRAMES
+        """A frame for a stream we do not hold; subclasses decide."""
+        raise ProtocolError(f"frame {type(frame).__name__} for unknown stream {frame.sid}")
+
+    def on_control_frame(self, frame: Frame) -> None:
+        """Handle Ping/Pong; subclasses extend for Hello/Welcome/Drain."""
+        if isinstance(frame, Ping):
+            self.queue(Pong(frame.t))
+        elif isinstance(frame, Pong):
+            self.last_pong_at = self.loop.time()
+        else:
+            raise ProtocolError(f"unexpected {type(frame).__name__} frame")
+
+    def fail_streams(self, error: TunnelClosed) -> None:
+        """Wake every stream with ``error``; the tunnel is gone."""
+        for channel in list(self.streams.values()):
+            channel.fail(error)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the tunnel with ``code`` (first reason wins) and fail its streams."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+        self.fail_streams(TunnelClosed(f"tunnel closed ({code}: {reason})"))
+        # Frames already queued (a Drain, stream resets) go out before the close frame.
+        await self.flush()
+        await self._stop_writer()
+        if not self.ws.closed:
+            # Close reasons are limited to 123 bytes by RFC 6455.
+            await self.ws.close(code=code, message=reason.encode()[:123])

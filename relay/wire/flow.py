@@ -1,0 +1,204 @@
+"""Callback-driven streams: the hot path's alternative to a task per stream.
+
+A :class:`FlowStream` lives in the tunnel's stream table like a
+:class:`~relay.wire.channel.StreamChannel`, but nobody awaits it: the tunnel's read loop calls
+:meth:`FlowStream.deliver` and the stream reacts at once (writes to a socket, queues a
+frame). Plain HTTP exchanges use it on both ends (the relay's client side, the agent's
+upstream side); WebSockets and forwarding keep the task-based channel.
+
+Flow control is the pure :class:`~relay.wire.streams.StreamState`. Outgoing body bytes beyond
+the peer's credit, or while the tunnel's send queue is over its limit, wait in a small
+pending list and the subclass pauses its source (:meth:`FlowStream.on_blocked`) until
+:meth:`FlowStream.on_unblocked`; credit for incoming bytes is handed back by
+:meth:`FlowStream.consumed` once the sink took them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from relay.errors import StreamError, StreamReset, StreamStateError
+from relay.wire.protocol import Data, Frame, ReqHead, Reset, ResetCode, RespHead, Window
+from relay.wire.streams import StreamState
+
+if TYPE_CHECKING:
+    from relay.wire.connection import TunnelConnection
+
+__all__ = ["FlowStream"]
+
+
+class FlowStream:
+    """One stream served by callbacks; subclasses react to the peer's frames."""
+
+    __slots__ = (
+        "_offset",
+        "_paused",
+        "_pending",
+        "_pending_end",
+        "_waiting_room",
+        "conn",
+        "sid",
+        "state",
+    )
+
+    def __init__(self, conn: TunnelConnection, sid: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.state = StreamState(
+            sid,
+            send_window=conn.peer_limits.initial_window,
+            recv_window=conn.local_limits.initial_window,
+        )
+        self._pending: deque[bytes] | None = None  # made when first needed (rare)
+        self._offset = 0  # bytes of _pending[0] already sent
+        self._pending_end = False
+        self._waiting_room = False
+        self._paused = False  # on_blocked was called and on_unblocked not yet
+        conn.streams[sid] = self
+
+    # -- the peer's frames (from the tunnel's read loop) ---------------------------------
+
+    def deliver(self, frame: Frame) -> None:
+        """Accept one frame from the peer for this stream."""
+        if isinstance(frame, Data):
+            self.state.on_receive(len(frame.chunk), end=frame.end)
+            self.on_data(frame.chunk, end=frame.end)
+        elif isinstance(frame, Window):
+            self.state.on_window(frame.increment)
+            if self._pending and self._flush():
+                self._unpause()
+        elif isinstance(frame, Reset):
+            if not self.state.reset:
+                self.state.on_reset()
+                self.on_reset(StreamReset(frame.code, frame.reason))
+        elif isinstance(frame, ReqHead | RespHead):
+            # An inline body spends credit like Data: heads cannot bypass the window.
+            self.state.on_receive(len(frame.chunk), end=frame.end)
+            self.on_head(frame)
+        else:
+            raise StreamStateError(f"stream {self.sid}: unexpected {type(frame).__name__}")
+
+    def fail(self, error: StreamError) -> None:
+        """The tunnel went away."""
+        if not self.state.reset:
+            self.state.on_reset()
+            self.on_reset(error)
+
+    # -- for subclasses ------------------------------------------------------------------
+
+    def on_head(self, frame: ReqHead | RespHead) -> None:
+        """The peer's head frame arrived."""
+        raise StreamStateError(f"stream {self.sid}: unexpected {type(frame).__name__}")
+
+    def on_data(self, chunk: bytes, *, end: bool) -> None:
+        """Body bytes from the peer (credit already checked)."""
+        raise NotImplementedError
+
+    def on_reset(self, error: StreamError) -> None:
+        """The stream was reset by the peer, or the tunnel closed."""
+        raise NotImplementedError
+
+    def on_blocked(self) -> None:
+        """Outgoing body bytes are waiting: pause the source."""
+
+    def on_unblocked(self) -> None:
+        """Everything waiting went out: resume the source."""
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(self, frame: Frame) -> None:
+        """Queue a frame that needs no credit; raises TunnelClosed once the tunnel is gone."""
+        self.conn.queue(frame)
+
+    def send_body(self, chunk: bytes, *, end: bool = False) -> bool:
+        """Queue body bytes within credit; False when some wait (the source should pause).
+
+        The rest goes out as the peer grants credit and the tunnel's queue drains; the
+        subclass hears :meth:`on_unblocked` then.
+        """
+        if chunk:
+            if self._pending is None:
+                self._pending = deque()
+            self._pending.append(chunk)
+        if end:
+            self._pending_end = True
+        if self._flush():
+            return True
+        if not self._paused:
+            self._paused = True
+            self.on_blocked()
+        return False
+
+    def consumed(self, n: int) -> None:
+        """Our sink took ``n`` of the peer's bytes: hand credit back when enough gathered."""
+        grant = self.state.on_consumed(n)
+        if grant and self.conn.close_code is None:
+            self.conn.queue(Window(self.sid, grant))
+
+    def reset(self, code: ResetCode, reason: str = "") -> None:
+        """Abort the stream and tell the peer (once); forgets it."""
+        if not self.state.reset:
+            self.state.on_reset()
+            if self.conn.close_code is None:
+                self.conn.queue(Reset(self.sid, int(code), reason))
+        self.close()
+
+    def close(self) -> None:
+        """Forget the stream; later frames for it are ignored by the tunnel."""
+        if self.conn.streams.get(self.sid) is self:
+            self.conn.forget(self.sid)
+
+    @property
+    def blocked(self) -> bool:
+        """Body bytes are waiting for credit or for room in the tunnel's queue."""
+        return bool(self._pending) or self._waiting_room
+
+    def _flush(self) -> bool:
+        """Send what credit allows; True when nothing waits and the tunnel has room."""
+        state = self.state
+        pending = self._pending
+        if state.reset:
+            if pending:
+                pending.clear()
+            return True
+        conn = self.conn
+        max_chunk = conn.max_chunk
+        while pending:
+            head = pending[0]
+            size = len(head) - self._offset
+            n = min(size, state.send_window, max_chunk)
+            if n <= 0:
+                return False
+            if n == size and not self._offset:
+                piece = pending.popleft()  # whole: no copy
+            else:
+                piece = head[self._offset : self._offset + n]
+                self._offset += n
+                if self._offset == len(head):
+                    pending.popleft()
+                    self._offset = 0
+            last = self._pending_end and not pending
+            state.on_send(n, end=last)
+            conn.queue(Data(self.sid, piece, last))
+        if self._pending_end and not state.local_ended:
+            state.on_send(0, end=True)
+            conn.queue(Data(self.sid, b"", end=True))
+        if conn.congested:
+            if not self._waiting_room:
+                self._waiting_room = True
+                conn.when_room(self._room)
+            return False
+        return True
+
+    def _room(self) -> None:
+        self._waiting_room = False
+        if self.state.reset:
+            return
+        if self._flush():
+            self._unpause()
+
+    def _unpause(self) -> None:
+        if self._paused:
+            self._paused = False
+            self.on_unblocked()
