@@ -27,16 +27,15 @@ from multidict import CIMultiDict
 from relay.config import parse_hostport
 from relay.errors import ConfigError
 from relay.logs import configure_logging, get_logger
-from relay.proxy.forward import pump_websockets
+from relay.proxy.forward import MAX_REPLAY_BODY, pump_websockets, relay_response
 from relay.proxy.headers import HOP_BY_HOP
 from relay.proxy.responses import json_error
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["MAX_REPLAY_BODY", "EdgeConfig", "parse_machines", "run_edge"]
+__all__ = ["EdgeConfig", "parse_machines", "run_edge"]
 
-MAX_REPLAY_BODY = 1024 * 1024
 MAX_REPLAYS = 3
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _INSTANCE = re.compile(r"(?:^|[;,\s])instance=([A-Za-z0-9_.-]+)")
@@ -114,7 +113,12 @@ class Edge:
                 return upstream
             target = replay_target(upstream.headers)
             if target is None:
-                return await _relay_response(request, upstream)
+                response, error = await relay_response(request, upstream)
+                if error is not None:
+                    self.log.warning(
+                        "edge.response_interrupted", machine=machine, error=repr(error)
+                    )
+                return response
             upstream.release()
             if not replayable:
                 self.log.warning("edge.replay_refused", machine=machine, target=target)
@@ -235,21 +239,6 @@ def _outbound_headers(request: web.Request) -> CIMultiDict[str]:
     headers["Fly-Client-IP"] = peer
     headers["X-Forwarded-For"] = peer
     return headers
-
-
-async def _relay_response(
-    request: web.Request, upstream: aiohttp.ClientResponse
-) -> web.StreamResponse:
-    async with upstream:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for name, value in upstream.headers.items():
-            if name.lower() not in HOP_BY_HOP:
-                response.headers.add(name, value)
-        await response.prepare(request)
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-        await response.write_eof()
-        return response
 
 
 async def _pump_websocket(

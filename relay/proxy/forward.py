@@ -33,6 +33,7 @@ __all__ = [
     "Origin",
     "forward",
     "origin_of",
+    "relay_response",
     "replay",
     "replayable",
 ]
@@ -112,6 +113,21 @@ async def forward(
         state.log.warning("proxy.forward_failed", machine=machine.machine_id, error=repr(exc))
         return json_error(502, "forward_failed", f"machine {machine.machine_id} unreachable")
     state.metrics.forwards.add(1)
+    response, error = await relay_response(request, upstream)
+    if error is not None:
+        state.metrics.proxy_errors.add(1, {"reason": "forward_interrupted"})
+        state.log.warning("proxy.forward_interrupted", error=repr(error))
+    return response
+
+
+async def relay_response(
+    request: web.Request, upstream: aiohttp.ClientResponse
+) -> tuple[web.StreamResponse, Exception | None]:
+    """Stream ``upstream``'s answer to the client (hop-by-hop headers dropped).
+
+    Returns the response and, if the upstream broke off mid-body, its error: the client's
+    connection is then cut, the only honest signal once the headers are out.
+    """
     async with upstream:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for name, value in upstream.headers.items():
@@ -122,13 +138,11 @@ async def forward(
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
         except (aiohttp.ClientError, OSError) as exc:
-            state.metrics.proxy_errors.add(1, {"reason": "forward_interrupted"})
-            state.log.warning("proxy.forward_interrupted", error=repr(exc))
             if request.transport is not None:
                 request.transport.close()
-            return response
+            return response, exc
         await response.write_eof()
-        return response
+        return response, None
 
 
 async def _forward_websocket(
