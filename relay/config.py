@@ -77,6 +77,8 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_body: Annotated[int, msgspec.Meta(ge=0)] = 0
     initial_window: Annotated[int, msgspec.Meta(ge=16 * 1024, le=2**31 - 1)] = 1024 * 1024
     metrics_token: str | None = None
+    # /metrics on its own listener (no token there): keep it off the public port.
+    metrics_listen: str | None = None
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
 
@@ -104,6 +106,8 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     def resolved(self) -> ServeConfig:
         """Fill derived defaults (machine id) and check cross-field rules."""
         self.host_port  # noqa: B018 - validates the address early
+        if self.metrics_listen is not None:
+            parse_hostport(self.metrics_listen)
         machine_id = self.machine_id or f"m-{secrets.token_hex(4)}"
         base = self.base_domain.strip(".").lower()
         if not base or any(not part for part in base.split(".")):

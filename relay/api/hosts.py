@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
 
-from directory.errors import DirectoryError
 from directory.events import HostRegistered, HostRemoved
-from directory.store import translate_errors
 from relay.api.dns import DnsStatus, dns_statuses
 from relay.machine.metrics import render_prometheus
 from relay.machine.state import STATE, RelayState
@@ -162,49 +159,58 @@ async def list_machines(request: web.Request) -> web.Response:
     )
 
 
-async def healthz(_request: web.Request) -> web.Response:
-    """The process lives."""
-    return json_response({"status": "ok"})
+async def healthz(request: web.Request) -> web.Response:
+    """The process lives; the body says whether the store answers (as last seen)."""
+    state = request.app[STATE]
+    return json_response({"status": "ok", "store": "ok" if state.store_ok else "unreachable"})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready for traffic: not draining and the store answers."""
+    """Ready for traffic unless draining (the listener opens once started).
+
+    A store outage does not fail it: held tunnels keep serving, and failing every
+    machine's check at once would take the whole fleet out of the proxy's routing.
+    """
     state = request.app[STATE]
     if state.draining:
         return json_error(503, "draining", "this relay is draining")
-    try:
-        with translate_errors():
-            await state.redis.ping()
-    except DirectoryError as exc:
-        return json_error(503, "store_unavailable", f"store unreachable: {exc}")
-    return json_response({"status": "ready", "machine_id": state.config.machine_id})
+    return json_response(
+        {
+            "status": "ready",
+            "machine_id": state.config.machine_id,
+            "store": "ok" if state.store_ok else "unreachable",
+        }
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text; only from loopback/private addresses unless the token is given."""
+    """Prometheus text on the public listener: only with ``--metrics-token``.
+
+    Behind Fly's proxy (or any proxy) every peer address is the proxy's, so an address
+    rule would serve anyone; ``--metrics-listen`` serves it on its own port instead.
+    """
     state = request.app[STATE]
     token = state.config.metrics_token
     authorized = bool(token) and hmac.compare_digest(
         request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()
     )
-    if not authorized and not _private(request.remote):
-        return json_error(403, "forbidden", "metrics are served to private addresses only")
+    if not authorized:
+        return json_error(
+            403,
+            "forbidden",
+            "metrics are served on --metrics-listen, or here with --metrics-token",
+        )
+    return metrics_response()
+
+
+def metrics_response() -> web.Response:
+    """The Prometheus text of every metric of this process."""
     return web.Response(
         body=render_prometheus(),
         content_type="text/plain",
         charset="utf-8",
         headers={"X-Content-Type-Options": "nosniff"},
     )
-
-
-def _private(remote: str | None) -> bool:
-    if not remote:
-        return False
-    try:
-        address = ipaddress.ip_address(remote)
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_private
 
 
 def admin_authorized(state: RelayState, request: web.Request) -> bool:

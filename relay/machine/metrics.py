@@ -93,6 +93,16 @@ class Metrics:
             "relay_store_errors_total", description="Directory operations that failed"
         )
 
+    def watch_store(self, up: Callable[[], bool]) -> None:
+        """Export whether the store answered the last upkeep round (1) or not (0)."""
+
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(1 if up() else 0)]
+
+        self.meter.create_observable_gauge(
+            "relay_store_up", callbacks=[observe], description="1 while the store answers"
+        )
+
     def watch_descriptors(self, read: Callable[[], tuple[int, int, int]]) -> None:
         """Export descriptor use: ``read`` gives (open, limit, connections refused)."""
 

@@ -31,6 +31,7 @@ import httptools
 from relay.proxy.error_pages import error_response, wants_html
 from relay.proxy.exchange import ClientExchange, RequestInfo
 from relay.proxy.routing import slug_from_host
+from relay.sockets import listening_socket
 from relay.wire.http1 import LAST_CHUNK, chunk
 
 if TYPE_CHECKING:
@@ -94,9 +95,15 @@ class FrontServer:
 
     async def start(self, host: str, port: int, *, backlog: int = 1024) -> None:
         """Listen on ``host:port``."""
-        self._server = await self.loop.create_server(
-            lambda: ClientConnection(self), host, port, backlog=backlog, reuse_address=True
-        )
+        sock = listening_socket(host, port, backlog=backlog)
+        if sock is not None:
+            self._server = await self.loop.create_server(
+                lambda: ClientConnection(self), sock=sock, backlog=backlog
+            )
+        else:
+            self._server = await self.loop.create_server(
+                lambda: ClientConnection(self), host, port, backlog=backlog, reuse_address=True
+            )
         self._sweeper = self.loop.create_task(self._sweep(), name="front-sweep")
 
     def slug_of(self, host: str | None) -> str | None:
@@ -418,6 +425,13 @@ class ClientConnection(asyncio.Protocol):
         buffered = b"".join(self._handoff or ())
         self._handoff = None
         self.front.connections.discard(self)
+        # The parser and this protocol refer to each other: break the cycle now, or it
+        # lives until a full collection (which the GC policy makes rare) for every
+        # tunnel, each of which arrives on a handed-off connection.
+        del self.parser
+        self.transport = None
+        self._headers = []
+        self._wanted = {}
         if transport is None or transport.is_closing():
             return
         handler = self.front.handoff_factory()

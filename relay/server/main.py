@@ -20,6 +20,8 @@ from directory.machines import MachineRegistry
 from directory.ownership import OwnershipStore
 from directory.store import connect
 from directory.supervisor import SupervisedValkey
+from relay.api.hosts import metrics_response
+from relay.config import parse_hostport
 from relay.errors import StartupError, TunnelClosed
 from relay.logs import configure_logging, get_logger
 from relay.machine.dns_setup import build_dns_service
@@ -32,6 +34,7 @@ from relay.machine.state import RelayState, Upkeep
 from relay.machine.tunnels import LocalTunnels, Tunnel
 from relay.proxy.front import FrontServer
 from relay.server.app import build_app
+from relay.sockets import listening_socket
 from relay.wire.protocol import CloseCode
 
 if TYPE_CHECKING:
@@ -112,12 +115,17 @@ async def _run(
     assert runner.server is not None  # noqa: S101 - set by setup()
     front = FrontServer(state, runner.server)
     state.metrics.watch_descriptors(lambda: (front.fds_open, front.fd_limit, front.refused))
+    state.metrics.watch_store(lambda: state.store_ok)
+    metrics_runner: web.AppRunner | None = None
     try:
         await front.start(host, port, backlog=1024)
+        if cfg.metrics_listen is not None:
+            metrics_runner = await _metrics_listener(cfg.metrics_listen)
     except OSError as exc:
+        await front.close()
         await runner.cleanup()
         await _close_clients(state)
-        raise StartupError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from exc
+        raise StartupError(f"cannot listen: {exc.strerror or exc}") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -144,10 +152,35 @@ async def _run(
         state.pings.stop()
         await front.close()
         await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await events.close()  # after the tunnels' last Disconnected, before the store goes
         await _close_clients(state)
     log.info("relay.stopped")
     return 0
+
+
+async def _metrics_listener(listen: str) -> web.AppRunner:
+    """``/metrics`` alone on its own listener (``--metrics-listen``), no token there."""
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return metrics_response()
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = parse_hostport(listen)
+    sock = listening_socket(host, port)
+    site: web.BaseSite = (
+        web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, host, port)
+    )
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner
 
 
 async def _build_state(

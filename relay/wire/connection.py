@@ -136,9 +136,8 @@ class TunnelConnection:
         # made only when someone waits: an idle tunnel holds no task and no waiter (a
         # relay holds tens of thousands of idle tunnels).
         # Body frames wait as structs (their chunk is copied once, into the message);
-        # other frames are encoded at once. Sizes are kept to cut messages at the limit.
+        # other frames are encoded at once.
         self._out: list[Data | msgspec.Raw] = []
-        self._out_sizes: list[int] = []
         self._out_bytes = 0
         self._out_limit = 4 * peer_limits.max_frame  # senders wait beyond this
         self._writer: asyncio.Task[None] | None = None
@@ -176,14 +175,12 @@ class TunnelConnection:
         if self.close_code is not None:
             raise TunnelClosed("tunnel closed")
         if type(frame) is Data:
-            size = len(frame.chunk) + DATA_OVERHEAD
             self._out.append(frame)
+            self._out_bytes += len(frame.chunk) + DATA_OVERHEAD
         else:
             raw = msgspec.Raw(self._encode(frame))
-            size = len(raw)
             self._out.append(raw)
-        self._out_sizes.append(size)
-        self._out_bytes += size
+            self._out_bytes += len(raw)
         if self._writer is None:
             # Started now, it runs after the current callback: frames queued in the same
             # event-loop turn go out together, in one message.
@@ -227,11 +224,11 @@ class TunnelConnection:
         limit = self.peer_limits.max_frame
         try:
             while self._out:
-                batch, sizes = self._out, self._out_sizes
-                self._out, self._out_sizes, self._out_bytes = [], [], 0
+                batch, self._out, self._out_bytes = self._out, [], 0
                 self._release_senders()
                 start, size = 0, 0
-                for i, n in enumerate(sizes):
+                for i, item in enumerate(batch):
+                    n = len(item.chunk) + DATA_OVERHEAD if isinstance(item, Data) else len(item)
                     if size + n > limit - 8 and i > start:
                         await self.ws.send_bytes(self.codec.pack(batch[start:i]))
                         start, size = i, 0

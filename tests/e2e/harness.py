@@ -17,6 +17,7 @@ import httpx
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef0123"
+METRICS_TOKEN = "e2e-metrics-token-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -125,11 +126,20 @@ class Cluster:
         env = {
             k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "REDIS_URL", "FLY_"))
         }
-        env.update({"RELAY_ADMIN_TOKEN": ADMIN_TOKEN, "RELAY_LOG_FORMAT": "json"})
+        env.update(
+            {
+                "RELAY_ADMIN_TOKEN": ADMIN_TOKEN,
+                "RELAY_METRICS_TOKEN": METRICS_TOKEN,
+                "RELAY_LOG_FORMAT": "json",
+            }
+        )
         env.update(extra)
         return env
 
-    async def relay(self, *args: str, machine_id: str | None = None, **env: str) -> Relay:
+    async def relay(
+        self, *args: str, machine_id: str | None = None, ipv6: bool = False, **env: str
+    ) -> Relay:
+        """A `relay serve` on loopback; ``ipv6``: dual stack, advertised as ``[::1]``."""
         port = free_port()
         machine_id = machine_id or f"m{len(self.procs)}"
         argv = [
@@ -153,6 +163,9 @@ class Cluster:
             "0.5",
             *args,
         ]
+        if ipv6:
+            argv[argv.index("--listen") + 1] = f"[::]:{port}"
+            argv += ["--advertise", f"http://[::1]:{port}"]
         for _attempt in range(3):
             proc = Proc(
                 f"relay-{machine_id}", argv, self.env(**env), self.tmp / f"relay-{machine_id}.log"
@@ -167,7 +180,9 @@ class Cluster:
                 if "address already in use" not in proc.log():
                     raise
                 port = free_port()
-                argv[argv.index("--listen") + 1] = f"127.0.0.1:{port}"
+                argv[argv.index("--listen") + 1] = f"[::]:{port}" if ipv6 else f"127.0.0.1:{port}"
+                if ipv6:
+                    argv[argv.index("--advertise") + 1] = f"http://[::1]:{port}"
         raise AssertionError(f"relay {machine_id} found no free port")
 
     def agent(
@@ -281,7 +296,8 @@ class Relay:
 
     async def metric(self, name: str, **labels: str) -> float:
         async with httpx.AsyncClient(timeout=5) as c:
-            text = (await c.get(f"{self.url}/metrics")).text
+            auth = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+            text = (await c.get(f"{self.url}/metrics", headers=auth)).text
         total = 0.0
         for line in text.splitlines():
             if not line.startswith(name + "{") and not line.startswith(name + " "):

@@ -232,3 +232,29 @@ async def test_blackholed_peer_is_noticed_by_both_sides(cluster, upstream):
             assert (await c.get("/hello")).status_code == 503
     finally:
         await proxy.stop()
+
+
+async def test_forwarding_between_machines_over_ipv6_carries_websockets_and_big_bodies(
+    cluster, upstream
+):
+    # As on Fly: machines listen dual stack and reach each other at their IPv6 address.
+    relays = [
+        await cluster.relay("--route-mode", "forward", machine_id=f"v{i}", ipv6=True)
+        for i in range(2)
+    ]
+    host = await relays[0].add_host("six")
+    cluster.agent(relays[0], host["token"], upstream.url)
+    await relays[0].wait_online(host["slug"])
+    body = os.urandom(5 * 1024 * 1024)
+    async with relays[1].client(host["slug"], timeout=60) as c:  # v1 holds nothing
+        r = await c.post("/digest", content=body)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}
+    headers = {"Host": f"{host['slug']}.localhost"}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(f"{relays[1].url}/ws", headers=headers) as ws,
+    ):
+        await ws.send_str("over six")
+        assert (await ws.receive(timeout=5)).data == "echo:over six"
+    assert await relays[1].metric("relay_forward_total") >= 2

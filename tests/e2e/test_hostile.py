@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 
 import aiohttp
+import httpx
 import pytest
 
 from relay.wire.protocol import (
@@ -320,3 +321,28 @@ async def test_error_answers_carry_a_request_id_and_browsers_get_a_page(cluster,
     assert r.headers["content-type"].startswith("text/html")
     assert r.headers["X-Request-Id"] in r.text
     assert f'"request_id": "{r.headers["X-Request-Id"]}"' in relay.proc.log()
+
+
+async def test_dual_stack_listener_and_metrics_on_their_own_port(cluster, upstream, tmp_path):
+    port, metrics_port = free_port(), free_port()
+    argv = [
+        RELAY,
+        "serve",
+        "--listen",
+        f"[::]:{port}",
+        "--metrics-listen",
+        f"127.0.0.1:{metrics_port}",
+        "--data-dir",
+        str(tmp_path / "d"),
+    ]
+    env = {k: v for k, v in cluster.env().items() if k != "RELAY_METRICS_TOKEN"}
+    proc = Proc("relay-dual", argv, env, tmp_path / "relay-dual.log").start()
+    cluster.procs.append(proc)
+    relay = Relay(proc, port, "dual")
+    await wait_until(relay.healthy, timeout=20, what="relay on [::]")
+    async with httpx.AsyncClient(timeout=5) as c:
+        assert (await c.get(f"http://[::1]:{port}/healthz")).status_code == 200  # IPv6
+        assert (await c.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200  # IPv4
+        assert (await c.get(f"http://127.0.0.1:{port}/metrics")).status_code == 403
+        text = (await c.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    assert "relay_tunnels_current" in text

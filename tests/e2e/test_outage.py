@@ -59,10 +59,14 @@ async def test_store_outage_keeps_held_tunnels_serving_and_ownership_comes_back(
             r = await c.get("/")  # needs the directory: a clear 503
         assert r.status_code == 503
         assert r.json()["error"]["code"] == "store_unavailable"
-        assert await ready(relay) == 503
+        # Still ready: held tunnels serve, and a store outage must not take every
+        # machine out of the proxy's routing at once. Health says what is wrong.
+        assert await ready(relay) == 200
         await wait_until(
             lambda: '"store.unreachable"' in relay.proc.log(), what="outage noticed by refresh"
         )
+        async with httpx.AsyncClient(timeout=2) as c:
+            assert (await c.get(f"{relay.url}/healthz")).json()["store"] == "unreachable"
         # A tunnel that ends during the outage: its Disconnected waits in the outbox.
         leaver.signal(signal.SIGTERM)
         assert await leaver.wait_exit() == 0

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from relay.wire.protocol import PROTOCOL_VERSION, FrameCodec, Hello, Limits, Welcome
-from tests.e2e.harness import ADMIN_TOKEN, wait_until
+from tests.e2e.harness import ADMIN_TOKEN, METRICS_TOKEN, wait_until
 from tests.e2e.upstream import pattern_bytes
 
 pytestmark = pytest.mark.e2e
@@ -320,10 +320,16 @@ async def test_health_ready_and_metrics(cluster, upstream):
         for _ in range(3):
             await c.get("/hello")
     async with httpx.AsyncClient(base_url=relay.url) as c:
-        assert (await c.get("/healthz")).status_code == 200
+        health = await c.get("/healthz")
+        assert health.status_code == 200
+        assert health.json()["store"] == "ok"
         assert (await c.get("/readyz")).status_code == 200
-        text = (await c.get("/metrics")).text
+        # On the public listener metrics need the token: behind a proxy every peer
+        # address is the proxy's.
+        assert (await c.get("/metrics")).status_code == 403
+        text = (await c.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})).text
     assert "relay_tunnels_current" in text
+    assert "relay_store_up 1" in text
     assert "relay_request_duration_seconds_bucket" in text
     assert await relay.metric("relay_requests_total", status="200") >= 3
     assert await relay.metric("relay_tunnels_current") == 1
