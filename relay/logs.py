@@ -7,12 +7,17 @@ import sys
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["configure_logging", "get_logger", "json_logs"]
+
+
+def json_logs(fmt: str = "auto") -> bool:
+    """Whether logs are JSON lines (``auto``: when stderr is not a terminal)."""
+    return fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
 
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     """Configure structlog once per process; ``fmt`` is ``json``, ``console`` or ``auto``."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    use_json = json_logs(fmt)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     )

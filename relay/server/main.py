@@ -23,7 +23,7 @@ from directory.supervisor import SupervisedValkey
 from relay.api.hosts import metrics_response
 from relay.config import parse_hostport
 from relay.errors import StartupError, TunnelClosed
-from relay.logs import configure_logging, get_logger
+from relay.logs import configure_logging, get_logger, json_logs
 from relay.machine.dns_setup import build_dns_service
 from relay.machine.events import EventServices, register_event_metrics
 from relay.machine.gc_policy import GcPolicy
@@ -248,6 +248,17 @@ def _banner(state: RelayState, admin_token: str, *, generated: bool) -> None:
     cfg = state.config
     host, port = cfg.host_port
     where = f"http://{host}:{port}"
+    if json_logs(cfg.log_format):
+        # A log collector reads JSON lines only, and never gets the token itself.
+        state.log.info(
+            "relay.listening",
+            url=where,
+            hosts_url=state.url_for("<slug>"),
+            admin_token_from="RELAY_ADMIN_TOKEN"
+            if cfg.admin_token
+            else str(cfg.data_path / "admin-token"),
+        )
+        return
     if cfg.admin_token:
         token_line = "  admin token: (from RELAY_ADMIN_TOKEN)"  # noqa: S105 - a label, not a secret
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 
 import aiohttp
 import httpx
@@ -346,3 +347,35 @@ async def test_dual_stack_listener_and_metrics_on_their_own_port(cluster, upstre
         assert (await c.get(f"http://127.0.0.1:{port}/metrics")).status_code == 403
         text = (await c.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
     assert "relay_tunnels_current" in text
+
+
+async def test_malformed_requests_and_dead_upstreams_leave_json_lines_and_no_internals(
+    cluster, upstream
+):
+    relay = await cluster.relay()
+    host = await relay.add_host("deadend")
+    # An agent whose local service is not there (a port nothing listens on).
+    cluster.agent(relay, host["token"], f"http://127.0.0.1:{free_port()}")
+
+    async def online() -> bool:
+        return (await relay.host(host["slug"]))["online"]
+
+    await wait_until(online, what="agent connected")
+    async with relay.client(host["slug"]) as c:
+        r = await c.get("/")
+    assert r.status_code == 502
+    assert "127.0.0.1" not in r.text and "Error" not in r.text  # no address, no exception
+    # Malformed requests: a duplicate Host, garbage, a bad chunk size.
+    for raw in (
+        f"GET / HTTP/1.1\r\nHost: {host['slug']}.localhost\r\nHost: x\r\n\r\n".encode(),
+        b"\x16\x03\x01\x02\x00 not http at all\r\n\r\n",
+        b"POST /api/hosts HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(raw)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+        writer.close()
+    for line in relay.proc.log().splitlines():
+        json.loads(line)  # every line one JSON object, library errors included
