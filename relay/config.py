@@ -22,7 +22,26 @@ Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 
 
-class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
+class TunnelLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """The tunnel limits both ``relay serve`` and ``relay agent`` take as options."""
+
+    max_frame: Annotated[int, msgspec.Meta(ge=16 * 1024)] = 1 << 20
+    max_streams: Positive = 1000
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
+    initial_window: Annotated[int, msgspec.Meta(ge=16 * 1024, le=2**31 - 1)] = 1024 * 1024
+
+    @property
+    def tunnel_limits(self) -> Limits:
+        """These options as the limits announced in the handshake."""
+        return Limits(
+            max_frame=self.max_frame,
+            max_streams=self.max_streams,
+            max_header_bytes=self.max_header_bytes,
+            initial_window=self.initial_window,
+        )
+
+
+class ServeConfig(TunnelLimits, frozen=True, kw_only=True):
     """Settings of one relay machine."""
 
     listen: str = "127.0.0.1:8080"
@@ -71,11 +90,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     pdns_api_url: str | None = None
     pdns_server_id: str = "localhost"
     hello_timeout: Seconds = 10.0
-    max_frame: Annotated[int, msgspec.Meta(ge=16 * 1024)] = 1 << 20
-    max_streams: Positive = 1000
-    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     max_body: Annotated[int, msgspec.Meta(ge=0)] = 0
-    initial_window: Annotated[int, msgspec.Meta(ge=16 * 1024, le=2**31 - 1)] = 1024 * 1024
     metrics_token: str | None = None
     # /metrics on its own listener (no token there): keep it off the public port.
     metrics_listen: str | None = None
@@ -90,13 +105,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def limits(self) -> Limits:
         """What this relay accepts from agents."""
-        return Limits(
-            max_frame=self.max_frame,
-            max_streams=self.max_streams,
-            max_header_bytes=self.max_header_bytes,
-            initial_window=self.initial_window,
-            max_body=self.max_body,
-        )
+        return msgspec.structs.replace(self.tunnel_limits, max_body=self.max_body)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -137,7 +146,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
         return Path(self.data_dir)
 
 
-class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
+class AgentConfig(TunnelLimits, frozen=True, kw_only=True):
     """Settings of one host agent."""
 
     server: str = "http://127.0.0.1:8080"
@@ -148,10 +157,6 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_backoff: Seconds = 30.0
     connect_timeout: Seconds = 10.0
     stable_after: Seconds = 30.0
-    max_frame: Annotated[int, msgspec.Meta(ge=16 * 1024)] = 1 << 20
-    max_streams: Positive = 1000
-    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
-    initial_window: Annotated[int, msgspec.Meta(ge=16 * 1024, le=2**31 - 1)] = 1024 * 1024
     upstream_connections: Positive = 100
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
@@ -159,12 +164,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def limits(self) -> Limits:
         """What this agent accepts from the relay."""
-        return Limits(
-            max_frame=self.max_frame,
-            max_streams=self.max_streams,
-            max_header_bytes=self.max_header_bytes,
-            initial_window=self.initial_window,
-        )
+        return self.tunnel_limits
 
     def resolved(self) -> AgentConfig:
         """Check the settings an agent cannot run without."""

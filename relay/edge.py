@@ -27,9 +27,10 @@ from multidict import CIMultiDict
 from relay.config import parse_hostport
 from relay.errors import ConfigError
 from relay.logs import configure_logging, get_logger
-from relay.proxy.forward import MAX_REPLAY_BODY, pump_websockets, relay_response
-from relay.proxy.headers import HOP_BY_HOP
+from relay.proxy.forward import MAX_REPLAY_BODY, relay_response
+from relay.proxy.headers import HOP_BY_HOP, is_websocket_upgrade, websocket_protocols
 from relay.proxy.responses import json_error
+from relay.wire.ws_pump import pump_sockets
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -99,7 +100,7 @@ class Edge:
         machine = self._pick(request)
         if machine is None:
             return json_error(404, "no_such_instance", "fly-force-instance-id names no machine")
-        if request.headers.get("Upgrade", "").lower() == "websocket":
+        if is_websocket_upgrade(request.headers):
             return await self._websocket(request, machine)
         headers = _outbound_headers(request)
         body, replayable = await _body_of(request)
@@ -185,11 +186,7 @@ class Edge:
             for k, v in _outbound_headers(request).items()
             if k.lower() not in _WS_HANDSHAKE and k.lower() != "sec-websocket-protocol"
         )
-        protocols = [
-            p.strip()
-            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
-            if p.strip()
-        ]
+        protocols = websocket_protocols(request.headers)
         tried: set[str] = set()
         for _ in range(MAX_REPLAYS + len(self.cfg.machines) + 1):
             url = self.cfg.machines[machine].replace("http", "ws", 1) + request.raw_path
@@ -249,7 +246,7 @@ async def _pump_websocket(
     )
     await client.prepare(request)
     async with upstream:
-        await pump_websockets(client, upstream)
+        await pump_sockets(client, upstream)
     return client
 
 

@@ -31,7 +31,7 @@ from directory.errors import DnsProviderError
 from directory.store import translate_errors
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from directory.dns.context import DnsContext
     from directory.dns.provider import DnsProvider
@@ -76,8 +76,11 @@ class _Job:
 class Converger:
     """Converges batches of hosts; shared by the worker loop and the tests."""
 
-    def __init__(self, ctx: DnsContext, *, holder: str) -> None:
+    def __init__(
+        self, ctx: DnsContext, *, holder: str, clock: Callable[[], float] = time.time
+    ) -> None:
         self._ctx = ctx
+        self.clock = clock  # wall-clock time for graces (injectable: tests jump it)
         self._settings = ctx.settings
         self._redis = ctx.redis
         self._keys = ctx.keys
@@ -108,7 +111,7 @@ class Converger:
         return result
 
     async def _converge_locked(self, ids: list[str], result: ConvergeResult) -> None:
-        now = time.time()
+        now = self.clock()
         hosts, _ = await read_hosts(self._redis, self._keys, ids)
         liveness = await read_liveness(self._ownership, self._presence, list(hosts.values()))
         states = await self._states.get_many(ids)

@@ -50,11 +50,11 @@ async def handshake(
     msg = await ws.receive(timeout=timeout)
     if msg.type.name != "BINARY":
         raise HandshakeClosed(ws.close_code, str(msg.extra or ""))
-    frames = codec.decode(msg.data)
-    frame = frames[0]
-    if len(frames) != 1 or not isinstance(frame, Welcome):
-        raise MalformedFrame(f"expected a lone Welcome, got {type(frame).__name__}")
-    return frame
+    welcome, rest = codec.decode_opening(msg.data, Welcome)
+    if rest:
+        # The relay opens no stream before the Welcome is through: nothing may follow it.
+        raise MalformedFrame(f"expected a lone Welcome, got {len(rest)} more frames")
+    return welcome
 
 
 class HandshakeClosed(Exception):

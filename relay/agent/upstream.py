@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
@@ -13,7 +12,8 @@ from yarl import URL
 
 from relay.agent.http_client import UpstreamPool
 from relay.errors import StreamError
-from relay.wire.protocol import ResetCode, RespHead, WsAccept, WsClose, WsMsg, WsOpen
+from relay.wire.protocol import ResetCode, RespHead, WsAccept, WsOpen
+from relay.wire.ws_pump import pump_to_stream
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -97,43 +97,4 @@ class Upstream:
             return
         async with ws:
             await channel.send(WsAccept(channel.sid, ws.protocol))
-            to_relay = asyncio.create_task(_upstream_to_relay(ws, channel))
-            try:
-                await _relay_to_upstream(ws, channel)
-            finally:
-                if not to_relay.done():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(to_relay), 1.0)
-                    to_relay.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StreamError):
-                    await to_relay
-
-
-async def _upstream_to_relay(ws: aiohttp.ClientWebSocketResponse, channel: StreamChannel) -> None:
-    async for msg in ws:
-        if msg.type is aiohttp.WSMsgType.TEXT:
-            await channel.send_ws(binary=False, payload=msg.data.encode())
-        elif msg.type is aiohttp.WSMsgType.BINARY:
-            await channel.send_ws(binary=True, payload=msg.data)
-    code = ws.close_code if ws.close_code is not None else 1006
-    if not channel.state.reset:
-        with contextlib.suppress(StreamError):
-            await channel.send(WsClose(channel.sid, code, ""))
-
-
-async def _relay_to_upstream(ws: aiohttp.ClientWebSocketResponse, channel: StreamChannel) -> None:
-    try:
-        while True:
-            frame = await channel.receive()
-            if isinstance(frame, WsMsg):
-                if frame.binary:
-                    await ws.send_bytes(frame.payload)
-                else:
-                    await ws.send_str(frame.payload.decode("utf-8", errors="replace"))
-                await channel.consumed(len(frame.payload))
-            elif isinstance(frame, WsClose):
-                code = 1000 if frame.code in {1005, 1006} or frame.code < 1000 else frame.code
-                await ws.close(code=code, message=frame.reason.encode()[:123])
-                return
-    except StreamError:
-        await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"tunnel closed")
+            await pump_to_stream(ws, channel)

@@ -14,7 +14,11 @@ from directory.errors import DirectoryError
 from relay.errors import PeerUnreachable, StreamError, StreamRefused, StreamReset, TunnelClosed
 from relay.proxy.error_pages import wants_html
 from relay.proxy.forward import Origin, forward, origin_of, replay, replayable
-from relay.proxy.headers import request_headers_for_upstream, response_headers_for_client
+from relay.proxy.headers import (
+    is_websocket_upgrade,
+    request_headers_for_upstream,
+    response_headers_for_client,
+)
 from relay.proxy.responses import ERROR_DETAIL, as_page, json_error
 from relay.proxy.websocket import proxy_websocket
 from relay.wire.protocol import Body, Data, ReqHead, ResetCode, RespHead, header_bytes
@@ -62,7 +66,7 @@ async def _route(state: RelayState, request: web.Request, slug: str) -> web.Stre
             return found
         tunnel = found
     try:
-        if request.headers.get("Upgrade", "").lower() == "websocket":
+        if is_websocket_upgrade(request.headers):
             return await proxy_websocket(state, request, tunnel)
         return await _proxy_http(state, request, tunnel)
     except StreamRefused as exc:

@@ -12,17 +12,22 @@ answered 503.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from relay.errors import PeerUnreachable
-from relay.proxy.headers import HOP_BY_HOP, INTERNAL_PREFIXES
+from relay.proxy.headers import (
+    HOP_BY_HOP,
+    headers_for_peer,
+    is_websocket_upgrade,
+    websocket_protocols,
+)
 from relay.proxy.origin import AUTH, CLIENT_IP, HOP, PROTO, Origin, resolve_origin
 from relay.proxy.responses import json_error
+from relay.wire.ws_pump import pump_sockets
 
 if TYPE_CHECKING:
     from directory.machines import MachineRecord
@@ -60,7 +65,7 @@ def origin_of(state: RelayState, request: web.Request) -> Origin:
 
 def replayable(request: web.Request) -> bool:
     """Whether Fly's proxy can replay this request (no upgrade, small sized body)."""
-    if request.headers.get("Upgrade", "").lower() == "websocket":
+    if is_websocket_upgrade(request.headers):
         return False
     if not request.body_exists:
         return True
@@ -74,14 +79,8 @@ def replay(state: RelayState, machine_id: str) -> web.Response:
     return web.Response(status=409, headers={"fly-replay": f"instance={machine_id}"})
 
 
-def _outbound_headers(state: RelayState, request: web.Request, origin: Origin) -> dict[str, str]:
-    drop = HOP_BY_HOP - {"upgrade", "connection"}
-    headers: dict[str, str] = {}
-    for name, value in request.headers.items():
-        low = name.lower()
-        if low in drop or low.startswith((*INTERNAL_PREFIXES, "sec-websocket")):
-            continue
-        headers[name] = value
+def _outbound_headers(state: RelayState, request: web.Request, origin: Origin) -> CIMultiDict[str]:
+    headers = CIMultiDict(headers_for_peer(list(request.headers.items())))
     headers[HOP] = state.config.machine_id
     headers[AUTH] = state.cluster_secret
     headers[CLIENT_IP] = origin.client_ip
@@ -95,7 +94,7 @@ async def forward(
     """Carry the request to ``machine`` over the private network, streaming both ways."""
     headers = _outbound_headers(state, request, origin)
     url = machine.address.rstrip("/") + request.raw_path
-    if request.headers.get("Upgrade", "").lower() == "websocket":
+    if is_websocket_upgrade(request.headers):
         return await _forward_websocket(state, request, url, headers)
     try:
         upstream = await state.peer_client.request(
@@ -146,13 +145,9 @@ async def relay_response(
 
 
 async def _forward_websocket(
-    state: RelayState, request: web.Request, url: str, headers: dict[str, str]
+    state: RelayState, request: web.Request, url: str, headers: CIMultiDict[str]
 ) -> web.StreamResponse:
-    protocols = [
-        p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
-    ]
-    for name in ("Upgrade", "Connection"):
-        headers.pop(name, None)
+    protocols = websocket_protocols(request.headers)
     try:
         peer = await state.peer_client.ws_connect(
             url.replace("http", "ws", 1), headers=headers, protocols=protocols, max_msg_size=0
@@ -171,31 +166,5 @@ async def _forward_websocket(
     )
     await client.prepare(request)
     async with peer:
-        await pump_websockets(client, peer)
+        await pump_sockets(client, peer)
     return client
-
-
-WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
-
-
-async def pump_websockets(a: WebSocket, b: WebSocket) -> None:
-    """Copy messages both ways until one side closes; pass its close code on."""
-
-    async def copy(src: WebSocket, dst: WebSocket) -> None:
-        async for msg in src:
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                await dst.send_str(msg.data)
-            elif msg.type is aiohttp.WSMsgType.BINARY:
-                await dst.send_bytes(msg.data)
-        code = src.close_code
-        await dst.close(code=1000 if code in {None, 1005, 1006} else int(code or 1000))
-
-    tasks = [asyncio.create_task(copy(a, b)), asyncio.create_task(copy(b, a))]
-    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in tasks:
-        if not task.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), 1.0)
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-            await task

@@ -5,14 +5,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
 __all__ = [
     "HOP_BY_HOP",
     "INTERNAL_PREFIXES",
+    "headers_for_peer",
+    "is_websocket_upgrade",
     "request_headers_for_upstream",
     "response_headers_for_client",
     "websocket_headers_for_upstream",
+    "websocket_protocols",
 ]
 
 HOP_BY_HOP: Final = frozenset(
@@ -138,3 +141,26 @@ def response_headers_for_client(
     """
     drop = _RESPONSE_DROP if keep_length else _RESPONSE_DROP_LENGTH
     return _end_to_end(headers, drop, _RESPONSE_PREFIXES)
+
+
+_PEER_PREFIXES: Final = (*INTERNAL_PREFIXES, "sec-websocket")
+
+
+def headers_for_peer(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Client request headers as forwarded to the machine holding the tunnel.
+
+    ``Host`` stays (the peer routes by it), and so do forwarding headers (the peer applies
+    its own rules); hop-by-hop, internal and WebSocket handshake headers go (the HTTP
+    client redoes the handshake).
+    """
+    return _end_to_end(headers, HOP_BY_HOP, _PEER_PREFIXES)
+
+
+def is_websocket_upgrade(headers: Mapping[str, str]) -> bool:
+    """Whether a request asks to become a WebSocket (``Upgrade: websocket``)."""
+    return headers.get("Upgrade", "").lower() == "websocket"
+
+
+def websocket_protocols(headers: Mapping[str, str]) -> list[str]:
+    """The subprotocols a WebSocket request offers (``Sec-WebSocket-Protocol``), in order."""
+    return [p.strip() for p in headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]

@@ -191,13 +191,10 @@ async def _receive_hello(
         raise MalformedFrame(f"no Hello within {timeout:g} s") from exc
     if msg.type is not aiohttp.WSMsgType.BINARY:
         raise MalformedFrame(f"expected a binary Hello frame, got {msg.type.name}")
-    frames = FrameCodec(max_frame=max_frame).decode(msg.data)
-    frame = frames[0]
-    if not isinstance(frame, Hello):
-        raise MalformedFrame(f"expected Hello first, got {type(frame).__name__}")
-    if frame.version != PROTOCOL_VERSION:
-        raise MalformedFrame(f"protocol version {frame.version} unsupported ({PROTOCOL_VERSION})")
-    return frame, frames[1:]
+    hello, rest = FrameCodec(max_frame=max_frame).decode_opening(msg.data, Hello)
+    if hello.version != PROTOCOL_VERSION:
+        raise MalformedFrame(f"protocol version {hello.version} unsupported ({PROTOCOL_VERSION})")
+    return hello, rest
 
 
 def _bearer(request: web.Request) -> str | None:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from typing import TYPE_CHECKING, Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final, TypeVar
 
 import msgspec
 
@@ -81,6 +81,8 @@ PROTOCOL_VERSION: Final = 1
 StreamId = Annotated[int, msgspec.Meta(ge=1, le=2**62)]
 Credit = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 Headers = list[tuple[str, str]]
+#: Unix time: finite and plausible (NaN and infinities are refused on decode).
+Timestamp = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
 
 
 class CloseCode(enum.IntEnum):
@@ -250,19 +252,19 @@ class WsClose(msgspec.Struct, gc=False, tag=11, array_like=True, frozen=True):
 class Ping(msgspec.Struct, gc=False, tag=12, array_like=True, frozen=True):
     """Application-level ping; the peer answers Pong with the same ``t``."""
 
-    t: float
+    t: Timestamp
 
 
 class Pong(msgspec.Struct, gc=False, tag=13, array_like=True, frozen=True):
     """Answer to Ping."""
 
-    t: float
+    t: Timestamp
 
 
 class Drain(msgspec.Struct, gc=False, tag=14, array_like=True, frozen=True):
     """The relay is going away at ``deadline`` (unix time): reconnect now."""
 
-    deadline: float
+    deadline: Timestamp
 
 
 Frame = (
@@ -284,6 +286,8 @@ Frame = (
 
 #: Upper bound of a Data frame's encoding beyond its chunk (array, tag, sid, bin header, end).
 DATA_OVERHEAD: Final = 24
+
+OpeningT = TypeVar("OpeningT", Hello, Welcome)
 
 #: Frames that carry headers (checked against the header limit).
 HEAD_FRAMES: Final = (ReqHead, RespHead, WsOpen)
@@ -351,6 +355,17 @@ class FrameCodec:
         if not frames:
             raise MalformedFrame("empty message")
         return frames
+
+    def decode_opening(self, data: bytes, kind: type[OpeningT]) -> tuple[OpeningT, list[Frame]]:
+        """Decode a handshake message: ``kind`` (Hello or Welcome) first, then the rest.
+
+        Frames sent with the opening one (a Ping, say) come back to be handled after it.
+        """
+        frames = self.decode(data)
+        first = frames[0]
+        if not isinstance(first, kind):
+            raise MalformedFrame(f"expected {kind.__name__} first, got {type(first).__name__}")
+        return first, frames[1:]
 
     def headers_too_large(self, frame: ReqHead | RespHead | WsOpen) -> bool:
         """Whether a head frame's headers break the header limit (its stream is reset).

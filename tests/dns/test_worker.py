@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -94,11 +93,13 @@ async def test_our_own_dns_events_do_not_mark_hosts_dirty(dns_env, memory):
 
 async def test_records_outlive_a_short_disconnect_and_go_after_the_grace(dns_env, memory):
     svc = dns_env.service({ZONE: memory}, offline_grace=0.5)
+    now = [time.time()]
+    svc.converger.clock = lambda: now[0]  # time jumps; nothing sleeps
     host, _ = await dns_env.hosts.create("web")  # never connected: offline since creation
     await svc.converger.converge([host.id])
     assert len(memory.records) == 1
     epoch = await dns_env.ownership.claim(host.id, "m1", 60_000)
-    await asyncio.sleep(0.6)
+    now[0] += 0.6  # past the grace, but online
     await svc.converger.converge([host.id])
     assert len(memory.records) == 1, "online hosts keep their records"
     await dns_env.ownership.release(host.id, "m1", epoch)
@@ -112,14 +113,20 @@ async def test_records_outlive_a_short_disconnect_and_go_after_the_grace(dns_env
                     epoch=epoch,
                     remote_addr="x",
                     agent_version="t",
+                    at=now[0],
                 ),
             ),
-            ("1-1", Disconnected(host_id=host.id, machine_id="m1", epoch=epoch, reason="closed")),
+            (
+                "1-1",
+                Disconnected(
+                    host_id=host.id, machine_id="m1", epoch=epoch, reason="closed", at=now[0]
+                ),
+            ),
         ]
     )
     await svc.converger.converge([host.id])
     assert len(memory.records) == 1, "a disconnect shorter than the grace keeps them"
-    await asyncio.sleep(0.6)
+    now[0] += 0.6  # the disconnect is now older than the grace
     await svc.converger.converge([host.id])
     assert memory.records == {}
     st = await status(svc, host.id)
@@ -246,7 +253,11 @@ async def test_the_running_service_converges_marked_hosts_by_itself(dns_env, mem
     host, _ = await dns_env.hosts.create("web")
     await svc.mark_dirty([host.id])
     await wait_for(lambda: memory.records, timeout=3, what="the record")
-    await wait_for(lambda: status(svc, host.id), timeout=3)
+
+    async def settled() -> bool:
+        return (await status(svc, host.id)).state == "ok"
+
+    await wait_for(settled, timeout=3, what="dns.state ok")
     await dns_env.hosts.delete(host.id)
     await svc.mark_dirty([host.id])
     await wait_for(lambda: not memory.records, timeout=3, what="the delete")

@@ -8,7 +8,7 @@ import pytest
 import redis.exceptions
 
 from directory.embedded import EmbeddedValkey
-from directory.errors import DirectoryError, StoreError, StoreUnavailable
+from directory.errors import StoreError, StoreUnavailable
 from directory.keys import Keys
 from directory.ownership import OwnershipStore
 from directory.store import connect, redact_url, translate_errors
@@ -75,7 +75,10 @@ async def test_a_store_that_goes_away_makes_operations_unavailable(tmp_path):
         await server.stop()
         with pytest.raises(StoreUnavailable) as caught:
             await ownership.refresh([("h_1", 1)], "m1", 10_000)
-        assert isinstance(caught.value, DirectoryError)
+        # Translated at the adapter, naming what failed, with redis' error as the cause.
+        assert "the store is unavailable" in str(caught.value)
+        assert isinstance(caught.value.__cause__, redis.exceptions.ConnectionError | OSError)
+        assert caught.value.http_status == 503
     finally:
         await client.aclose()
         await server.stop()

@@ -27,15 +27,25 @@ def make(sink, send=1024, recv=1024, max_chunk=512):
     return ch, closed
 
 
+async def until(condition, timeout: float = 2.0) -> None:
+    """Let the loop run until ``condition()`` holds (fail after ``timeout``)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0)
+
+
 async def test_body_is_split_by_chunk_size_and_waits_for_credit():
     sink = Sink()
     ch, _ = make(sink, send=1000, max_chunk=400)
     task = asyncio.create_task(ch.send_body(b"x" * 1500, end=True))
-    await asyncio.sleep(0.01)
+    await until(lambda: len(sink.frames) == 3)
     assert [len(f.chunk) for f in sink.frames] == [400, 400, 200]
+    for _ in range(10):
+        await asyncio.sleep(0)
     assert not task.done()  # out of credit with 500 bytes to go
+    assert len(sink.frames) == 3
     ch.deliver(Window(1, 300))
-    await asyncio.sleep(0.01)
+    await until(lambda: len(sink.frames) == 4)
     ch.deliver(Window(1, 300))
     await asyncio.wait_for(task, 1)
     assert sum(len(f.chunk) for f in sink.frames) == 1500
@@ -58,7 +68,7 @@ async def test_reset_from_peer_wakes_a_blocked_reader_and_sender():
     ch.state.send_window = 0
     reader = asyncio.create_task(ch.receive())
     sender = asyncio.create_task(ch.send_body(b"zz"))
-    await asyncio.sleep(0.01)
+    await until(lambda: ch._readable is not None and ch._credit is not None)  # both waiting
     ch.deliver(Reset(1, int(ResetCode.CANCEL), "gone"))
     for task in (reader, sender):
         with pytest.raises(StreamReset):

@@ -1,0 +1,136 @@
+"""WebSocket messages carried both ways, with one teardown and one close-code rule.
+
+Used wherever a WebSocket is relayed: a client's WebSocket and its tunnel stream on the
+relay, the upstream's WebSocket and the same stream on the agent
+(:func:`pump_to_stream`), and socket to socket between machines and in ``relay edge``
+(:func:`pump_sockets`). Either direction ending ends the pump; the other direction gets
+a moment (:data:`CLOSE_GRACE`) for the close handshake to cross, then is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Final, Protocol
+
+import aiohttp
+
+from relay.errors import StreamError
+from relay.wire.protocol import WsClose, WsMsg
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from relay.wire.channel import StreamChannel
+
+__all__ = ["CLOSE_GRACE", "close_reason", "pump_sockets", "pump_to_stream", "sendable_code"]
+
+#: How long the other direction may take to pass a close on once one direction ended.
+CLOSE_GRACE: Final = 1.0
+#: aiohttp's code when the socket ended without a close frame (RFC 6455's "abnormal").
+_ABNORMAL: Final = 1006
+# Registered codes an endpoint may send (RFC 6455 7.4.1; 1004-1006 and 1015 never are).
+_SENDABLE: Final = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013})
+
+
+class Socket(Protocol):
+    """What the pump needs of aiohttp's server and client WebSockets."""
+
+    @property
+    def close_code(self) -> int | None:
+        """The peer's close code, once closed."""
+
+    def __aiter__(self) -> AsyncIterator[aiohttp.WSMessage]:
+        """Messages until the socket closes."""
+
+    async def send_bytes(self, data: bytes, compress: int | None = None) -> None:
+        """Send a binary message."""
+
+    async def send_str(self, data: str, compress: int | None = None) -> None:
+        """Send a text message."""
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        """Close with ``code``."""
+
+
+def sendable_code(code: int | None) -> int:
+    """A close code fit to put on the wire (markers like 1005/1006 become 1000)."""
+    if code is not None and (code in _SENDABLE or 3000 <= code <= 4999):
+        return code
+    return 1000
+
+
+def close_reason(reason: str) -> bytes:
+    """A close reason within RFC 6455's 123 bytes."""
+    return reason.encode()[:123]
+
+
+async def pump_to_stream(ws: Socket, channel: StreamChannel) -> None:
+    """Carry ``ws``'s messages to the tunnel stream and the stream's back to ``ws``."""
+    outbound = asyncio.get_running_loop().create_task(_socket_to_stream(ws, channel))
+    try:
+        await _stream_to_socket(ws, channel)
+    except StreamError:
+        await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"tunnel closed")
+    finally:
+        await _wind_down(outbound)
+
+
+async def pump_sockets(a: Socket, b: Socket) -> None:
+    """Copy messages both ways between two sockets until one closes; pass its code on."""
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(_socket_to_socket(a, b)), loop.create_task(_socket_to_socket(b, a))]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        await _wind_down(task)
+
+
+async def _socket_to_stream(ws: Socket, channel: StreamChannel) -> None:
+    try:
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await channel.send_ws(binary=False, payload=msg.data.encode())
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                await channel.send_ws(binary=True, payload=msg.data)
+    finally:
+        if not channel.state.reset:
+            code = ws.close_code if ws.close_code is not None else _ABNORMAL
+            with contextlib.suppress(StreamError):
+                await channel.send(WsClose(channel.sid, code, ""))
+
+
+async def _stream_to_socket(ws: Socket, channel: StreamChannel) -> None:
+    while True:
+        frame = await channel.receive()
+        if isinstance(frame, WsMsg):
+            if frame.binary:
+                await ws.send_bytes(frame.payload)
+            else:
+                await ws.send_str(frame.payload.decode("utf-8", errors="replace"))
+            await channel.consumed(len(frame.payload))
+        elif isinstance(frame, WsClose):
+            await ws.close(code=sendable_code(frame.code), message=close_reason(frame.reason))
+            return
+
+
+async def _socket_to_socket(src: Socket, dst: Socket) -> None:
+    async for msg in src:
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            await dst.send_str(msg.data)
+        elif msg.type is aiohttp.WSMsgType.BINARY:
+            await dst.send_bytes(msg.data)
+    await dst.close(code=sendable_code(src.close_code))
+
+
+# A direction ends by its socket or stream going away: what it raises then is expected.
+_ENDINGS: Final = (StreamError, aiohttp.ClientError, OSError)
+
+
+async def _wind_down(task: asyncio.Task[None]) -> None:
+    """Let ``task`` finish within the close grace, else cancel it; never raise from it."""
+    if not task.done():
+        with contextlib.suppress(TimeoutError, *_ENDINGS):
+            await asyncio.wait_for(asyncio.shield(task), CLOSE_GRACE)
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, *_ENDINGS):
+        await task
