@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 
+import fakeredis
 import pytest
 import redis.asyncio
 
@@ -25,6 +26,32 @@ async def redis_client(redis_server):
     """A client on an empty database (tests run one at a time, so FLUSHALL is safe)."""
     client: redis.asyncio.Redis = await connect(redis_server)
     await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def valkey_client(redis_server):
+    """A client on an empty database of the real server, whatever a module overrides."""
+    client: redis.asyncio.Redis = await connect(redis_server)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(params=["valkey", "fakeredis"])
+async def contract_client(request, redis_server):
+    """One contract, two stores: the real Valkey and fakeredis (its Lua through lupa).
+
+    Modules whose tests are a store-independent contract (ownership, host registry) run
+    on both; the event log's scripts use Lua's cmsgpack, which fakeredis lacks, so it
+    runs on the real server only.
+    """
+    if request.param == "valkey":
+        client = await connect(redis_server)
+        await client.flushall()
+    else:
+        client = fakeredis.FakeAsyncRedis()
     yield client
     await client.aclose()
 

@@ -20,6 +20,12 @@ from directory.slugs import SLUG_LENGTH, validate_slug
 
 
 @pytest.fixture
+def redis_client(contract_client):
+    """Every test here is the host registry contract: held by Valkey and by fakeredis alike."""
+    return contract_client
+
+
+@pytest.fixture
 def registry(redis_client, keys):
     return HostRegistry(redis_client, keys)
 

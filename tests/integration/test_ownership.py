@@ -18,6 +18,12 @@ TTL = 30_000
 
 
 @pytest.fixture
+def redis_client(contract_client):
+    """Every test here is the ownership contract: held by Valkey and by fakeredis alike."""
+    return contract_client
+
+
+@pytest.fixture
 def ownership(redis_client, keys):
     return OwnershipStore(redis_client, keys)
 
@@ -142,7 +148,10 @@ async def test_an_owner_key_expires_on_its_own_and_then_refresh_reports_it_lost(
     assert await ownership.owner("h_1") is None, "refresh must never recreate a record"
 
 
-async def test_refreshing_1200_hosts_is_one_round_trip(ownership, redis_client, keys, round_trips):
+async def test_refreshing_1200_hosts_is_one_round_trip(valkey_client, keys, round_trips):
+    # Round trips are the real server's business: Valkey only.
+    redis_client = valkey_client
+    ownership = OwnershipStore(valkey_client, keys)
     owned = [(f"h_{i:04d}", i + 1) for i in range(1200)]
     assert await ownership.reassert(owned, "m1", 1_000) == Reasserted(
         reclaimed={h: e + 1 for h, e in owned}
@@ -249,7 +258,8 @@ async def test_claim_refuses_to_overwrite_a_newer_epoch_and_repairs_the_counter(
     assert await ownership.claim("h_1", "m1", TTL) == 101
 
 
-async def test_owners_reads_many_hosts_in_one_round_trip(ownership, round_trips):
+async def test_owners_reads_many_hosts_in_one_round_trip(valkey_client, keys, round_trips):
+    ownership = OwnershipStore(valkey_client, keys)  # round trips: the real server only
     a = await ownership.claim("h_a", "m1", TTL)
     b = await ownership.claim("h_b", "m2", TTL)
     before = round_trips.count
