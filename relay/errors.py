@@ -12,16 +12,27 @@
     │   ├── StreamReset            the peer (or we) reset the stream
     │   ├── StreamRefused          no room for another stream on this tunnel
     │   └── TunnelClosed           the tunnel went away under the stream
-    ├── PeerUnreachable            another relay machine could not be reached
+    ├── PeerError                  an HTTP peer (relay machine, local service) failed
+    │   ├── PeerUnreachable        nothing was sent: connect refused or dropped
+    │   └── PeerFailed             the exchange broke off after it began
     ├── LocalStreamError           our own code misused a stream (a bug, never the peer)
     ├── StartupError               the process cannot start (port in use): exit 1
     └── ConfigError                bad configuration: a clear message, exit 2
 
-Every error carries ``close_code`` (protocol errors) or ``http_status`` (what a client of
-the relay should see), so the boundary that catches it needs no table of its own.
+Every error carries ``close_code`` (protocol errors) or ``http_status`` and ``code``
+(what a client of the relay should see), so the boundary that catches it needs no table
+of its own. aiohttp's client errors become :class:`PeerError` at one boundary,
+:func:`peer_errors`, with ``raise ... from``.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Self
+
+import aiohttp
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 __all__ = [
     "ConfigError",
@@ -29,6 +40,8 @@ __all__ = [
     "FrameTooLarge",
     "LocalStreamError",
     "MalformedFrame",
+    "PeerError",
+    "PeerFailed",
     "PeerUnreachable",
     "ProtocolError",
     "RelayError",
@@ -38,6 +51,7 @@ __all__ = [
     "StreamReset",
     "StreamStateError",
     "TunnelClosed",
+    "peer_errors",
 ]
 
 
@@ -116,11 +130,50 @@ class TunnelClosed(StreamError):
     code = "tunnel_closed"
 
 
-class PeerUnreachable(RelayError):
-    """A peer relay machine refused or dropped the connection before anything was sent."""
+class PeerError(RelayError):
+    """An HTTP peer (another relay machine, the host's local service) failed us."""
 
     http_status = 502
+    code = "peer_error"
+
+
+class PeerUnreachable(PeerError):
+    """The peer refused or dropped the connection before anything was sent."""
+
     code = "peer_unreachable"
+
+
+class PeerFailed(PeerError):
+    """The exchange with the peer broke off after it began (it may have seen the request)."""
+
+    code = "peer_failed"
+
+
+class peer_errors:  # noqa: N801 - reads as the function-like context manager it is
+    """Translate aiohttp's client errors (and timeouts, socket errors) into :class:`PeerError`.
+
+    ``with peer_errors("forward to m2"):`` around a client call: a failed connect becomes
+    :class:`PeerUnreachable`, anything later :class:`PeerFailed`; other errors pass.
+    """
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            raise PeerUnreachable(f"{self.what}: cannot connect: {exc}") from exc
+        if isinstance(exc, aiohttp.ClientError | TimeoutError | OSError):
+            raise PeerFailed(f"{self.what}: {type(exc).__name__}: {exc}") from exc
 
 
 class LocalStreamError(RelayError):

@@ -24,7 +24,7 @@ import aiohttp
 from relay import __version__
 from relay.agent.session import SILENCE, AgentSession, HandshakeClosed, handshake
 from relay.agent.upstream import Upstream
-from relay.errors import ProtocolError
+from relay.errors import PeerError, ProtocolError, peer_errors
 from relay.logs import get_logger
 from relay.wire.protocol import CloseCode
 
@@ -121,19 +121,24 @@ class Agent:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         try:
-            ws = await self.http.ws_connect(
-                cfg.tunnel_url,
-                headers={"Authorization": f"Bearer {cfg.token}"},
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
-                max_msg_size=cfg.max_frame,
-                autoping=True,
-                compress=0,
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            refused = CloseCode.UNAUTHORIZED if exc.status in {401, 403} else None
-            return Outcome(refused, f"handshake refused: HTTP {exc.status}")
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            return Outcome(None, f"connect failed: {type(exc).__name__}: {exc}")
+            with peer_errors("connect to the relay"):
+                ws = await self.http.ws_connect(
+                    cfg.tunnel_url,
+                    headers={"Authorization": f"Bearer {cfg.token}"},
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
+                    max_msg_size=cfg.max_frame,
+                    autoping=True,
+                    compress=0,
+                )
+        except PeerError as exc:
+            refused = exc.__cause__
+            if isinstance(refused, aiohttp.WSServerHandshakeError):
+                unauthorized = refused.status in {401, 403}
+                return Outcome(
+                    CloseCode.UNAUTHORIZED if unauthorized else None,
+                    f"handshake refused: HTTP {refused.status}",
+                )
+            return Outcome(None, str(exc))
         started = loop.time()
         try:
             welcome = await handshake(

@@ -11,7 +11,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from relay.agent.http_client import UpstreamPool
-from relay.errors import StreamError
+from relay.errors import PeerError, StreamError, peer_errors
 from relay.wire.protocol import ResetCode, RespHead, WsAccept, WsOpen
 from relay.wire.ws_pump import pump_to_stream
 
@@ -81,19 +81,21 @@ class Upstream:
             await channel.reset(ResetCode.INTERNAL, "stream did not start with WsOpen")
             return
         try:
-            ws = await self.session.ws_connect(
-                URL(self._ws_base + opening.target, encoded=True),
-                headers=CIMultiDict(opening.headers),
-                protocols=opening.protocols,
-                autoping=True,
-                max_msg_size=self._max_ws_message,
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            refused = list((exc.headers or {}).items())
-            await channel.send(RespHead(channel.sid, exc.status, refused, end=True))
-            return
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            await self._upstream_failed(channel, exc, sent_head=False)
+            with peer_errors("upstream WebSocket"):
+                ws = await self.session.ws_connect(
+                    URL(self._ws_base + opening.target, encoded=True),
+                    headers=CIMultiDict(opening.headers),
+                    protocols=opening.protocols,
+                    autoping=True,
+                    max_msg_size=self._max_ws_message,
+                )
+        except PeerError as exc:
+            refused = exc.__cause__
+            if isinstance(refused, aiohttp.WSServerHandshakeError):
+                headers = list((refused.headers or {}).items())
+                await channel.send(RespHead(channel.sid, refused.status, headers, end=True))
+            else:
+                await self._upstream_failed(channel, exc, sent_head=False)
             return
         async with ws:
             await channel.send(WsAccept(channel.sid, ws.protocol))

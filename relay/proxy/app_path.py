@@ -19,7 +19,7 @@ from relay.proxy.headers import (
     request_headers_for_upstream,
     response_headers_for_client,
 )
-from relay.proxy.responses import ERROR_DETAIL, as_page, json_error
+from relay.proxy.responses import ERROR_DETAIL, as_page, error_answer, json_error
 from relay.proxy.websocket import proxy_websocket
 from relay.wire.protocol import Body, Data, ReqHead, ResetCode, RespHead, header_bytes
 
@@ -71,7 +71,7 @@ async def _route(state: RelayState, request: web.Request, slug: str) -> web.Stre
         return await _proxy_http(state, request, tunnel)
     except StreamRefused as exc:
         state.metrics.proxy_errors.add(1, {"reason": "stream_refused"})
-        return json_error(503, exc.code, str(exc), retry_after=1)
+        return error_answer(exc, str(exc), retry_after=1)
 
 
 async def _locate(
@@ -86,7 +86,7 @@ async def _locate(
     except DirectoryError as exc:
         state.metrics.proxy_errors.add(1, {"reason": "store_unavailable"})
         state.log.warning("proxy.store_error", slug=slug, error=str(exc))
-        return json_error(503, "store_unavailable", "the directory is unreachable", retry_after=2)
+        return error_answer(exc, "the directory is unreachable", retry_after=2)
     if found is not None:
         return found
     origin = origin_of(state, request)
@@ -171,9 +171,9 @@ async def _proxy_http(
         if exc.reset_code == ResetCode.HEADERS_TOO_LARGE:
             return json_error(431, "headers_too_large", "request headers exceed the host's limit")
         return json_error(502, "upstream_error", "the host's service failed")
-    except TunnelClosed:
+    except TunnelClosed as exc:
         state.metrics.proxy_errors.add(1, {"reason": "tunnel_closed"})
-        return json_error(502, "tunnel_closed", "the host's tunnel closed during the request")
+        return error_answer(exc, "the host's tunnel closed during the request")
     except (asyncio.CancelledError, ConnectionResetError):
         # The client went away: tell the agent so it aborts the upstream call.
         await asyncio.shield(_cancel(channel))

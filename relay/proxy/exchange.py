@@ -156,7 +156,7 @@ class ClientExchange(FlowStream):
             sid = tunnel.allocate_sid()
         except StreamRefused as exc:
             state.metrics.proxy_errors.add(1, {"reason": "stream_refused"})
-            self._answer_error(503, exc.code, str(exc), retry=1)
+            self._answer_error(exc.http_status, exc.code, str(exc), retry=1)
             return
         FlowStream.__init__(self, tunnel, sid)
         self.tunnel = tunnel
@@ -381,7 +381,9 @@ class ClientExchange(FlowStream):
         elif isinstance(error, StreamReset) and error.reset_code == ResetCode.TOO_LARGE:
             self._fail_response(413, "too_large", error.reason or "request too large")
         elif isinstance(error, TunnelClosed):
-            self._fail_response(502, "tunnel_closed", "the host's tunnel closed during the request")
+            self._fail_response(
+                error.http_status, error.code, "the host's tunnel closed during the request"
+            )
         else:
             self._fail_response(502, "upstream_error", "the host's service failed")
 

@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from relay.errors import PeerUnreachable
+from relay.errors import PeerFailed, peer_errors
 from relay.proxy.headers import (
     HOP_BY_HOP,
     headers_for_peer,
@@ -26,7 +26,7 @@ from relay.proxy.headers import (
     websocket_protocols,
 )
 from relay.proxy.origin import AUTH, CLIENT_IP, HOP, PROTO, Origin, resolve_origin
-from relay.proxy.responses import json_error
+from relay.proxy.responses import error_answer
 from relay.wire.ws_pump import pump_sockets
 
 if TYPE_CHECKING:
@@ -97,26 +97,30 @@ async def forward(
     if is_websocket_upgrade(request.headers):
         return await _forward_websocket(state, request, url, headers)
     try:
-        upstream = await state.peer_client.request(
-            request.method,
-            url,
-            headers=headers,
-            data=request.content if request.body_exists else None,
-            allow_redirects=False,
-        )
-    except aiohttp.ClientConnectorError as exc:
-        # Nothing was sent: the caller may wait for the host to land elsewhere.
-        raise PeerUnreachable(f"{machine.machine_id}: {exc}") from exc
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        state.metrics.proxy_errors.add(1, {"reason": "forward_failed"})
-        state.log.warning("proxy.forward_failed", machine=machine.machine_id, error=repr(exc))
-        return json_error(502, "forward_failed", f"machine {machine.machine_id} unreachable")
+        # PeerUnreachable (nothing sent) goes to the caller, which may wait for the host
+        # to land elsewhere.
+        with peer_errors(f"forward to {machine.machine_id}"):
+            upstream = await state.peer_client.request(
+                request.method,
+                url,
+                headers=headers,
+                data=request.content if request.body_exists else None,
+                allow_redirects=False,
+            )
+    except PeerFailed as exc:
+        return _forward_failed(state, exc)
     state.metrics.forwards.add(1)
     response, error = await relay_response(request, upstream)
     if error is not None:
         state.metrics.proxy_errors.add(1, {"reason": "forward_interrupted"})
         state.log.warning("proxy.forward_interrupted", error=repr(error))
     return response
+
+
+def _forward_failed(state: RelayState, exc: PeerFailed) -> web.Response:
+    state.metrics.proxy_errors.add(1, {"reason": "forward_failed"})
+    state.log.warning("proxy.forward_failed", error=str(exc))
+    return error_answer(exc, "the machine holding the host did not answer")
 
 
 async def relay_response(
@@ -149,17 +153,15 @@ async def _forward_websocket(
 ) -> web.StreamResponse:
     protocols = websocket_protocols(request.headers)
     try:
-        peer = await state.peer_client.ws_connect(
-            url.replace("http", "ws", 1), headers=headers, protocols=protocols, max_msg_size=0
-        )
-    except aiohttp.WSServerHandshakeError as exc:
-        return web.Response(status=exc.status, text=exc.message)
-    except aiohttp.ClientConnectorError as exc:
-        raise PeerUnreachable(f"{url}: {exc}") from exc
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        state.metrics.proxy_errors.add(1, {"reason": "forward_failed"})
-        state.log.warning("proxy.forward_ws_failed", error=repr(exc))
-        return json_error(502, "forward_failed", "peer machine unreachable")
+        with peer_errors("forward a WebSocket"):
+            peer = await state.peer_client.ws_connect(
+                url.replace("http", "ws", 1), headers=headers, protocols=protocols, max_msg_size=0
+            )
+    except PeerFailed as exc:
+        handshake = exc.__cause__
+        if isinstance(handshake, aiohttp.WSServerHandshakeError):
+            return web.Response(status=handshake.status, text=handshake.message)
+        return _forward_failed(state, exc)
     state.metrics.forwards.add(1)
     client = web.WebSocketResponse(
         protocols=[peer.protocol] if peer.protocol else (), max_msg_size=0

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
 from aiohttp import web
 
 from relay.proxy.error_pages import html_body, json_body, new_request_id
 
-__all__ = ["ERROR_DETAIL", "as_page", "json_error", "json_response"]
+__all__ = ["ERROR_DETAIL", "as_page", "error_answer", "json_error", "json_response"]
 
 
 _encode = msgspec.json.Encoder().encode
@@ -34,6 +34,24 @@ def json_error(
         response.headers["Retry-After"] = str(retry_after)
     response[ERROR_DETAIL] = (code, message, request_id)
     return response
+
+
+class Answerable(Protocol):
+    """An error of the relay's or the directory's tree: it says what a client should see."""
+
+    http_status: int
+    code: str
+
+
+def error_answer(
+    error: Answerable, message: str, *, retry_after: int | None = None
+) -> web.Response:
+    """The answer an error of the relay's tree stands for: its HTTP status and code.
+
+    ``message`` is what the client reads; the error's own text (addresses, exception
+    names) stays in the log.
+    """
+    return json_error(error.http_status, error.code, message, retry_after=retry_after)
 
 
 def as_page(response: web.Response) -> web.Response:

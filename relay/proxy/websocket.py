@@ -14,7 +14,7 @@ from relay.proxy.headers import (
     websocket_headers_for_upstream,
     websocket_protocols,
 )
-from relay.proxy.responses import json_error
+from relay.proxy.responses import error_answer, json_error
 from relay.wire.protocol import ResetCode, RespHead, WsAccept, WsOpen
 from relay.wire.ws_pump import pump_to_stream
 
@@ -75,6 +75,6 @@ async def proxy_websocket(
     except StreamError as exc:
         state.metrics.proxy_errors.add(1, {"reason": "websocket"})
         state.log.info("proxy.websocket_failed", sid=channel.sid, error=str(exc))
-        return json_error(502, "upstream_error", str(exc))
+        return error_answer(exc, "the host's WebSocket could not be opened")
     finally:
         channel.close()
