@@ -34,6 +34,8 @@ from directory.stats import STATS, Stats
 from directory.store import translate_errors
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import redis.asyncio
 
     from directory.events import EventLog
@@ -127,6 +129,7 @@ class PresenceReconciler:
         interval: float,
         settle: float | None = None,
         stats: Stats = STATS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._ownership = ownership
         self._presence = presence
@@ -135,6 +138,7 @@ class PresenceReconciler:
         self._settle = min(0.25, interval / 2) if settle is None else settle
         self._lease = Lease(redis, keys, LEASE_NAME, machine_id, ttl=2 * interval + self._settle)
         self._stats = stats
+        self._sleep = sleep  # the settle wait (injectable: tests act inside it)
         self._task: asyncio.Task[None] | None = None
         self._state = "new"
         self._log = _log.bind(machine_id=machine_id)
@@ -182,7 +186,7 @@ class PresenceReconciler:
             orphans = await self._orphans(online)
             if orphans:
                 # Let a tunnel that closed just now report its own reason first.
-                await asyncio.sleep(self._settle)
+                await self._sleep(self._settle)
                 fresh = await self._presence.get_many([p.host_id for p in orphans])
                 still = [p for p in orphans if fresh.get(p.host_id) == p]
                 orphans = await self._orphans(still)

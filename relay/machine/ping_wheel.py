@@ -38,7 +38,7 @@ class PingWheel:
         """Start ticking (on the running loop)."""
         loop = asyncio.get_running_loop()
         self._next_at = loop.time() + self._tick
-        self._timer = loop.call_at(self._next_at, self._on_tick)
+        self._timer = loop.call_at(self._next_at, self.tick)
 
     def stop(self) -> None:
         """Stop ticking."""
@@ -58,7 +58,13 @@ class PingWheel:
         if slot is not None:
             del self._slots[slot][tunnel]
 
-    def _on_tick(self) -> None:
+    @property
+    def scheduled(self) -> bool:
+        """Whether the next tick is scheduled (the wheel runs)."""
+        return self._timer is not None
+
+    def tick(self) -> None:
+        """Visit the next slot and schedule the tick after (what the timer calls)."""
         self._cursor = (self._cursor + 1) % len(self._slots)
         loop = asyncio.get_running_loop()
         try:
@@ -70,4 +76,4 @@ class PingWheel:
             # loop's exception handler still reports the bug).
             # Scheduled from the previous deadline, not from now: no drift under load.
             self._next_at = max(self._next_at + self._tick, loop.time())
-            self._timer = loop.call_at(self._next_at, self._on_tick)
+            self._timer = loop.call_at(self._next_at, self.tick)

@@ -21,7 +21,9 @@ def conn(host, epoch, machine="m-dead"):
     )
 
 
-def reconciler(redis_client, keys, machine="m-live", stats=None, interval=0.5, settle=0.0):
+def reconciler(
+    redis_client, keys, machine="m-live", stats=None, interval=0.5, settle=0.0, sleep=asyncio.sleep
+):
     return PresenceReconciler(
         redis=redis_client,
         keys=keys,
@@ -32,6 +34,7 @@ def reconciler(redis_client, keys, machine="m-live", stats=None, interval=0.5, s
         interval=interval,
         settle=settle,
         stats=stats or Stats(),
+        sleep=sleep,
     )
 
 
@@ -98,16 +101,17 @@ async def test_one_machine_at_a_time_holds_the_lease(redis_client, keys):
 async def test_a_tunnel_that_reports_its_own_end_while_settling_is_not_guessed(redis_client, keys):
     await online(redis_client, keys, ("h_a", 1))
     store = PresenceStore(redis_client, keys)
+    settled: list[float] = []
 
-    async def own_report():
-        await asyncio.sleep(0.05)
+    async def own_report_lands_while_settling(seconds: float) -> None:
+        settled.append(seconds)
         await store.apply(
             [("9-0", Disconnected(host_id="h_a", machine_id="m-dead", epoch=1, reason="closed"))]
         )
 
-    result, _ = await asyncio.gather(
-        reconciler(redis_client, keys, settle=0.3).run_pass(), own_report()
-    )
+    r = reconciler(redis_client, keys, settle=0.3, sleep=own_report_lands_while_settling)
+    result = await r.run_pass()
+    assert settled == [0.3]  # it did wait to settle before acting
     assert result.expired == []
     assert await appended(redis_client, keys) == []
 

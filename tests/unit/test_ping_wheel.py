@@ -28,7 +28,7 @@ def tick(wheel: PingWheel, tunnels: list[FakeTunnel], n: int, at: list[int]) -> 
         at[0] += 1
         for t in tunnels:
             t.tick = at[0]
-        wheel._on_tick()
+        wheel.tick()
 
 
 async def test_each_tunnel_is_visited_once_per_interval_starting_one_interval_after_add():
@@ -76,13 +76,13 @@ async def test_a_failing_visit_does_not_stop_the_wheel():
     wheel.add(Broken())
     try:
         for _ in range(SLOTS - 1):
-            wheel._on_tick()
+            wheel.tick()
         try:
-            wheel._on_tick()
+            wheel.tick()
         except RuntimeError:
             pass
         else:
             raise AssertionError("the visit's error must surface")
-        assert wheel._timer is not None  # the next tick is still scheduled
+        assert wheel.scheduled  # the next tick is still scheduled
     finally:
         wheel.stop()
