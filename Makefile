@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench lint clean
+.PHONY: install run test bench lint fleet clean
 
 install: $(STAMP)
 
@@ -26,10 +26,13 @@ bench: install  # one table of the performance goals; `make bench BENCH_ARGS=--q
 	@sh scripts/ensure-test-deps.sh  # PowerDNS for the DNS rows (apt, once)
 	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
 
+fleet: install  # three relays on one Valkey behind relay edge, one host and agent; Ctrl-C stops it
+	$(BIN)/python scripts/fleet.py
+
 lint: install
 	$(BIN)/ruff check relay directory tests loadtest
 	$(BIN)/ruff format --check relay directory tests loadtest
 	$(BIN)/mypy --strict relay directory
 
 clean:
-	rm -rf $(VENV) .relay .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .relay .relay-fleet .pytest_cache .mypy_cache .ruff_cache
