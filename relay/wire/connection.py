@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 
 __all__ = ["StreamEndpoint", "TunnelConnection", "WebSocketLike"]
 
+# Messages are cut at this size even when the peer accepts larger ones: the peer handles
+# a message only once it has all of it, so smaller ones keep a bulk transfer pipelined.
+_MESSAGE_TARGET = 64 * 1024
+
 
 class StreamEndpoint(Protocol):
     """What the tunnel's stream table holds: a task's channel or a callback stream."""
@@ -221,7 +225,7 @@ class TunnelConnection:
 
         Ends when the queue is empty; the next :meth:`queue` starts a new writer.
         """
-        limit = self.peer_limits.max_frame
+        limit = min(self.peer_limits.max_frame, _MESSAGE_TARGET)
         try:
             while self._out:
                 batch, self._out, self._out_bytes = self._out, [], 0
