@@ -236,8 +236,6 @@ class UpstreamExchange(FlowStream):
         """Credit is back: read the upstream again."""
         if self._conn is not None:
             self._conn.resume_reading()
-        elif self._done:
-            self.close()
 
     # -- endings -------------------------------------------------------------------------
 
@@ -270,8 +268,7 @@ class UpstreamExchange(FlowStream):
 
     def _finish(self) -> None:
         self._done = True
-        if not self.blocked:
-            self.close()
+        self.close_when_sent()
 
 
 def _content_length(headers: list[tuple[str, str]]) -> int | None:

@@ -25,16 +25,21 @@ from relay.wire.streams import StreamState
 if TYPE_CHECKING:
     from relay.wire.connection import TunnelConnection
 
-__all__ = ["FlowStream"]
+__all__ = ["SLACK", "FlowStream"]
+
+#: Body bytes a stream holds beyond the peer's credit before it pauses its source.
+SLACK = 256 * 1024
 
 
 class FlowStream:
     """One stream served by callbacks; subclasses react to the peer's frames."""
 
     __slots__ = (
+        "_close_when_sent",
         "_offset",
         "_paused",
         "_pending",
+        "_pending_bytes",
         "_pending_end",
         "_waiting_room",
         "conn",
@@ -52,6 +57,8 @@ class FlowStream:
         )
         self._pending: deque[bytes] | None = None  # made when first needed (rare)
         self._offset = 0  # bytes of _pending[0] already sent
+        self._pending_bytes = 0  # bytes waiting in _pending
+        self._close_when_sent = False
         self._pending_end = False
         self._waiting_room = False
         self._paused = False  # on_blocked was called and on_unblocked not yet
@@ -66,8 +73,9 @@ class FlowStream:
             self.on_data(frame.chunk, end=frame.end)
         elif isinstance(frame, Window):
             self.state.on_window(frame.increment)
-            if self._pending and self._flush():
-                self._unpause()
+            if self._pending:
+                self._flush()
+                self._maybe_unpause()
         elif isinstance(frame, Reset):
             if not self.state.reset:
                 self.state.on_reset()
@@ -112,23 +120,26 @@ class FlowStream:
         self.conn.queue(frame)
 
     def send_body(self, chunk: bytes, *, end: bool = False) -> bool:
-        """Queue body bytes within credit; False when some wait (the source should pause).
+        """Queue body bytes within credit; False when the source was asked to pause.
 
-        The rest goes out as the peer grants credit and the tunnel's queue drains; the
-        subclass hears :meth:`on_unblocked` then.
+        Bytes beyond the peer's credit wait here, up to :data:`SLACK` before the source
+        is paused (:meth:`on_blocked`): pausing a socket on every exhausted window makes a
+        bulk transfer stop and start, while a little slack keeps it flowing. The source
+        resumes (:meth:`on_unblocked`) once the wait is back under half the slack and
+        the tunnel's queue has room.
         """
         if chunk:
             if self._pending is None:
                 self._pending = deque()
             self._pending.append(chunk)
+            self._pending_bytes += len(chunk)
         if end:
             self._pending_end = True
-        if self._flush():
-            return True
-        if not self._paused:
+        self._flush()
+        if not self._paused and (self._pending_bytes > SLACK or self._waiting_room):
             self._paused = True
             self.on_blocked()
-        return False
+        return not self._paused
 
     def consumed(self, n: int) -> None:
         """Our sink took ``n`` of the peer's bytes: hand credit back when enough gathered."""
@@ -161,6 +172,7 @@ class FlowStream:
         if state.reset:
             if pending:
                 pending.clear()
+                self._pending_bytes = 0
             return True
         conn = self.conn
         max_chunk = conn.max_chunk
@@ -170,6 +182,7 @@ class FlowStream:
             n = min(size, state.send_window, max_chunk)
             if n <= 0:
                 return False
+            self._pending_bytes -= n
             if n == size and not self._offset:
                 piece = pending.popleft()  # whole: no copy
             else:
@@ -195,10 +208,19 @@ class FlowStream:
         self._waiting_room = False
         if self.state.reset:
             return
-        if self._flush():
-            self._unpause()
+        self._flush()
+        self._maybe_unpause()
 
-    def _unpause(self) -> None:
-        if self._paused:
+    def _maybe_unpause(self) -> None:
+        if self._close_when_sent and not self.blocked:
+            self.close()
+        if self._paused and self._pending_bytes <= SLACK // 2 and not self._waiting_room:
             self._paused = False
             self.on_unblocked()
+
+    def close_when_sent(self) -> None:
+        """Forget the stream once what waits here went out (at once if nothing waits)."""
+        if self.blocked:
+            self._close_when_sent = True
+        else:
+            self.close()
