@@ -30,8 +30,8 @@ fleet: install  # three relays on one Valkey behind relay edge, one host and age
 	$(BIN)/python scripts/fleet.py
 
 lint: install
-	$(BIN)/ruff check relay directory tests loadtest
-	$(BIN)/ruff format --check relay directory tests loadtest
+	$(BIN)/ruff check relay directory tests loadtest scripts
+	$(BIN)/ruff format --check relay directory tests loadtest scripts
 	$(BIN)/mypy --strict relay directory
 
 clean:

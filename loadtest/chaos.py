@@ -79,6 +79,7 @@ from loadtest.common import (
     upstream_argv,
     wait_ready,
 )
+from tests.e2e.tcpproxy import BlackholeProxy
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -209,69 +210,6 @@ class Store:
 
 
 # --- a TCP proxy that can become a black hole (after tests/e2e/tcpproxy.py) -----------------
-
-
-class BlackholeProxy:
-    """Forwards 127.0.0.1:<port> to 127.0.0.1:<target>; ``blackhole()`` makes it swallow
-    every byte both ways without closing anything, like a peer that vanished; ``restore()``
-    forwards again and cuts the connections that lost bytes meanwhile (as a real path
-    would)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self.blackholed = False
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-
-    def blackhole(self) -> None:
-        self.blackholed = True
-
-    def restore(self) -> None:
-        self.blackholed = False
-        for writer in self._writers:
-            writer.transport.abort()
-        self._writers = []
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers += [writer, up_writer]
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await src.read(65536):
-                if self.blackholed:
-                    continue  # swallow: nothing arrives, nothing closes
-                dst.write(data)
-                await dst.drain()
-        if not self.blackholed:
-            dst.close()
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for writer in self._writers:
-            writer.transport.abort()
 
 
 # --- background load ------------------------------------------------------------------------

@@ -93,59 +93,18 @@ class Metrics:
             "relay_store_errors_total", description="Directory operations that failed"
         )
 
-    def watch_store(self, up: Callable[[], bool]) -> None:
-        """Export whether the store answered the last upkeep round (1) or not (0)."""
+    def watch(
+        self, name: str, read: Callable[[], float], description: str, *, counter: bool = False
+    ) -> None:
+        """Export ``read()`` at each scrape, as a gauge (or a monotonic counter)."""
 
         def observe(_options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(1 if up() else 0)]
+            return [Observation(read())]
 
-        self.meter.create_observable_gauge(
-            "relay_store_up", callbacks=[observe], description="1 while the store answers"
+        create = (
+            self.meter.create_observable_counter if counter else self.meter.create_observable_gauge
         )
-
-    def watch_descriptors(self, read: Callable[[], tuple[int, int, int]]) -> None:
-        """Export descriptor use: ``read`` gives (open, limit, connections refused)."""
-
-        def open_now(_options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(read()[0])]
-
-        def limit(_options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(read()[1])]
-
-        def refused(_options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(read()[2])]
-
-        self.meter.create_observable_gauge(
-            "relay_open_descriptors", callbacks=[open_now], description="Open file descriptors"
-        )
-        self.meter.create_observable_gauge(
-            "relay_descriptor_limit", callbacks=[limit], description="The nofile soft limit"
-        )
-        self.meter.create_observable_counter(
-            "relay_connections_refused_total",
-            callbacks=[refused],
-            description="Client connections turned away for want of file descriptors",
-        )
-
-    def watch_embedded_store(self, counts: Callable[[], tuple[int, int]]) -> None:
-        """Export the embedded store's deaths and restarts (``counts`` reads both)."""
-
-        def deaths(_options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(counts()[0])]
-
-        def restarts(_options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(counts()[1])]
-
-        self.meter.create_observable_counter(
-            "relay_store_embedded_deaths_total",
-            callbacks=[deaths],
-            description="Times the embedded Valkey died",
-        )
-        self.meter.create_observable_counter(
-            "relay_store_embedded_restarts_total",
-            callbacks=[restarts],
-            description="Times the embedded Valkey was restarted after dying",
-        )
+        create(name, callbacks=[observe], description=description)
 
     def _observe_requests(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(n, {"status": str(s)}) for s, n in self.requests_by_status.items()]

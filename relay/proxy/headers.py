@@ -14,7 +14,6 @@ __all__ = [
     "is_websocket_upgrade",
     "request_headers_for_upstream",
     "response_headers_for_client",
-    "websocket_headers_for_upstream",
     "websocket_protocols",
 ]
 
@@ -95,33 +94,18 @@ def request_headers_for_upstream(
     proto: str,
     host: str,
     trust_fly_headers: bool = False,
+    websocket: bool = False,
 ) -> list[tuple[str, str]]:
     """Client request headers as the agent's upstream should see them.
 
     Hop-by-hop, forwarding and internal headers from the client are dropped, and Fly's
     own headers unless Fly set them (``trust_fly_headers``: behind Fly's proxy, which
     overwrites a client's copies); ``Host`` is left for the agent to set to its upstream;
-    ``X-Forwarded-*`` say who really asked.
+    ``X-Forwarded-*`` say who really asked. ``websocket``: the handshake headers go too
+    (the agent redoes the handshake with its own key).
     """
     prefixes = INTERNAL_PREFIXES if trust_fly_headers else (*INTERNAL_PREFIXES, FLY_PREFIX)
-    out = _end_to_end(headers, _REQUEST_DROP, prefixes)
-    out.append(("X-Forwarded-For", client_ip))
-    out.append(("X-Forwarded-Proto", proto))
-    out.append(("X-Forwarded-Host", host))
-    return out
-
-
-def websocket_headers_for_upstream(
-    headers: list[tuple[str, str]],
-    *,
-    client_ip: str,
-    proto: str,
-    host: str,
-    trust_fly_headers: bool = False,
-) -> list[tuple[str, str]]:
-    """Like :func:`request_headers_for_upstream`, minus the WebSocket handshake headers."""
-    prefixes = INTERNAL_PREFIXES if trust_fly_headers else (*INTERNAL_PREFIXES, FLY_PREFIX)
-    out = _end_to_end(headers, _WEBSOCKET_DROP, prefixes)
+    out = _end_to_end(headers, _WEBSOCKET_DROP if websocket else _REQUEST_DROP, prefixes)
     out.append(("X-Forwarded-For", client_ip))
     out.append(("X-Forwarded-Proto", proto))
     out.append(("X-Forwarded-Host", host))

@@ -10,8 +10,8 @@ from aiohttp import web
 from relay.errors import StreamError
 from relay.proxy.forward import origin_of
 from relay.proxy.headers import (
+    request_headers_for_upstream,
     response_headers_for_client,
-    websocket_headers_for_upstream,
     websocket_protocols,
 )
 from relay.proxy.responses import error_answer, json_error
@@ -37,12 +37,13 @@ async def proxy_websocket(
             WsOpen(
                 channel.sid,
                 request.raw_path,
-                websocket_headers_for_upstream(
+                request_headers_for_upstream(
                     list(request.headers.items()),
                     client_ip=origin.client_ip,
                     proto=origin.proto,
                     host=request.host,
                     trust_fly_headers=state.config.trust_fly_headers,
+                    websocket=True,
                 ),
                 protocols,
                 request.headers.get("traceparent", ""),

@@ -101,8 +101,6 @@ async def _run(
 ) -> int:
     log = get_logger("relay").bind(machine_id=cfg.machine_id)
     state, events = await _build_state(cfg, redis_url, admin_token, log)
-    if embedded is not None:
-        state.metrics.watch_embedded_store(lambda: (embedded.deaths, embedded.restarts))
     runner = web.AppRunner(
         build_app(state),
         handler_cancellation=True,
@@ -114,8 +112,7 @@ async def _run(
     host, port = cfg.host_port
     assert runner.server is not None  # noqa: S101 - set by setup()
     front = FrontServer(state, runner.server)
-    state.metrics.watch_descriptors(lambda: (front.fds_open, front.fd_limit, front.refused))
-    state.metrics.watch_store(lambda: state.store_ok)
+    _watch_machine(state, front, embedded)
     metrics_runner: web.AppRunner | None = None
     try:
         await front.start(host, port, backlog=1024)
@@ -158,6 +155,35 @@ async def _run(
         await _close_clients(state)
     log.info("relay.stopped")
     return 0
+
+
+def _watch_machine(
+    state: RelayState, front: FrontServer, embedded: SupervisedValkey | None
+) -> None:
+    """Gauges and counters read at each scrape: descriptors, the store, its supervisor."""
+    watch = state.metrics.watch
+    watch("relay_open_descriptors", lambda: front.fds_open, "Open file descriptors")
+    watch("relay_descriptor_limit", lambda: front.fd_limit, "The nofile soft limit")
+    watch(
+        "relay_connections_refused_total",
+        lambda: front.refused,
+        "Client connections turned away for want of file descriptors",
+        counter=True,
+    )
+    watch("relay_store_up", lambda: int(state.store_ok), "1 while the store answers")
+    if embedded is not None:
+        watch(
+            "relay_store_embedded_deaths_total",
+            lambda: embedded.deaths,
+            "Times the embedded Valkey died",
+            counter=True,
+        )
+        watch(
+            "relay_store_embedded_restarts_total",
+            lambda: embedded.restarts,
+            "Times the embedded Valkey was restarted after dying",
+            counter=True,
+        )
 
 
 async def _metrics_listener(listen: str) -> web.AppRunner:

@@ -17,6 +17,7 @@ class BlackholeProxy:
         self.unix_path = unix_path
         self.port = free_port()
         self.blackholed = False
+        self.connections = 0  # accepted so far
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: list[asyncio.StreamWriter] = []
@@ -40,10 +41,15 @@ class BlackholeProxy:
         self._writers = []
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.unix_path is not None:
-            up_reader, up_writer = await asyncio.open_unix_connection(self.unix_path)
-        else:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.connections += 1
+        try:
+            if self.unix_path is not None:
+                up_reader, up_writer = await asyncio.open_unix_connection(self.unix_path)
+            else:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()  # the target is down: so is the path
+            return
         self._writers += [writer, up_writer]
         for src, dst in ((reader, up_writer), (up_reader, writer)):
             task = asyncio.create_task(self._pipe(src, dst))
