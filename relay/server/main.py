@@ -294,10 +294,19 @@ def _banner(state: RelayState, admin_token: str, *, generated: bool) -> None:
         f"relay {cfg.machine_id} listening on {where}",
         f"  hosts are served at {state.url_for('<slug>')}",
         token_line,
-        f"  add a host:  relay hosts add myhost --server {where}",
+        f"  add a host:  {_hosts_add_hint(cfg, where)}",
     ]
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
+
+
+def _hosts_add_hint(cfg: ServeConfig, where: str) -> str:
+    """A `hosts add` command that works as printed: this very program, this data dir."""
+    prog = sys.argv[0] if "/" in sys.argv[0] else "relay"
+    hint = f"{prog} hosts add myhost --server {where}"
+    if not cfg.admin_token and cfg.data_dir != ".relay":
+        hint += f" --data-dir {cfg.data_dir}"  # where the admin token is kept
+    return hint
 
 
 def _start_loops(state: RelayState, log: FilteringBoundLogger) -> list[asyncio.Task[None]]:
