@@ -68,11 +68,12 @@ import aiohttp
 import redis.asyncio as redis_async
 
 from loadtest.common import (
-    ADMIN,
     BIN,
     Processes,
+    api,
     edge_argv,
     free_port,
+    log_summary,
     quiet_logs,
     relay_argv,
     run,
@@ -473,7 +474,7 @@ class Fleet:
             if self.relays[machine].poll() is not None:
                 continue
             try:
-                return await asyncio.to_thread(_api, method, self.relay_url(machine) + path, body)
+                return await asyncio.to_thread(api, method, self.relay_url(machine) + path, body)
             except OSError as exc:
                 last = exc
         raise RuntimeError(f"no relay answered {method} {path}: {last}")
@@ -496,20 +497,6 @@ class Fleet:
                 record = json.loads(raw)
                 out[i] = (record["machine_id"], record["epoch"])
         return out
-
-
-def _api(method: str, url: str, body: dict | None = None) -> object:
-    import urllib.request
-
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        url,
-        data=data,
-        method=method,
-        headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read() or b"null")
 
 
 async def wait_exit(proc: subprocess.Popen, timeout: float) -> int | None:
@@ -892,18 +879,6 @@ async def check_events(fleet: Fleet, connects: list[dict], timeout: float) -> di
         and len(hosts) == sum(1 for h in hosts if h["online"])
         and not machine_starts_missing,
     }
-
-
-def log_summary(text: str) -> Counter:
-    counts: Counter = Counter()
-    for line in text.splitlines():
-        level = re.search(r'"level": "(\w+)"', line)
-        event = re.search(r'"event": "([^"]+)"', line)
-        if level and event:
-            counts[f"{level.group(1)} {event.group(1)}"] += 1
-        elif re.search(r"error|exception|traceback", line, re.IGNORECASE):
-            counts["(not JSON) " + line.strip()[:100]] += 1
-    return counts
 
 
 def process_logs(procs: Processes) -> dict[str, dict[str, int]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -601,3 +603,17 @@ def run(coro):
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+def log_summary(text: str) -> dict[str, int]:
+    """How many lines of each (level, event) a process logged,
+    and the non-JSON lines that mention an error (tracebacks)."""
+    counts: Counter = Counter()
+    for line in text.splitlines():
+        level = re.search(r'"level": "(\w+)"', line)
+        event = re.search(r'"event": "([^"]+)"', line)
+        if level and event:
+            counts[f"{level.group(1)} {event.group(1)}"] += 1
+        elif re.search(r"error|exception|traceback", line, re.IGNORECASE):
+            counts["(not JSON) " + line.strip()[:100]] += 1
+    return dict(counts.most_common(20))

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import aiohttp
 
-from loadtest.common import BIN, Stack, api, quiet_logs, rss_kib, run, status_kib
+from loadtest.common import BIN, Stack, api, log_summary, quiet_logs, rss_kib, run, status_kib
 from loadtest.upstream import CHUNK
 
 GETS = 1_000_000
@@ -564,20 +564,6 @@ def measure(scale: float = 1.0, verbose: bool = True) -> dict:
     if verbose:
         report(figures)
     return figures
-
-
-def log_summary(text: str) -> dict[str, int]:
-    """How many lines of each (level, event) the relay logged (it logs warnings and up),
-    and the non-JSON lines that mention an error (tracebacks)."""
-    counts: Counter = Counter()
-    for line in text.splitlines():
-        level = re.search(r'"level": "(\w+)"', line)
-        event = re.search(r'"event": "([^"]+)"', line)
-        if level and event:
-            counts[f"{level.group(1)} {event.group(1)}"] += 1
-        elif re.search(r"error|exception|traceback", line, re.IGNORECASE):
-            counts["(not JSON) " + line.strip()[:100]] += 1
-    return dict(counts.most_common(20))
 
 
 def figures_of(scale, counts, memory, phase_s, *, warm, gets, transfers, ws, reconnects, alive):

@@ -78,7 +78,7 @@ class UpstreamExchange(FlowStream):
         # An inline body spends credit like Data: a head cannot carry more than its window.
         self.state.on_receive(len(head.chunk), end=head.end)
         if head.body == Body.SIZED and head.end and len(head.chunk) != head.length:
-            self.reset(ResetCode.INTERNAL, "inline body does not match its length")
+            self._fail_request("inline body does not match its length")
             return
         pool.acquire(self)
 
@@ -143,6 +143,7 @@ class UpstreamExchange(FlowStream):
         except HeaderRefused as exc:
             self._conn = None
             pool.release(conn)
+            self.conn.log.warning("agent.request_refused", sid=self.sid, error=str(exc))
             self._answer(400, "bad_request", f"request refused by the agent: {exc}")
             return
         if head.method == "HEAD":
@@ -260,6 +261,7 @@ class UpstreamExchange(FlowStream):
         )
 
     def _fail_request(self, why: str) -> None:
+        self.conn.log.warning("agent.request_refused", sid=self.sid, error=why)
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.abort()

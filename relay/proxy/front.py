@@ -223,7 +223,11 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             refused = exc.__context__
             if not isinstance(refused, _Refused):
-                raise
+                # A bug in our own callback: say so with the traceback, answer 500, and
+                # drop only this connection.
+                self.front.state.log.exception("proxy.internal_error", error=repr(refused))
+                self._refuse(500, "internal_error", "the relay failed to read the request")
+                return
             self._refuse(refused.status, refused.code, str(refused))
             return
         except httptools.HttpParserError as exc:
