@@ -189,10 +189,23 @@ def bench_env(log_level: str = "warning") -> dict[str, str]:
     return env
 
 
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM (e.g. from `timeout`) into SystemExit, so teardowns run.
+
+    The children run in their own sessions: killed without its `finally`, a benchmark
+    leaves its relay, agent and store running.
+    """
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 class Processes:
     """Child processes of one benchmark: a temp dir for their logs, stopped together."""
 
     def __init__(self, log_level: str = "warning", *, keep: bool = False) -> None:
+        _exit_on_sigterm()
         self.tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
         self.procs: list[subprocess.Popen[bytes]] = []
         self.env = bench_env(log_level)
