@@ -18,7 +18,7 @@ import time
 
 import aiohttp
 
-from loadtest.common import PeakRss, run, stack
+from loadtest.common import PeakRss, cpu_seconds, run, stack
 from loadtest.upstream import CHUNK
 
 KINDS = ("download", "upload")
@@ -76,8 +76,10 @@ def measure(mb: int = 100, only: tuple[str, ...] = KINDS, verbose: bool = True) 
             transfer = TRANSFERS[kind]
             run(transfer(s.relay_url, 1 << 20, s.host_header))  # warm-up: pool, code paths
             direct = run(transfer(s.direct_url, size, None))
+            cpu0 = cpu_seconds(s.relay.pid), cpu_seconds(s.agent.pid)
             with PeakRss({"relay": s.relay.pid, "agent": s.agent.pid}) as peak:
                 relayed = run(transfer(s.relay_url, size, s.host_header))
+            cpu1 = cpu_seconds(s.relay.pid), cpu_seconds(s.agent.pid)
             growth = peak.growth_kib
             figures["rss_source"] = peak.source
             figures[kind] = {
@@ -88,6 +90,12 @@ def measure(mb: int = 100, only: tuple[str, ...] = KINDS, verbose: bool = True) 
                 "agent_rss_before_mib": peak.base["agent"] / 1024,
                 "relay_peak_growth_mib": growth["relay"] / 1024,
                 "agent_peak_growth_mib": growth["agent"] / 1024,
+                # CPU per MB is steadier than MB/s on a shared 2-core machine: it says
+                # whether a change costs work or only waits.
+                "relay_cpu_ms_per_mb": (cpu1[0] - cpu0[0]) * 1e3 / (size / 1e6),
+                "agent_cpu_ms_per_mb": (cpu1[1] - cpu0[1]) * 1e3 / (size / 1e6),
+                "relay_cpu_share": (cpu1[0] - cpu0[0]) / relayed,
+                "agent_cpu_share": (cpu1[1] - cpu0[1]) / relayed,
             }
     if verbose:
         report(figures, only)
@@ -101,6 +109,11 @@ def report(figures: dict, only: tuple[str, ...]) -> None:
         print(f"  {kind}")
         print(f"    direct : {f['direct_mbps']:8.1f} MB/s")
         print(f"    relayed: {f['relayed_mbps']:8.1f} MB/s   ratio {f['ratio']:.2f} (goal >= 0.5)")
+        print(
+            f"    CPU per MB relayed: relay {f['relay_cpu_ms_per_mb']:.2f} ms"
+            f" (busy {f['relay_cpu_share']:.0%}), agent {f['agent_cpu_ms_per_mb']:.2f} ms"
+            f" (busy {f['agent_cpu_share']:.0%})"
+        )
         print(
             f"    peak RSS growth during the relayed {kind} ({figures['rss_source']}):"
             f" relay +{f['relay_peak_growth_mib']:.1f} MiB"

@@ -94,6 +94,9 @@ def _build(struct: type[msgspec.Struct], args: argparse.Namespace) -> Any:  # no
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
+    from relay.allocator import tune_for_bulk_buffers  # noqa: PLC0415
+
+    tune_for_bulk_buffers()
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up where it is installed
 
