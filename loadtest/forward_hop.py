@@ -1,12 +1,14 @@
 """What a second relay process costs a request: owner-direct vs one forwarded hop.
 
-Two relays (m1, m2) on one Valkey in ``--route-mode forward``, one host whose agent holds
-its tunnel on m1, one upstream. wrk -t1 -cN small GETs, first straight to the owner m1,
+Three relays on one Valkey: m1 and m2 in ``--route-mode forward``, m3 in fly-replay
+mode; one host whose agent holds its tunnel on m1, one upstream. wrk -t1 -cN small GETs, first straight to the owner m1,
 then to m2, which finds the owner in the directory and forwards over loopback (the path a
 request takes when it reaches a process that does not hold the tunnel: another machine,
 or another worker of the same machine under SO_REUSEPORT). Prints req/s and CPU µs per
 request of each relay and the agent, and what N worker processes per VM would cost per
 request: a connection lands on a worker at random, so (N-1)/N of requests take the hop.
+Last, the same GETs to m3, which answers each with ``fly-replay`` (what a fleet on Fly
+does with most requests): answers/s and m3's CPU per answer.
 
     python -m loadtest.forward_hop [--seconds 10] [--connections 32]
 """
@@ -39,11 +41,12 @@ async def scenario(seconds: float, connections: int) -> dict:
     async with fleet() as (procs, redis_url):
         up_port = free_port()
         procs.spawn("upstream", upstream_argv(up_port))
-        ports = {"m1": free_port(), "m2": free_port()}
+        ports = {"m1": free_port(), "m2": free_port(), "m3": free_port()}
+        modes = {"m1": "forward", "m2": "forward", "m3": "fly-replay"}
         relays = {
             m: procs.spawn(
                 m,
-                relay_argv(m, port, redis_url, PREFIX, procs.tmp, "--route-mode", "forward"),
+                relay_argv(m, port, redis_url, PREFIX, procs.tmp, "--route-mode", modes[m]),
             )
             for m, port in ports.items()
         }
@@ -72,13 +75,16 @@ async def scenario(seconds: float, connections: int) -> dict:
         finally:
             await client.aclose()
         figures: dict = {"connections": connections, "seconds": seconds}
-        for target in ("m1", "m2"):
+        for target in ("m1", "m2", "m3"):
             url = f"http://127.0.0.1:{ports[target]}/"
             header = f"{host.slug}.localhost"
-            await asyncio.to_thread(wrk, url, 2, connections, header)  # warm-up
-            pids = {"m1": relays["m1"].pid, "m2": relays["m2"].pid, "agent": agent.pid}
+            replays = target == "m3"
+            await asyncio.to_thread(wrk, url, 2, connections, header, non_2xx_ok=replays)
+            pids = {**{m: p.pid for m, p in relays.items()}, "agent": agent.pid}
             before = {k: cpu_seconds(p) for k, p in pids.items()}
-            rps, n = await asyncio.to_thread(wrk, url, seconds, connections, header)
+            rps, n = await asyncio.to_thread(
+                wrk, url, seconds, connections, header, non_2xx_ok=replays
+            )
             figures[target] = {
                 "rps": rps,
                 **{f"{k}_us": (cpu_seconds(p) - before[k]) / n * 1e6 for k, p in pids.items()},
@@ -96,6 +102,11 @@ def report(f: dict) -> None:
     print(
         f"  via m2, forwarded   : {hop['rps']:8.0f} req/s; CPU per request m2"
         f" {hop['m2_us']:.0f} us + m1 {hop['m1_us']:.0f} us, agent {hop['agent_us']:.0f} us"
+    )
+    replay = f["m3"]
+    print(
+        f"  misrouted to m3     : {replay['rps']:8.0f} fly-replay answers/s;"
+        f" CPU per answer m3 {replay['m3_us']:.0f} us"
     )
     owner, extra = direct["m1_us"], hop["m2_us"] + hop["m1_us"] - direct["m1_us"]
     for n in (1, 2, 4):

@@ -19,6 +19,7 @@ from relay.proxy.headers import (
     request_headers_for_upstream,
     response_headers_for_client,
 )
+from relay.proxy.locate import Missing, live_machine, locate
 from relay.proxy.responses import ERROR_DETAIL, as_page, error_answer, json_error
 from relay.proxy.websocket import proxy_websocket
 from relay.wire.protocol import Body, Data, ReqHead, ResetCode, RespHead, header_bytes
@@ -78,60 +79,33 @@ async def _locate(
     state: RelayState, request: web.Request, slug: str
 ) -> Tunnel | web.StreamResponse:
     """No tunnel here: 404, replay or forward to the owner, or wait a grace, else 503."""
+    origin = origin_of(state, request)
+
+    async def to_owner(machine_id: str) -> web.StreamResponse | None:
+        return await _to_owner(state, request, machine_id, origin)
+
     try:
-        host_id = await state.hosts.resolve_slug(slug)
-        if host_id is None:
-            return json_error(404, "unknown_host", f"no host is registered as {slug!r}")
-        found = await _via_owner(state, request, slug, host_id)
+        found = await locate(state, slug, hopped=origin.hopped, to_owner=to_owner)
     except DirectoryError as exc:
         state.metrics.proxy_errors.add(1, {"reason": "store_unavailable"})
         state.log.warning("proxy.store_error", slug=slug, error=str(exc))
         return error_answer(exc, "the directory is unreachable", retry_after=2)
-    if found is not None:
-        return found
-    origin = origin_of(state, request)
-    state.log.info("proxy.host_offline", slug=slug, hopped=origin.hopped)
-    return json_error(
-        503, "host_offline", f"host {slug!r} is not connected right now", retry_after=5
-    )
-
-
-async def _via_owner(
-    state: RelayState, request: web.Request, slug: str, host_id: str
-) -> Tunnel | web.StreamResponse | None:
-    """Follow the owner key (twice at most: before and after a short grace)."""
-    origin = origin_of(state, request)
-    grace = state.config.reconnect_grace
-    for attempt in range(2):
-        owner = await state.ownership.owner(host_id)
-        if owner is not None and owner.machine_id != state.config.machine_id:
-            if origin.hopped:
-                # One hop at most. A tunnel that moved away during our drain still
-                # serves; otherwise the directory changed under us: never hop again.
-                retired = state.tunnels.retired.get(slug)
-                if retired is not None and not retired.closed:
-                    return retired
-                state.metrics.proxy_errors.add(1, {"reason": "loop_guard"})
-                break
-            sent = await _to_owner(state, request, owner.machine_id, origin)
-            if sent is not None:
-                return sent
-        if attempt or (owner is None and not state.tunnels.left_within(slug, grace)):
-            break
-        # Mid-reconnect (owner key live, owner machine gone, or it just left here): wait
-        # a short grace for the tunnel to land here or for a machine to claim it.
-        tunnel = await state.tunnels.wait_for(slug, host_id, grace)
-        if tunnel is not None:
-            return tunnel
-    return state.tunnels.by_slug.get(slug)
+    if found is Missing.UNKNOWN_HOST:
+        return json_error(404, "unknown_host", f"no host is registered as {slug!r}")
+    if found is Missing.OFFLINE:
+        state.log.info("proxy.host_offline", slug=slug, hopped=origin.hopped)
+        return json_error(
+            503, "host_offline", f"host {slug!r} is not connected right now", retry_after=5
+        )
+    return found
 
 
 async def _to_owner(
     state: RelayState, request: web.Request, machine_id: str, origin: Origin
 ) -> web.StreamResponse | None:
     """Replay or forward to the owning machine; None when that machine is gone."""
-    machine = await state.machines.get(machine_id)
-    if machine is None or machine.state == "stopped":
+    machine = await live_machine(state, machine_id)
+    if machine is None:
         return None
     if state.config.route_mode == "fly-replay" and replayable(request):
         return replay(state, machine_id)

@@ -16,12 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from directory.errors import DirectoryError
 from relay.errors import StreamError, StreamRefused, StreamReset, StreamViolation, TunnelClosed
 from relay.proxy.error_pages import error_response, wants_html
 from relay.proxy.headers import request_headers_for_upstream, response_headers_for_client
-from relay.proxy.origin import resolve_origin
+from relay.proxy.locate import Missing, live_machine, locate
+from relay.proxy.origin import Origin, resolve_origin
 from relay.wire.flow import FlowStream
-from relay.wire.http1 import LAST_CHUNK, HeaderRefused, chunk, response_head
+from relay.wire.http1 import LAST_CHUNK, HeaderRefused, chunk, response_head, status_line
 from relay.wire.protocol import Body, ReqHead, ResetCode, RespHead, header_bytes
 
 if TYPE_CHECKING:
@@ -78,6 +80,9 @@ class RequestInfo:
     length: int | None
     chunked: bool
     started: float  # loop time the head began
+    # No tunnel here when the head came: locate the host and answer with a replay, 404
+    # or 503 on this connection (bodiless requests in fly-replay mode, see the front).
+    elsewhere: bool = False
 
 
 class ClientExchange(FlowStream):
@@ -88,6 +93,7 @@ class ClientExchange(FlowStream):
         "_head",
         "_head_sent",
         "_inline",
+        "_lookup",
         "_out_chunked",
         "_received",
         "_remaining",
@@ -116,32 +122,44 @@ class ClientExchange(FlowStream):
         self._unacked = 0  # response bytes written while the client's socket was full
         self._timer: asyncio.TimerHandle | None = None
         self._head: ReqHead | None = None  # an inline-body head waiting for its body
+        self._lookup: asyncio.Task[None] | None = None  # locating a host held elsewhere
 
     # -- the request (fed by the client connection) --------------------------------------
 
     def start(self) -> None:
         """Open the stream on the host's tunnel and send the request head."""
         client = self.client
-        state = client.state
         info = self.info
-        tunnel = state.tunnels.by_slug.get(info.slug)
-        if tunnel is None:
+        tunnel = client.state.tunnels.by_slug.get(info.slug)
+        if tunnel is not None:
+            self._open(tunnel)
+        elif info.elsewhere:
+            self._lookup = client.loop.create_task(self._locate())
+        else:
             # The tunnel left while this request waited behind a pipelined one.
             self._answer_error(503, "host_offline", "the host's tunnel just closed", retry=5)
-            return
+
+    def _origin(self) -> Origin:
+        client = self.client
+        wanted = self.info.wanted
+        return resolve_origin(
+            lambda name: wanted.get(name.lower().encode()),
+            peer=client.peer,
+            scheme="http",
+            cluster_secret=client.state.cluster_secret,
+            trust_fly_headers=client.state.config.trust_fly_headers,
+        )
+
+    def _open(self, tunnel: Tunnel) -> None:
+        client = self.client
+        state = client.state
+        info = self.info
         cfg = state.config
         max_body = cfg.max_body
         if max_body and info.length is not None and info.length > max_body:
             self._answer_error(413, "too_large", f"body of {info.length} bytes exceeds {max_body}")
             return
-        wanted = info.wanted
-        origin = resolve_origin(
-            lambda name: wanted.get(name.lower().encode()),
-            peer=client.peer,
-            scheme="http",
-            cluster_secret=state.cluster_secret,
-            trust_fly_headers=cfg.trust_fly_headers,
-        )
+        origin = self._origin()
         headers = request_headers_for_upstream(
             info.headers,
             client_ip=origin.client_ip,
@@ -162,6 +180,40 @@ class ClientExchange(FlowStream):
         self.tunnel = tunnel
         self._timer = client.loop.call_later(cfg.request_timeout, self._timed_out)
         self._send_head(sid, headers)
+
+    async def _locate(self) -> None:
+        """The host is not held here: a tunnel that lands meanwhile, a replay, 404 or 503."""
+        state = self.client.state
+        slug = self.info.slug
+        origin = self._origin()
+
+        async def to_owner(machine_id: str) -> str | None:
+            return machine_id if await live_machine(state, machine_id) is not None else None
+
+        try:
+            found = await locate(state, slug, hopped=origin.hopped, to_owner=to_owner)
+        except DirectoryError as exc:
+            state.metrics.proxy_errors.add(1, {"reason": "store_unavailable"})
+            state.log.warning("proxy.store_error", slug=slug, error=str(exc))
+            self._answer_error(exc.http_status, exc.code, "the directory is unreachable", retry=2)
+            return
+        except Exception as exc:  # a bug here must answer the client, not leave it hanging
+            state.log.exception("proxy.internal_error", slug=slug, error=repr(exc))
+            self._answer_error(500, "internal_error", "the relay failed to locate the host")
+            return
+        finally:
+            self._lookup = None
+        if isinstance(found, str):
+            self._answer_replay(found)
+        elif found is Missing.UNKNOWN_HOST:
+            self._answer_error(404, "unknown_host", f"no host is registered as {slug!r}")
+        elif found is Missing.OFFLINE:
+            state.log.info("proxy.host_offline", slug=slug, hopped=origin.hopped)
+            self._answer_error(
+                503, "host_offline", f"host {slug!r} is not connected right now", retry=5
+            )
+        else:
+            self._open(found)
 
     def _send_head(self, sid: int, headers: list[tuple[str, str]]) -> None:
         """The request head, alone, with its small body, or before a streamed body."""
@@ -219,6 +271,8 @@ class ClientExchange(FlowStream):
     def client_gone(self) -> None:
         """The client disconnected: tell the agent so it aborts the upstream call."""
         self._cancel_timer()
+        if self._lookup is not None:
+            self._lookup.cancel()
         if self.tunnel is not None and not self.state.reset:
             self.reset(ResetCode.CANCEL, "client disconnected")
 
@@ -453,6 +507,21 @@ class ClientExchange(FlowStream):
         state.metrics.requests_by_status[status] += 1
         self._head_sent = True
         self.client.write(body)
+        self.keep_alive = not close
+        self._finish()
+
+    def _answer_replay(self, machine_id: str) -> None:
+        """Ask Fly's proxy to send this request to ``machine_id`` (an empty 409)."""
+        state = self.client.state
+        state.metrics.replays.add(1)
+        state.metrics.requests_by_status[409] += 1
+        close = not self.keep_alive or state.draining
+        self._head_sent = True
+        self.client.write(
+            status_line(409)
+            + f"fly-replay: instance={machine_id}\r\nContent-Length: 0\r\n".encode()
+            + (b"Connection: close\r\n\r\n" if close else b"\r\n")
+        )
         self.keep_alive = not close
         self._finish()
 

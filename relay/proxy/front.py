@@ -6,11 +6,13 @@ parses requests with httptools (llhttp, the C parser) and serves requests for
 (:class:`relay.proxy.exchange.ClientExchange`): no aiohttp request, response, task or
 middleware per request.
 
-Everything else (the relay's own routes, WebSocket upgrades, hosts held elsewhere or
-offline) is *handed off*: the connection switches to aiohttp's request handler for the
-rest of its life, which serves it with the full application (replay, forward, the
-API). The head already parsed is written back out as bytes for aiohttp to parse again,
-with any body bytes that came with it, as uvicorn does for upgrades.
+A bodiless request for a host held elsewhere, unknown or offline is answered here too in
+fly-replay mode (:mod:`relay.proxy.locate`: a replay, 404 or 503), keeping the connection.
+Everything else (the relay's own routes, WebSocket upgrades, requests to forward) is
+*handed off*: the connection switches to aiohttp's request handler, which serves that
+one request with the full application (forward, the API) and closes the connection.
+The head already parsed is written back out as bytes for aiohttp to parse again, with
+any body bytes that came with it, as uvicorn does for upgrades.
 
 Timeouts a client cannot hold open: the whole request head within ``header_timeout``
 (408), an idle keep-alive connection closes after ``keepalive_timeout``. One sweep per
@@ -87,6 +89,9 @@ class FrontServer:
         cfg = state.config
         self.base_domain = cfg.base_domain
         self.test_zone = (cfg.dns_test_zone or "").strip(".").lower() or None
+        # Requests for hosts held elsewhere are answered here with fly-replay; in forward
+        # mode they need aiohttp's client and go to the handoff path.
+        self.replays = cfg.route_mode == "fly-replay"
         # Open descriptors: counted by the sweep, plus one per connection accepted since.
         self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.fds_open = _open_descriptors()
@@ -294,9 +299,16 @@ class ClientConnection(asyncio.Protocol):
             host = self._wanted.get(b"host")
             slug = self.front.slug_of(host)
             tunnel = None if slug is None else self.front.state.tunnels.by_slug.get(slug)
-            if tunnel is not None and not parser.should_upgrade():
-                self._start(slug, host or "")
-                return
+            if slug is not None and not parser.should_upgrade():
+                if tunnel is not None:
+                    self._start(slug, host or "")
+                    return
+                if self.front.replays and self._bodiless():
+                    # Held elsewhere, unknown or offline: a replay, 404 or 503 from here,
+                    # and the connection stays open (Fly's proxy sends most of a fleet's
+                    # requests to a machine that does not hold the host).
+                    self._start(slug, host or "", elsewhere=True)
+                    return
             self._handoff = []
         # Handoff mode: write the head back out for aiohttp.
         self._handoff_chunked = "chunked" in self._wanted.get(b"transfer-encoding", "").lower()
@@ -327,7 +339,14 @@ class ClientConnection(asyncio.Protocol):
 
     # -- serving -------------------------------------------------------------------------
 
-    def _start(self, slug: str | None, host: str) -> None:
+    def _bodiless(self) -> bool:
+        """The request head says no body follows (what Fly's proxy can replay as is)."""
+        length = self._wanted.get(b"content-length")
+        return (length is None or length.strip() == "0") and b"transfer-encoding" not in (
+            self._wanted
+        )
+
+    def _start(self, slug: str, host: str, *, elsewhere: bool = False) -> None:
         parser = self.parser
         wanted = self._wanted
         method = parser.get_method().decode("latin-1")
@@ -341,12 +360,13 @@ class ClientConnection(asyncio.Protocol):
             headers=self._headers,
             wanted=wanted,
             host=host,
-            slug=slug or "",
+            slug=slug,
             http11=parser.get_http_version() == "1.1",
             keep_alive=parser.should_keep_alive(),
             length=int(length_text) if length_text is not None else None,
             chunked="chunked" in wanted.get(b"transfer-encoding", "").lower(),
             started=self._since,
+            elsewhere=elsewhere,
         )
         exchange = ClientExchange(self, info)
         self.exchanges.append(exchange)

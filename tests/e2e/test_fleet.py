@@ -258,3 +258,56 @@ async def test_forwarding_between_machines_over_ipv6_carries_websockets_and_big_
         await ws.send_str("over six")
         assert (await ws.receive(timeout=5)).data == "echo:over six"
     assert await relays[1].metric("relay_forward_total") >= 2
+
+
+async def raw_exchange(port: int, requests: list[bytes]) -> list[bytes]:
+    """Send ``requests`` one by one on ONE connection; each response head (and body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answers = []
+    try:
+        for request in requests:
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            answers.append(head + await reader.readexactly(length))
+    finally:
+        writer.close()
+    return answers
+
+
+async def test_misrouted_bodiless_requests_are_answered_on_a_kept_alive_connection(
+    cluster, upstream
+):
+    # Fly's proxy sends most requests of a fleet to a machine without the tunnel: the
+    # replay (and 404/503) must not cost a new connection each.
+    relays, _ = await fleet(cluster, 2)
+    host = await relays[0].add_host("kept")
+    offline = await relays[0].add_host("offline")
+    cluster.agent(relays[0], host["token"], upstream.url)
+    await relays[0].wait_online(host["slug"])
+
+    def get(slug: str) -> bytes:
+        return f"GET /hello HTTP/1.1\r\nHost: {slug}.localhost\r\n\r\n".encode()
+
+    before = await relays[1].metric("relay_replay_total")
+    answers = await raw_exchange(
+        relays[1].port,
+        [get(host["slug"]), get(host["slug"]), get("nosuchhost"), get(offline["slug"])],
+    )
+    replay, again, unknown, gone = answers
+    for answer in (replay, again):
+        assert answer.startswith(b"HTTP/1.1 409 ")
+        assert b"fly-replay: instance=m0\r\n" in answer
+        assert b"Connection: close" not in answer
+    assert unknown.startswith(b"HTTP/1.1 404 ")
+    assert b'"code":"unknown_host"' in unknown
+    assert b"X-Request-Id: " in unknown
+    assert gone.startswith(b"HTTP/1.1 503 ")
+    assert b"Retry-After: 5\r\n" in gone
+    assert await relays[1].metric("relay_replay_total") == before + 2
+    # The owner serves the same request itself, on the same kind of connection.
+    (served,) = await raw_exchange(relays[0].port, [get(host["slug"])])
+    assert served.startswith(b"HTTP/1.1 200 ")
