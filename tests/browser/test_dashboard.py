@@ -170,6 +170,7 @@ def test_creating_a_host_shows_its_token_once_and_the_token_works(page: Page, cl
 
     page.get_by_role("button", name="Done").click()
     expect(notice).to_be_hidden()
+    expect(page.get_by_label("Name")).to_be_focused()
     assert token not in page.content()
     page.reload()
     expect(row).to_be_visible()

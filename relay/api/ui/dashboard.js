@@ -495,7 +495,10 @@ $("create-form").addEventListener("submit", async (event) => {
   }
 });
 
-$("created-done").addEventListener("click", hideCreated);
+$("created-done").addEventListener("click", () => {
+  hideCreated();
+  $("host-name").focus(); // the notice (and the focused button) is gone
+});
 
 $("created-copy").addEventListener("click", async () => {
   try {
