@@ -11,14 +11,14 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
 run: install
 	$(BIN)/relay serve
 
 test: install lint
-	@sh scripts/ensure-test-deps.sh  # PowerDNS for the DNS end-to-end tests (apt, once)
+	@sh scripts/ensure-test-deps.sh  # PowerDNS and Chromium for the DNS and browser tests (apt, once)
 	$(BIN)/python -m pytest -q
 
 bench: install  # one table of the performance goals; `make bench BENCH_ARGS=--quick` for a smoke run

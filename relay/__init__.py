@@ -4,7 +4,7 @@ Layout (each package imports only those below it; ``directory`` never imports ``
 
     cli/        the `relay` command and the admin API client          (top)
     server/     `relay serve`: aiohttp app, tunnel endpoint, drain
-    api/        admin routes: hosts, machines, DNS, events
+    api/        admin routes: hosts, machines, DNS, events; the dashboard (/ui)
     proxy/      the public side: fast front, exchanges, replay/forward, header rules
     machine/    a machine's state: tunnel table, events, loops, metrics, DNS setup
     agent/      `relay agent`: tunnels, the pooled upstream client

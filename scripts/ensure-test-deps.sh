@@ -1,6 +1,8 @@
 #!/bin/sh
 # Install the system packages the test suite needs, only when they are missing.
-# The DNS end-to-end tests run a real PowerDNS Authoritative server (sqlite3 backend).
+# The DNS end-to-end tests run a real PowerDNS Authoritative server (sqlite3 backend);
+# the browser tests (tests/browser) drive Debian's Chromium through Playwright, which
+# never downloads a browser of its own.
 # Idempotent: a machine that already has them does nothing and succeeds.
 set -eu
 
@@ -10,6 +12,7 @@ command -v pdns_server >/dev/null 2>&1 || [ -x /usr/sbin/pdns_server ] || missin
   || ls /usr/lib/*/pdns/libgsqlite3backend.so >/dev/null 2>&1 \
   || missing="$missing pdns-backend-sqlite3"
 command -v sqlite3 >/dev/null 2>&1 || missing="$missing sqlite3"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
 
 [ -z "$missing" ] && exit 0
 

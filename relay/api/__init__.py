@@ -1,1 +1,1 @@
-"""The admin HTTP API on the relay: ``hosts`` (and machines), ``dns``, ``events``."""
+"""The admin HTTP API on the relay: ``hosts`` (and machines), ``dns``, ``events``, ``ui``."""

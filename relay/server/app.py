@@ -10,6 +10,7 @@ from directory.errors import DirectoryError
 from relay.api.dns import add_dns_routes
 from relay.api.events import add_event_routes
 from relay.api.hosts import add_routes, admin_authorized
+from relay.api.ui import add_ui_routes
 from relay.machine.state import STATE, RelayState
 from relay.proxy.app_path import proxy_request
 from relay.proxy.responses import json_error
@@ -56,6 +57,7 @@ def build_app(state: RelayState) -> web.Application:
     add_routes(app)
     add_event_routes(app)
     add_dns_routes(app)
+    add_ui_routes(app)
     # Last and catch-all: keeps routing of host traffic to a few dict lookups (no
     # HTTPNotFound built per request) and gives other unknown paths a JSON 404.
     app.router.add_route("*", "/{tail:.*}", _not_found)

@@ -280,6 +280,7 @@ def _banner(state: RelayState, admin_token: str, *, generated: bool) -> None:
             "relay.listening",
             url=where,
             hosts_url=state.url_for("<slug>"),
+            dashboard_url=f"{where}/ui",
             admin_token_from="RELAY_ADMIN_TOKEN"
             if cfg.admin_token
             else str(cfg.data_path / "admin-token"),
@@ -294,6 +295,7 @@ def _banner(state: RelayState, admin_token: str, *, generated: bool) -> None:
         f"relay {cfg.machine_id} listening on {where}",
         f"  hosts are served at {state.url_for('<slug>')}",
         token_line,
+        f"  dashboard:   {where}/ui",
         f"  add a host:  {_hosts_add_hint(cfg, where)}",
     ]
     sys.stdout.write("\n".join(lines) + "\n")
