@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from relay.machine.route_cache import RouteCache
+
 if TYPE_CHECKING:
     import aiohttp
     import redis.asyncio as redis
@@ -69,6 +71,8 @@ class RelayState:
     dns: DnsService | None = None  # DNS records of hosts (relay/dns_setup.py)
     # What this relay accepts from agents (config.limits), built once, shared by tunnels.
     limits: Limits = field(init=False)
+    # Directory answers for requests whose host is held elsewhere (relay/machine/route_cache.py).
+    routes: RouteCache = field(init=False)
     # Agent handshakes using the store at once: the rest wait here, in order, leaving
     # the pool to requests (a reconnect storm brings thousands at once).
     handshake_slots: asyncio.Semaphore = field(
@@ -77,6 +81,7 @@ class RelayState:
 
     def __post_init__(self) -> None:
         self.limits = self.config.limits
+        self.routes = RouteCache(self.hosts, self.machines)
 
     def url_for(self, slug: str, *, test: bool = False) -> str:
         """The public URL of a host (test hosts live under the DNS test zone, if any)."""

@@ -33,7 +33,7 @@ class Missing(enum.Enum):
 
 async def live_machine(state: RelayState, machine_id: str) -> MachineRecord | None:
     """The machine's record while it can take requests (None: gone or stopped)."""
-    machine = await state.machines.get(machine_id)
+    machine = await state.routes.machine(machine_id)
     if machine is None or machine.state == "stopped":
         return None
     return machine
@@ -53,7 +53,7 @@ async def locate(
     before and after a short grace for a host in the middle of a reconnect. Raises
     :class:`~directory.errors.DirectoryError` when the store fails.
     """
-    host_id = await state.hosts.resolve_slug(slug)
+    host_id = await state.routes.host_id(slug)
     if host_id is None:
         return Missing.UNKNOWN_HOST
     grace = state.config.reconnect_grace
