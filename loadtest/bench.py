@@ -57,6 +57,12 @@ def run_ws_echo(quick: bool) -> dict:
     return ws_echo.measure(seconds=3 if quick else 10)
 
 
+def run_fleet(quick: bool) -> dict:
+    from loadtest import forward_hop
+
+    return forward_hop.measure(seconds=3 if quick else 10)
+
+
 def run_idle(quick: bool) -> dict:
     from loadtest import idle
 
@@ -173,6 +179,14 @@ def rows_transfer(f: dict) -> list[Row]:
                 verdict(x["ratio"] >= 0.5),
             )
         )
+        rows.append(
+            Row(
+                f"{kind}: relay / agent CPU per MB",
+                f"{x['relay_cpu_ms_per_mb']:.2f} / {x['agent_cpu_ms_per_mb']:.2f} ms",
+                "reported",
+                "-",
+            )
+        )
         for role in ("relay", "agent"):
             growth = x[f"{role}_peak_growth_mib"]
             rows.append(
@@ -194,6 +208,24 @@ def rows_ws_echo(f: dict) -> list[Row]:
             ">= 0.5",
             verdict(f["ratio"] >= 0.5),
         )
+    ]
+
+
+def rows_fleet(f: dict) -> list[Row]:
+    owner, hop, replay = f["m1"], f["m2"], f["m3"]
+    return [
+        Row(
+            "misrouted GET answered with fly-replay: CPU per answer",
+            f"{replay['m3_us']:.0f} µs ({replay['rps']:.0f} answers/s)",
+            "reported",
+            "-",
+        ),
+        Row(
+            "GET forwarded between two relays: relay CPU per request (both)",
+            f"{hop['m2_us'] + hop['m1_us']:.0f} µs (owner alone: {owner['m1_us']:.0f} µs)",
+            "reported",
+            "-",
+        ),
     ]
 
 
@@ -281,6 +313,7 @@ SCENARIOS: dict[str, Scenario] = {
     "small_get": Scenario(run_small_get, rows_small_get, 300, "small_get.py, open_loop.py"),
     "transfer": Scenario(run_transfer, rows_transfer, 600, "download.py (download, upload)"),
     "ws_echo": Scenario(run_ws_echo, rows_ws_echo, 300, "ws_echo.py"),
+    "fleet": Scenario(run_fleet, rows_fleet, 300, "forward_hop.py (replay, forward)"),
     "idle": Scenario(run_idle, rows_idle, 600, "idle.py --tunnels 2000"),
     "events": Scenario(run_events, rows_events, 600, "events_bench.py"),
     "drain": Scenario(run_drain, rows_drain, 300, "drain.py"),

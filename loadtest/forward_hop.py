@@ -117,14 +117,22 @@ def report(f: dict) -> None:
         )
 
 
+def measure(seconds: float = 10, connections: int = 32, verbose: bool = True) -> dict:
+    """Run the scenario; its figures (see ``report``)."""
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install -y wrk (make bench does it)")
+    figures = run(scenario(seconds, connections))
+    if verbose:
+        report(figures)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is needed: apt-get install -y wrk (make bench does it)")
-    report(run(scenario(args.seconds, args.connections)))
+    measure(args.seconds, args.connections)
 
 
 if __name__ == "__main__":
