@@ -217,6 +217,7 @@ def _summary(seen: Seen) -> dict[str, object]:
         "duration_ms": round(seen.duration_ms, 3),
         "bytes": seen.resp_bytes,
         "error": seen.error,
+        "websocket": seen.websocket,
     }
 
 
@@ -265,6 +266,8 @@ async def _replay(request: web.Request) -> web.Response:
     seen = _find(request)
     if seen is None:
         return _error(404, "not_found", "no such request (the inspector keeps the last ones)")
+    if seen.websocket:
+        return _error(409, "websocket", "a WebSocket cannot be replayed")
     if seen.req_truncated or seen.req_body is None:
         return _error(
             409, "body_truncated", "the request body was cut at 64 KiB; it cannot be replayed"

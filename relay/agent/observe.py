@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from relay.wire.protocol import Headers, ReqHead
+    from relay.wire.protocol import Headers, ReqHead, WsOpen
 
 __all__ = ["BODY_CAP", "RequestLines", "RequestTap", "Ring", "Seen"]
 
@@ -52,14 +52,18 @@ class Seen:
         "status",
         "tap",
         "target",
+        "websocket",
     )
 
-    def __init__(self, tap: RequestTap, head: ReqHead, *, capture: bool) -> None:
+    def __init__(
+        self, tap: RequestTap, method: str, target: str, headers: Headers, *, capture: bool
+    ) -> None:
         self.tap = tap
         self.id = 0
-        self.method = head.method
-        self.target = head.target
-        self.req_headers: Headers = head.headers
+        self.method = method
+        self.target = target
+        self.req_headers = headers
+        self.websocket = False
         self.at = _now()
         self.started = _perf()
         self.status = 0
@@ -72,8 +76,6 @@ class Seen:
         self.resp_body: bytearray | None = bytearray() if capture else None
         self.req_truncated = False
         self.resp_truncated = False
-        if head.chunk and capture:
-            self.request_body(head.chunk)
 
     def request_body(self, chunk: bytes) -> None:
         """Request body bytes as they pass (kept only when capturing)."""
@@ -176,9 +178,19 @@ class RequestTap:
     def begin(self, head: ReqHead) -> Seen:
         """A record for a request that just arrived."""
         ring = self.ring
-        seen = Seen(self, head, capture=ring is not None)
+        seen = Seen(self, head.method, head.target, head.headers, capture=ring is not None)
         if ring is not None:
             ring.add(seen)
+            if head.chunk:
+                seen.request_body(head.chunk)
+        return seen
+
+    def begin_websocket(self, head: WsOpen) -> Seen:
+        """A record for a WebSocket the relay opens (101 once the service accepts it)."""
+        seen = Seen(self, "GET", head.target, head.headers, capture=self.ring is not None)
+        seen.websocket = True
+        if self.ring is not None:
+            self.ring.add(seen)
         return seen
 
     def finished(self, seen: Seen) -> None:

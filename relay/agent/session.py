@@ -116,7 +116,8 @@ class AgentSession(TunnelConnection):
             return
         channel = self.open_channel(frame.sid)
         channel.deliver(frame)
-        task = self._spawn(frame.sid, self.upstream.serve_websocket(channel))
+        seen = self.tap.begin_websocket(frame) if self.tap is not None else None
+        task = self._spawn(frame.sid, self.upstream.serve_websocket(channel, seen))
         task.add_done_callback(lambda _t: channel.close())
 
     def _spawn(self, sid: int, coro: Any) -> asyncio.Task[None]:  # noqa: ANN401 - a coroutine

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 
+import aiohttp
 import httpx
 import pytest
 
@@ -258,6 +259,25 @@ async def test_replay_goes_to_the_local_service_and_returns_its_fresh_answer(ins
     async with httpx.AsyncClient(timeout=5) as c:
         rows = (await c.get(f"{inspector}/api/requests")).json()["requests"]
     assert [row["path"] for row in rows].count("/count?x=1") == 1
+
+
+async def test_websockets_are_listed_and_not_replayed(inspected):
+    relay, host, agent, inspector = inspected
+    headers = {"Host": f"{host['slug']}.localhost:{relay.port}"}
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(f"{relay.url}/ws", headers=headers) as ws:
+            await ws.send_str("hi")
+            assert (await ws.receive(timeout=5)).data == "echo:hi"
+    detail = await find_request(inspector, "/ws")
+    assert (detail["status"], detail["websocket"], detail["error"]) == (101, True, "")
+    async with httpx.AsyncClient(timeout=5) as c:
+        refused = await c.post(f"{inspector}/api/requests/{detail['id']}/replay")
+    assert refused.status_code == 409
+    lines = await wait_until(
+        lambda: [x for x in json_lines(agent, "agent.request") if x["path"] == "/ws"],
+        what="the WebSocket's request line",
+    )
+    assert lines[0]["status"] == 101
 
 
 async def test_inspector_is_not_reachable_through_the_tunnel(inspected):
