@@ -7,7 +7,7 @@ Layout (each package imports only those below it; ``directory`` never imports ``
     api/        admin routes: hosts, machines, DNS, events; the dashboard (/ui)
     proxy/      the public side: fast front, exchanges, replay/forward, header rules
     machine/    a machine's state: tunnel table, events, loops, metrics, DNS setup
-    agent/      `relay agent`: tunnels, the pooled upstream client
+    agent/      `relay agent`: tunnels, the pooled upstream client, output, inspector
     wire/       what relay and agent share: frames, codec, streams, the tunnel socket
     edge.py     `relay edge`, the local stand-in for Fly's proxy
     config.py   options of serve and agent;  errors.py, logs.py       (bottom)

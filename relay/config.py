@@ -6,9 +6,11 @@ Every option is a command-line flag and also an environment variable ``RELAY_<NA
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
+import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -16,7 +18,7 @@ import msgspec
 from relay.errors import ConfigError
 from relay.wire.protocol import Limits
 
-__all__ = ["AgentConfig", "ServeConfig", "parse_hostport"]
+__all__ = ["AgentConfig", "ServeConfig", "is_loopback", "load_agent_file", "parse_hostport"]
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -152,6 +154,11 @@ class AgentConfig(TunnelLimits, frozen=True, kw_only=True):
     server: str = "http://127.0.0.1:8080"
     token: str = ""
     to: str = ""
+    name: str = ""  # a label for this tunnel in the agent's output
+    quiet: bool = False  # no line per request
+    # The local request inspector's HOST:PORT (relay/agent/inspector.py); off when None.
+    inspect: str | None = None
+    inspect_allow_remote: bool = False
     ping_interval: Seconds = 10.0
     silence_timeout: Seconds = 30.0
     max_backoff: Seconds = 30.0
@@ -174,7 +181,23 @@ class AgentConfig(TunnelLimits, frozen=True, kw_only=True):
             raise ConfigError("--to (or RELAY_TO) is required, e.g. http://127.0.0.1:3000")
         _check_url(self.server, "--server")
         _check_url(self.to, "--to")
+        if self.inspect is not None:
+            self._check_inspect(self.inspect)
         return self
+
+    def _check_inspect(self, address: str) -> None:
+        host, port = parse_hostport(address)
+        # The inspector shows every header and body (cookies, tokens): loopback only,
+        # unless asked for in so many words.
+        if not is_loopback(host) and not self.inspect_allow_remote:
+            raise ConfigError(
+                f"--inspect {address}: the inspector shows request headers and bodies;"
+                " it listens on loopback only (127.0.0.1, ::1, localhost) unless"
+                " --inspect-allow-remote is given"
+            )
+        to = urlsplit(self.to)
+        if to.port == port and (to.hostname == host or is_loopback(to.hostname or "")):
+            raise ConfigError(f"--to {self.to} is the inspector's own address {address}")
 
     @property
     def tunnel_url(self) -> str:
@@ -182,6 +205,84 @@ class AgentConfig(TunnelLimits, frozen=True, kw_only=True):
         parts = urlsplit(self.server)
         scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
         return f"{scheme}://{parts.netloc}/tunnel"
+
+
+class TunnelEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One ``[[tunnel]]`` of an agent file."""
+
+    token: Annotated[str, msgspec.Meta(min_length=1)]
+    to: Annotated[str, msgspec.Meta(min_length=1)]
+    name: str = ""
+
+
+_PER_TUNNEL = frozenset({"token", "to", "name"})
+
+# The file's shape: every agent option at the top level (shared by its tunnels) except
+# the per-tunnel ones, and a list of [[tunnel]]. Made from AgentConfig so they never drift.
+_AgentFile: Any = msgspec.defstruct(
+    "AgentFile",
+    [
+        (f.name, f.type, f.default if f.default is not msgspec.NODEFAULT else None)
+        for f in msgspec.structs.fields(AgentConfig)
+        if f.name not in _PER_TUNNEL
+    ]
+    + [("tunnel", list[TunnelEntry])],
+    kw_only=True,
+    forbid_unknown_fields=True,
+)
+
+
+def load_agent_file(path: str, overrides: dict[str, str]) -> list[AgentConfig]:
+    """The tunnels of an agent file (TOML), one resolved config each.
+
+    Shared settings sit at the top level, each ``[[tunnel]]`` has its ``token``, ``to``
+    and an optional ``name``; ``overrides`` (options given as flags or environment
+    variables) win over the file's top level. Any fault names its key.
+    """
+    try:
+        with Path(path).open("rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML: {exc}") from exc
+    try:
+        msgspec.convert(raw, _AgentFile)
+    except msgspec.ValidationError as exc:
+        hint = ""
+        if "unknown field `token`" in str(exc) or "unknown field `to`" in str(exc):
+            hint = " (token and to belong in each [[tunnel]])"
+        raise ConfigError(f"--config {path}: {exc}{hint}") from exc
+    tunnels = raw.pop("tunnel")
+    if not tunnels:
+        raise ConfigError(f"--config {path}: no [[tunnel]] given")
+    shared = {**raw, **overrides}
+    configs: list[AgentConfig] = []
+    tokens: dict[str, int] = {}
+    for i, entry in enumerate(tunnels):
+        where = f"--config {path}: tunnel[{i}]"
+        if entry["token"] in tokens:
+            raise ConfigError(f"{where} repeats the token of tunnel[{tokens[entry['token']]}]")
+        tokens[entry["token"]] = i
+        try:
+            cfg = msgspec.convert({**shared, **entry}, AgentConfig, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"--config {path}: {exc}") from exc
+        try:
+            configs.append(cfg.resolved())
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+    return configs
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_hostport(value: str) -> tuple[str, int]:

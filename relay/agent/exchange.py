@@ -6,6 +6,9 @@ callbacks. A small response with a known length rides whole in the head frame; l
 or unsized ones stream as ``Data`` frames within the relay's credit (the upstream is not
 read meanwhile). Request body bytes are written to the upstream as they come and credit
 goes back once its socket took them.
+
+With a :class:`~relay.agent.observe.RequestTap` (request lines, inspector) the exchange
+keeps a :class:`~relay.agent.observe.Seen` record of itself; without one, nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from relay.wire.protocol import Body, ReqHead, ResetCode, RespHead
 
 if TYPE_CHECKING:
     from relay.agent.http_client import UpstreamConnection, UpstreamPool
+    from relay.agent.observe import RequestTap, Seen
     from relay.wire.connection import TunnelConnection
 
 __all__ = ["UpstreamExchange"]
@@ -55,15 +59,23 @@ class UpstreamExchange(FlowStream):
         "_held_head",
         "_inline",
         "_request_done",
+        "_seen",
         "_unacked",
         "head",
         "pool",
     )
 
-    def __init__(self, conn: TunnelConnection, head: ReqHead, pool: UpstreamPool) -> None:
+    def __init__(
+        self,
+        conn: TunnelConnection,
+        head: ReqHead,
+        pool: UpstreamPool,
+        tap: RequestTap | None = None,
+    ) -> None:
         super().__init__(conn, head.sid)
         self.head = head
         self.pool = pool
+        self._seen: Seen | None = tap.begin(head) if tap is not None else None
         self._conn: UpstreamConnection | None = None
         self._request_done = head.end
         self._body: list[bytes] = [head.chunk] if head.chunk else []  # until connected
@@ -89,6 +101,8 @@ class UpstreamExchange(FlowStream):
         head = self.head
         if chunk_:
             self._body_sent += len(chunk_)
+            if self._seen is not None:
+                self._seen.request_body(chunk_)
             if head.body == Body.SIZED and self._body_sent > head.length:
                 self._fail_request("request body longer than its length")
                 return
@@ -115,6 +129,7 @@ class UpstreamExchange(FlowStream):
         else:
             self.pool.cancel(self)
         self.close()
+        self._report(str(error) or "cancelled")
         if not isinstance(error, TunnelClosed):
             self.conn.log.debug("agent.stream_reset", sid=self.sid, error=str(error))
 
@@ -186,6 +201,8 @@ class UpstreamExchange(FlowStream):
         """Response body bytes: inline buffer or Data frames within credit."""
         if self._done:
             return
+        if self._seen is not None:
+            self._seen.response_body(data)
         if self._inline is not None:
             self._inline.append(data)
         elif not self.send_body(data):
@@ -223,6 +240,7 @@ class UpstreamExchange(FlowStream):
         if self._head_sent:
             self.reset(ResetCode.UPSTREAM_ERROR, "the local service failed mid-response")
             self._done = True
+            self._report("upstream failed mid-response")
             return
         self._answer(502, "upstream_unreachable", "")
 
@@ -242,10 +260,13 @@ class UpstreamExchange(FlowStream):
 
     def _send_head(self, head: RespHead) -> None:
         self._head_sent = True
+        if self._seen is not None:
+            self._seen.response(head.status, head.headers)
         try:
             self.send(head)
         except TunnelClosed:
             self._done = True
+            self._report("tunnel closed")
             return
         if head.end:
             self._finish()
@@ -256,6 +277,8 @@ class UpstreamExchange(FlowStream):
             if code == "upstream_unreachable"
             else msgspec.json.encode({"error": {"code": code, "message": message}})
         )
+        if self._seen is not None:
+            self._seen.response_body(body)
         self._send_head(
             RespHead(self.sid, status, [("Content-Type", "application/json")], body, end=True)
         )
@@ -267,10 +290,18 @@ class UpstreamExchange(FlowStream):
             conn.abort()
         self.reset(ResetCode.INTERNAL, why)
         self._done = True
+        self._report(why)
 
     def _finish(self) -> None:
         self._done = True
         self.close_when_sent()
+        self._report("")
+
+    def _report(self, error: str) -> None:
+        seen = self._seen
+        if seen is not None:
+            self._seen = None
+            seen.finish(error)
 
 
 def _content_length(headers: list[tuple[str, str]]) -> int | None:

@@ -6,7 +6,8 @@ Close-code policy:
   (make before break); no backoff.
 * 4002 (replaced): another agent holds the host. Do not fight: back off, report, and come
   back as a *standby* that only connects while nobody else holds the host.
-* 4003 (unauthorized): the token was refused; stop with a non-zero exit.
+* 4003 (unauthorized): the token was refused; this tunnel stops (exit status 3). Other
+  tunnels of the same process go on.
 * anything else (network loss, silence, 4008, 1013): reconnect with exponential backoff
   and full jitter, capped at ``max_backoff``, reset after a stable connection.
 """
@@ -22,17 +23,20 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from relay import __version__
+from relay.agent.output import TunnelView
 from relay.agent.session import SILENCE, AgentSession, HandshakeClosed, handshake
 from relay.agent.upstream import Upstream
 from relay.errors import PeerError, ProtocolError, peer_errors
 from relay.logs import get_logger
-from relay.wire.protocol import CloseCode
+from relay.wire.protocol import CloseCode, Welcome
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from structlog.typing import FilteringBoundLogger
 
+    from relay.agent.observe import RequestTap
+    from relay.agent.output import StateSink
     from relay.config import AgentConfig
 
 __all__ = ["EXIT_UNAUTHORIZED", "Agent", "run_agent", "run_many"]
@@ -62,11 +66,16 @@ class Agent:
         http: aiohttp.ClientSession,
         upstream: Upstream,
         log: FilteringBoundLogger | None = None,
+        tap: RequestTap | None = None,
+        states: StateSink | None = None,
     ) -> None:
         self.cfg = cfg
         self.http = http
         self.upstream = upstream
         self.log = log or get_logger("agent")
+        self.tap = tap
+        self.states = states
+        self.view = TunnelView(cfg.name, cfg.to)
         self.standby = False
         self.connected = asyncio.Event()
         self.session: AgentSession | None = None
@@ -75,6 +84,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> int:
         """Keep the tunnel up until ``stop`` is set; returns the exit status."""
         attempt = 0
+        self.show_state("connecting", f"to {self.cfg.server}")
         try:
             while not stop.is_set():
                 outcome = await self._connect_once(stop)
@@ -87,9 +97,11 @@ class Agent:
                         "(the host may have been removed)",
                         reason=outcome.reason,
                     )
+                    self.show_state("refused", "(the relay refused this host token; tunnel ended)")
                     return EXIT_UNAUTHORIZED
                 if outcome.drained or outcome.code == CloseCode.DRAIN:
                     attempt = 0
+                    self.show_state("draining", "→ moving to another machine")
                     continue
                 if outcome.lasted >= self.cfg.stable_after:
                     attempt = 0
@@ -101,6 +113,7 @@ class Agent:
                         message="another agent holds this host; standing by",
                         reason=outcome.reason,
                     )
+                    self.show_state("standby", "(another agent holds this host)")
                 delay = random.uniform(0, min(self.cfg.max_backoff, _BASE_DELAY * 2**attempt))  # noqa: S311 - jitter, not crypto
                 attempt += 1
                 self.log.info(
@@ -109,13 +122,22 @@ class Agent:
                     code=outcome.code,
                     reason=outcome.reason,
                 )
+                self.show_state("reconnecting", f"in {delay:.1f} s ({outcome.reason})")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await stop.wait()
+            self.show_state("stopped")
             return 0
         finally:
             for task in list(self._retiring):
                 task.cancel()
+
+    def show_state(self, state: str, detail: str = "") -> None:
+        """Set this tunnel's state and report it (to the terminal, when shown)."""
+        if self.states is not None:
+            self.view.state = state
+            self.view.detail = detail
+            self.states.tunnel_state(self.view)
 
     async def _connect_once(self, stop: asyncio.Event) -> Outcome:
         cfg = self.cfg
@@ -155,11 +177,7 @@ class Agent:
             await ws.close(code=CloseCode.PROTOCOL_ERROR)
             return Outcome(None, f"handshake failed: {exc}")
         self.standby = False
-        log = self.log.bind(host_id=welcome.host_id, slug=welcome.slug, epoch=welcome.epoch)
-        session = AgentSession(ws, welcome, self.upstream, local_limits=cfg.limits, log=log)
-        self.session = session
-        self.connected.set()
-        log.info("agent.connected", machine_id=welcome.machine_id)
+        session = self._online(ws, welcome)
         reader = asyncio.create_task(session.read_loop())
         keeper = asyncio.create_task(session.keepalive(cfg.ping_interval, cfg.silence_timeout))
         drain = asyncio.create_task(session.drain_requested.wait())
@@ -190,8 +208,26 @@ class Agent:
             return Outcome(SILENCE, "relay silent", lasted)
         session.fail_streams_silently()
         code = session.close_code or ws.close_code
-        log.info("agent.disconnected", code=code, reason=session.close_reason)
+        session.log.info("agent.disconnected", code=code, reason=session.close_reason)
         return Outcome(code, session.close_reason or "closed", lasted)
+
+    def _online(self, ws: aiohttp.ClientWebSocketResponse, welcome: Welcome) -> AgentSession:
+        """The relay welcomed us: a session for the tunnel, and the news told."""
+        log = self.log.bind(host_id=welcome.host_id, slug=welcome.slug, epoch=welcome.epoch)
+        tap = self.tap
+        if tap is not None:
+            tap.slug, tap.host_id = welcome.slug, welcome.host_id
+        session = AgentSession(
+            ws, welcome, self.upstream, local_limits=self.cfg.limits, log=log, tap=tap
+        )
+        self.session = session
+        self.connected.set()
+        log.info("agent.connected", machine_id=welcome.machine_id, url=welcome.url)
+        view = self.view
+        view.slug, view.name, view.url = welcome.slug, welcome.name, welcome.url
+        view.machine = welcome.machine_id
+        self.show_state("online")
+        return session
 
     async def _retire(self, session: AgentSession, reader: asyncio.Task[None]) -> None:
         keeper = asyncio.create_task(
@@ -220,24 +256,54 @@ def tunnel_client() -> aiohttp.ClientSession:
     )
 
 
-async def run_many(configs: Sequence[AgentConfig], stop: asyncio.Event) -> list[int]:
-    """Run one agent per config in this process, sharing one client and upstream pool."""
+async def run_many(
+    configs: Sequence[AgentConfig],
+    stop: asyncio.Event,
+    *,
+    taps: Sequence[RequestTap | None] = (),
+    states: StateSink | None = None,
+) -> list[int]:
+    """Run one agent per config in this process until ``stop``; their exit statuses.
+
+    They share one client to the relay and one upstream pool per local service. Each
+    tunnel is on its own: one refused or failing never stops the others.
+    ``taps[i]`` (if given) sees the requests of ``configs[i]``; ``states`` their states.
+    """
     if not configs:
         return []
-    first = configs[0]
     log = get_logger("agent")
-    upstream = Upstream(
-        first.to,
-        connections=first.upstream_connections,
-        max_ws_message=first.max_frame - 1024,
-        log=log,
-    )
+    upstreams: dict[str, Upstream] = {}
+    agents: list[Agent] = []
     async with tunnel_client() as http:
         try:
-            agents = [Agent(cfg, http=http, upstream=upstream, log=log) for cfg in configs]
-            return list(await asyncio.gather(*(agent.run(stop) for agent in agents)))
+            for i, cfg in enumerate(configs):
+                upstream = upstreams.get(cfg.to)
+                if upstream is None:
+                    upstream = upstreams[cfg.to] = Upstream(
+                        cfg.to,
+                        connections=cfg.upstream_connections,
+                        max_ws_message=cfg.max_frame - 1024,
+                        log=log,
+                    )
+                agent_log = log.bind(tunnel=cfg.name) if cfg.name else log
+                tap = taps[i] if i < len(taps) else None
+                agents.append(
+                    Agent(cfg, http=http, upstream=upstream, log=agent_log, tap=tap, states=states)
+                )
+            return list(await asyncio.gather(*(_guarded(agent, stop) for agent in agents)))
         finally:
-            await upstream.close()
+            for upstream in upstreams.values():
+                await upstream.close()
+
+
+async def _guarded(agent: Agent, stop: asyncio.Event) -> int:
+    """One tunnel's run; a bug that ends it is logged and ends only that tunnel."""
+    try:
+        return await agent.run(stop)
+    except Exception:
+        agent.log.exception("agent.tunnel_failed", to=agent.cfg.to)
+        agent.show_state("stopped", "(failed; see the log)")
+        return 1
 
 
 async def run_agent(cfg: AgentConfig, stop: asyncio.Event) -> int:

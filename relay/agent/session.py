@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import aiohttp
     from structlog.typing import FilteringBoundLogger
 
+    from relay.agent.observe import RequestTap
     from relay.agent.upstream import Upstream
 
 __all__ = ["SILENCE", "AgentSession", "HandshakeClosed", "handshake"]
@@ -77,10 +78,12 @@ class AgentSession(TunnelConnection):
         *,
         local_limits: Limits,
         log: FilteringBoundLogger,
+        tap: RequestTap | None = None,
     ) -> None:
         super().__init__(ws, local_limits=local_limits, peer_limits=welcome.limits, log=log)
         self.welcome = welcome
         self.upstream = upstream
+        self.tap = tap  # request lines and the inspector; None when neither is on
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.max_sid = 0
         self.drain_requested = asyncio.Event()
@@ -109,11 +112,12 @@ class AgentSession(TunnelConnection):
             return
         if isinstance(frame, ReqHead):
             # Plain HTTP: served by callbacks on the pooled upstream client, no task.
-            UpstreamExchange(self, frame, self.upstream.pool)
+            UpstreamExchange(self, frame, self.upstream.pool, self.tap)
             return
         channel = self.open_channel(frame.sid)
         channel.deliver(frame)
-        task = self._spawn(frame.sid, self.upstream.serve_websocket(channel))
+        seen = self.tap.begin_websocket(frame) if self.tap is not None else None
+        task = self._spawn(frame.sid, self.upstream.serve_websocket(channel, seen))
         task.add_done_callback(lambda _t: channel.close())
 
     def _spawn(self, sid: int, coro: Any) -> asyncio.Task[None]:  # noqa: ANN401 - a coroutine

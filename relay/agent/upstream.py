@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from relay.wire.ws_pump import pump_to_stream
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
+    from relay.agent.observe import Seen
     from relay.wire.channel import StreamChannel
 
 __all__ = ["Upstream"]
@@ -74,8 +76,25 @@ class Upstream:
                     )
                 )
 
-    async def serve_websocket(self, channel: StreamChannel) -> None:
-        """Open the upstream WebSocket for the WsOpen waiting in ``channel`` and pump it."""
+    async def serve_websocket(self, channel: StreamChannel, seen: Seen | None = None) -> None:
+        """Open the upstream WebSocket for the WsOpen waiting in ``channel`` and pump it.
+
+        ``seen`` (request lines, inspector) learns the answer and when the socket ended.
+        """
+        if seen is None:
+            await self._serve_websocket(channel, None)
+            return
+        try:
+            await self._serve_websocket(channel, seen)
+        except asyncio.CancelledError:
+            seen.finish("cancelled")
+            raise
+        except Exception as exc:
+            seen.finish(f"{type(exc).__name__}: {exc}"[:200])
+            raise
+        seen.finish("" if seen.status else "upstream unreachable")
+
+    async def _serve_websocket(self, channel: StreamChannel, seen: Seen | None) -> None:
         opening = await channel.receive()
         if not isinstance(opening, WsOpen):
             await channel.reset(ResetCode.INTERNAL, "stream did not start with WsOpen")
@@ -93,10 +112,14 @@ class Upstream:
             refused = exc.__cause__
             if isinstance(refused, aiohttp.WSServerHandshakeError):
                 headers = list((refused.headers or {}).items())
+                if seen is not None:
+                    seen.response(refused.status, headers)
                 await channel.send(RespHead(channel.sid, refused.status, headers, end=True))
             else:
                 await self._upstream_failed(channel, exc, sent_head=False)
             return
         async with ws:
+            if seen is not None:
+                seen.response(101, [])
             await channel.send(WsAccept(channel.sid, ws.protocol))
             await pump_to_stream(ws, channel)

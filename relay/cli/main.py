@@ -18,7 +18,7 @@ import msgspec
 from directory.errors import DirectoryError
 from relay.cli.directory import add_directory_parser, run_directory_command
 from relay.cli.dns import add_dns_commands, run_dns_command
-from relay.config import AgentConfig, ServeConfig, parse_hostport
+from relay.config import AgentConfig, ServeConfig, load_agent_file, parse_hostport
 from relay.errors import ConfigError, StartupError
 
 if TYPE_CHECKING:
@@ -37,6 +37,10 @@ _HELP = {
     "server": "relay URL",
     "token": "host token (shown once by `relay hosts add`)",
     "to": "local service to expose, e.g. http://127.0.0.1:3000",
+    "name": "a label for this tunnel in the agent's output",
+    "quiet": "no line per request",
+    "inspect": "HOST:PORT of a local page showing the last requests (off by default)",
+    "inspect_allow_remote": "let --inspect listen on a non-loopback address",
     "dns_mode": "wildcard: one *.<base-domain> record, nothing per host; managed: per-host records",
     "dns_provider": "memory|cloudflare|powerdns (managed mode; secrets from the environment)",
     "dns_zone": "DNS zone holding <slug>.<base-domain>; default: the base domain",
@@ -69,17 +73,21 @@ def _add_struct_options(parser: argparse.ArgumentParser, struct: type[msgspec.St
     for field in msgspec.structs.fields(struct):
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not msgspec.NODEFAULT else None
-        shown = "" if default in {None, ""} else f" (default: {default})"
+        shown = "" if default in {None, "", False} else f" (default: {default})"
+        # A bool option works bare (--quiet) as well as with a value (--quiet false).
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if field.type is bool else {}
         parser.add_argument(
             flag,
             dest=field.name,
             default=None,
+            **switch,
             help=f"{_HELP.get(field.name, field.name.replace('_', ' '))}{shown}"
             f" [env {_env_name(field.name)}]",
         )
 
 
-def _build(struct: type[msgspec.Struct], args: argparse.Namespace) -> Any:  # noqa: ANN401 - the struct
+def _values(struct: type[msgspec.Struct], args: argparse.Namespace) -> dict[str, str]:
+    """The options given as flags, else as environment variables."""
     values: dict[str, str] = {}
     for field in msgspec.structs.fields(struct):
         value = getattr(args, field.name, None)
@@ -87,6 +95,11 @@ def _build(struct: type[msgspec.Struct], args: argparse.Namespace) -> Any:  # no
             value = os.environ.get(_env_name(field.name)) or _platform_env(field.name)
         if value is not None:
             values[field.name] = value
+    return values
+
+
+def _build(struct: type[msgspec.Struct], args: argparse.Namespace) -> Any:  # noqa: ANN401 - the struct
+    values = _values(struct, args)
     try:
         return msgspec.convert(values, struct, strict=False)
     except msgspec.ValidationError as exc:
@@ -105,16 +118,32 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
         return asyncio.run(coro)
 
 
-async def _agent_main(cfg: AgentConfig) -> int:
-    from relay.agent.runner import run_agent  # noqa: PLC0415 - keep `relay serve` lean
-    from relay.logs import configure_logging  # noqa: PLC0415
+def _agent_configs(args: argparse.Namespace) -> list[AgentConfig]:
+    """One config per tunnel: from --config's file, else from the flags."""
+    values = _values(AgentConfig, args)
+    path = args.config or os.environ.get("RELAY_CONFIG")
+    if not path:
+        return [_build(AgentConfig, args).resolved()]
+    clash = [
+        f"--{name}" if getattr(args, name) is not None else _env_name(name)
+        for name in ("token", "to", "name")
+        if name in values
+    ]
+    if clash:
+        raise ConfigError(
+            f"--config gives each tunnel its token, to and name; drop {', '.join(clash)}"
+        )
+    return load_agent_file(path, values)
 
-    configure_logging(cfg.log_format, cfg.log_level)
+
+async def _agent_main(configs: list[AgentConfig]) -> int:
+    from relay.agent.process import run_agents  # noqa: PLC0415 - keep `relay serve` lean
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    return await run_agent(cfg, stop)
+    return await run_agents(configs, stop)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,6 +153,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_struct_options(serve, ServeConfig)
     agent = sub.add_parser("agent", help="connect a host's local service to a relay")
     _add_struct_options(agent, AgentConfig)
+    agent.add_argument(
+        "--config",
+        default=None,
+        metavar="AGENT.TOML",
+        help="run the tunnels of this file (see README) [env RELAY_CONFIG]",
+    )
     edge = sub.add_parser("edge", help="local stand-in for Fly's proxy (honours fly-replay)")
     edge.add_argument("--listen", default=os.environ.get("RELAY_EDGE_LISTEN", "127.0.0.1:8000"))
     edge.add_argument(
@@ -161,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = _build(ServeConfig, args).resolved()
             return _run(serve(cfg))
         if args.command == "agent":
-            return _run(_agent_main(_build(AgentConfig, args).resolved()))
+            return _run(_agent_main(_agent_configs(args)))
         if args.command == "edge":
             from relay.edge import EdgeConfig, parse_machines, run_edge  # noqa: PLC0415
 

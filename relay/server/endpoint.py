@@ -168,6 +168,8 @@ def _welcome(state: RelayState, tunnel: Tunnel) -> bytes:
         tunnel.host.slug,
         cfg.ping_interval,
         state.limits,
+        state.url_for(tunnel.host.slug, test=tunnel.host.test),
+        tunnel.host.name,
     )
     return tunnel.codec.message(welcome)
 

@@ -8,7 +8,8 @@ opens streams, so the relay numbers them (1, 2, 3, ...).
 Connection set-up (agent first)::
 
     agent -> relay   Hello(version, agent_version, limits, standby)
-    relay -> agent   Welcome(machine_id, epoch, host_id, slug, ping_interval, limits)
+    relay -> agent   Welcome(machine_id, epoch, host_id, slug, ping_interval, limits,
+                             url, name)
 
 An HTTP exchange::
 
@@ -159,7 +160,12 @@ class Hello(msgspec.Struct, gc=False, tag=1, array_like=True, frozen=True):
 
 
 class Welcome(msgspec.Struct, gc=False, tag=2, array_like=True, frozen=True):
-    """The relay's answer to Hello once the host is authenticated and owned."""
+    """The relay's answer to Hello once the host is authenticated and owned.
+
+    ``url`` (the host's public URL) and ``name`` came later: as trailing fields with
+    defaults they cost an old agent nothing (msgspec skips extra trailing array items)
+    and an old relay's shorter Welcome still decodes here (empty strings).
+    """
 
     machine_id: str
     epoch: int
@@ -167,6 +173,8 @@ class Welcome(msgspec.Struct, gc=False, tag=2, array_like=True, frozen=True):
     slug: str
     ping_interval: float
     limits: Limits
+    url: str = ""
+    name: str = ""
 
 
 class ReqHead(msgspec.Struct, gc=False, tag=3, array_like=True, frozen=True):

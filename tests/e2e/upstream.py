@@ -27,6 +27,7 @@ class UpstreamState:
     concurrent: int = 0
     peak_concurrent: int = 0
     seen_headers: list[dict[str, str]] = field(default_factory=list)
+    counted: int = 0
 
 
 def build_app(state: UpstreamState) -> web.Application:
@@ -125,6 +126,11 @@ def build_app(state: UpstreamState) -> web.Application:
             headers={"fly-replay": "instance=elsewhere", "Fly-Force-Instance-Id": "x"},
         )
 
+    async def count(request: web.Request) -> web.Response:
+        # A fresh answer each time: replays must reach the service, not a cache.
+        state.counted += 1
+        return web.json_response({"count": state.counted, "body": (await request.read()).decode()})
+
     async def ws_refuse(request: web.Request) -> web.Response:
         return web.Response(status=403, text="no websockets here")
 
@@ -141,6 +147,7 @@ def build_app(state: UpstreamState) -> web.Application:
     app.router.add_get("/ws", ws)
     app.router.add_get("/ws-refuse", ws_refuse)
     app.router.add_get("/fly-headers", fly_headers)
+    app.router.add_route("*", "/count", count)
     return app
 
 
