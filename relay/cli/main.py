@@ -105,13 +105,18 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 async def _agent_main(cfg: AgentConfig) -> int:
     from relay.agent.runner import run_agent  # noqa: PLC0415 - keep `relay serve` lean
     from relay.logs import configure_logging  # noqa: PLC0415
+    from relay.tracing import configure_tracing, shutdown_tracing  # noqa: PLC0415
 
     configure_logging(cfg.log_format, cfg.log_level)
+    configure_tracing("relay-agent")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    return await run_agent(cfg, stop)
+    try:
+        return await run_agent(cfg, stop)
+    finally:
+        await shutdown_tracing()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -21,6 +21,15 @@ from relay.proxy.headers import (
 )
 from relay.proxy.responses import ERROR_DETAIL, as_page, error_answer, json_error
 from relay.proxy.websocket import proxy_websocket
+from relay.tracing import (
+    SERVER_ERRORS,
+    TRACING,
+    carry_current,
+    child_span,
+    lookup_span,
+    record_status,
+    request_span,
+)
 from relay.wire.protocol import Body, Data, ReqHead, ResetCode, RespHead, header_bytes
 
 if TYPE_CHECKING:
@@ -34,7 +43,25 @@ _INLINE_BODY = 16 * 1024  # small request bodies ride in the head frame
 
 
 async def proxy_request(state: RelayState, request: web.Request, slug: str) -> web.StreamResponse:
-    """Serve one client request for ``slug`` through its tunnel."""
+    """Serve one client request for ``slug`` through its tunnel (in a span when tracing)."""
+    tracer = TRACING.tracer
+    if tracer is None:
+        return await _serve(state, request, slug)
+    with request_span(
+        tracer,
+        request.method,
+        request.raw_path,
+        request.host,
+        slug,
+        state.config.machine_id,
+        request.headers,
+    ) as span:
+        response = await _serve(state, request, slug)
+        record_status(span, response.status, SERVER_ERRORS)
+        return response
+
+
+async def _serve(state: RelayState, request: web.Request, slug: str) -> web.StreamResponse:
     started = time.perf_counter()
     response = await _route(state, request, slug)
     if isinstance(response, web.Response) and ERROR_DETAIL in response:
@@ -79,7 +106,8 @@ async def _locate(
 ) -> Tunnel | web.StreamResponse:
     """No tunnel here: 404, replay or forward to the owner, or wait a grace, else 503."""
     try:
-        host_id = await state.hosts.resolve_slug(slug)
+        with lookup_span("resolve_slug"):
+            host_id = await state.hosts.resolve_slug(slug)
         if host_id is None:
             return json_error(404, "unknown_host", f"no host is registered as {slug!r}")
         found = await _via_owner(state, request, slug, host_id)
@@ -103,7 +131,8 @@ async def _via_owner(
     origin = origin_of(state, request)
     grace = state.config.reconnect_grace
     for attempt in range(2):
-        owner = await state.ownership.owner(host_id)
+        with lookup_span("owner"):
+            owner = await state.ownership.owner(host_id)
         if owner is not None and owner.machine_id != state.config.machine_id:
             if origin.hopped:
                 # One hop at most. A tunnel that moved away during our drain still
@@ -120,7 +149,8 @@ async def _via_owner(
             break
         # Mid-reconnect (owner key live, owner machine gone, or it just left here): wait
         # a short grace for the tunnel to land here or for a machine to claim it.
-        tunnel = await state.tunnels.wait_for(slug, host_id, grace)
+        with child_span("relay.reconnect_grace"):
+            tunnel = await state.tunnels.wait_for(slug, host_id, grace)
         if tunnel is not None:
             return tunnel
     return state.tunnels.by_slug.get(slug)
@@ -130,7 +160,8 @@ async def _to_owner(
     state: RelayState, request: web.Request, machine_id: str, origin: Origin
 ) -> web.StreamResponse | None:
     """Replay or forward to the owning machine; None when that machine is gone."""
-    machine = await state.machines.get(machine_id)
+    with lookup_span("machine"):
+        machine = await state.machines.get(machine_id)
     if machine is None or machine.state == "stopped":
         return None
     if state.config.route_mode == "fly-replay" and replayable(request):
@@ -208,7 +239,7 @@ async def _send_request(
     max_body = state.config.max_body
     if max_body and length is not None and length > max_body:
         raise StreamReset(ResetCode.TOO_LARGE, f"body of {length} bytes exceeds {max_body}")
-    trace = request.headers.get("traceparent", "")
+    trace = carry_current(headers, request.headers.get("traceparent", ""))
     if not request.body_exists or (length == 0 and not chunked):
         head = ReqHead(channel.sid, request.method, request.raw_path, headers, trace=trace)
         await channel.send(head)

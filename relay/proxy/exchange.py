@@ -20,12 +20,15 @@ from relay.errors import StreamError, StreamRefused, StreamReset, StreamViolatio
 from relay.proxy.error_pages import error_response, wants_html
 from relay.proxy.headers import request_headers_for_upstream, response_headers_for_client
 from relay.proxy.origin import resolve_origin
+from relay.tracing import SERVER_ERRORS, TRACING, carry, failed, record_status, start_server_span
 from relay.wire.flow import FlowStream
 from relay.wire.http1 import LAST_CHUNK, HeaderRefused, chunk, response_head
 from relay.wire.protocol import Body, ReqHead, ResetCode, RespHead, header_bytes
 
 if TYPE_CHECKING:
     import asyncio
+
+    from opentelemetry.trace import Span
 
     from relay.machine.state import RelayState
     from relay.machine.tunnels import Tunnel
@@ -97,6 +100,7 @@ class ClientExchange(FlowStream):
         "client",
         "info",
         "keep_alive",
+        "span",
         "tunnel",
     )
 
@@ -116,6 +120,7 @@ class ClientExchange(FlowStream):
         self._unacked = 0  # response bytes written while the client's socket was full
         self._timer: asyncio.TimerHandle | None = None
         self._head: ReqHead | None = None  # an inline-body head waiting for its body
+        self.span: Span | None = None  # this request's server span (tracing on only)
 
     # -- the request (fed by the client connection) --------------------------------------
 
@@ -124,6 +129,19 @@ class ClientExchange(FlowStream):
         client = self.client
         state = client.state
         info = self.info
+        wanted = info.wanted
+        tracer = TRACING.tracer
+        if tracer is not None:
+            self.span = start_server_span(
+                tracer,
+                info.method,
+                info.target,
+                info.host,
+                info.slug,
+                state.config.machine_id,
+                wanted.get(b"traceparent"),
+                wanted.get(b"tracestate"),
+            )
         tunnel = state.tunnels.by_slug.get(info.slug)
         if tunnel is None:
             # The tunnel left while this request waited behind a pipelined one.
@@ -134,7 +152,6 @@ class ClientExchange(FlowStream):
         if max_body and info.length is not None and info.length > max_body:
             self._answer_error(413, "too_large", f"body of {info.length} bytes exceeds {max_body}")
             return
-        wanted = info.wanted
         origin = resolve_origin(
             lambda name: wanted.get(name.lower().encode()),
             peer=client.peer,
@@ -149,6 +166,8 @@ class ClientExchange(FlowStream):
             host=info.host,
             trust_fly_headers=cfg.trust_fly_headers,
         )
+        # The agent's parent is the relay's span, in the head frame and the headers alike.
+        trace = wanted.get(b"traceparent", "") if self.span is None else carry(self.span, headers)
         if header_bytes(headers) > min(tunnel.peer_limits.max_header_bytes, cfg.max_header_bytes):
             self._answer_error(431, "headers_too_large", "request headers exceed the host's limit")
             return
@@ -161,12 +180,11 @@ class ClientExchange(FlowStream):
         FlowStream.__init__(self, tunnel, sid)
         self.tunnel = tunnel
         self._timer = client.loop.call_later(cfg.request_timeout, self._timed_out)
-        self._send_head(sid, headers)
+        self._send_head(sid, headers, trace)
 
-    def _send_head(self, sid: int, headers: list[tuple[str, str]]) -> None:
+    def _send_head(self, sid: int, headers: list[tuple[str, str]], trace: str) -> None:
         """The request head, alone, with its small body, or before a streamed body."""
         info = self.info
-        trace = info.wanted.get(b"traceparent", "")
         length = info.length
         if length == 0 or (length is None and not info.chunked):
             self._request_done = True
@@ -221,6 +239,10 @@ class ClientExchange(FlowStream):
         self._cancel_timer()
         if self.tunnel is not None and not self.state.reset:
             self.reset(ResetCode.CANCEL, "client disconnected")
+        if self.span is not None:
+            failed(self.span, "client_disconnected", "the client left before the response ended")
+            self.span.end()
+            self.span = None
 
     def client_writable(self) -> None:
         """The client's socket drained: grant the credit held back meanwhile."""
@@ -302,6 +324,8 @@ class ClientExchange(FlowStream):
             return
         self._head_sent = True
         state.metrics.requests_by_status[status] += 1
+        if self.span is not None:
+            record_status(self.span, status, SERVER_ERRORS)
         if frame.end:
             self.client.write(head + frame.chunk if frame.chunk and not no_body else head)
             self._finish()
@@ -412,6 +436,8 @@ class ClientExchange(FlowStream):
         state = self.client.state
         state.metrics.proxy_errors.add(1, {"reason": "body_interrupted"})
         state.log.warning("proxy.body_interrupted", slug=self.info.slug, error=why)
+        if self.span is not None:
+            failed(self.span, "body_interrupted", why)
         if not self.state.reset:
             self.reset(ResetCode.CANCEL, why)
         self.close()
@@ -451,6 +477,8 @@ class ClientExchange(FlowStream):
             detail=message,
         )
         state.metrics.requests_by_status[status] += 1
+        if self.span is not None:
+            record_status(self.span, status, SERVER_ERRORS)
         self._head_sent = True
         self.client.write(body)
         self.keep_alive = not close
@@ -471,6 +499,9 @@ class ClientExchange(FlowStream):
             self.close()
         client = self.client
         client.state.metrics.request_duration.observe(client.loop.time() - self.info.started)
+        if self.span is not None:
+            self.span.end()
+            self.span = None
         self.client.exchange_done(self, keep_alive=self.keep_alive)
 
 

@@ -56,6 +56,7 @@ _WANTED: Final = frozenset(
         b"x-forwarded-proto",
         b"fly-replay-src",
         b"traceparent",
+        b"tracestate",
         b"accept",
     }
 )
