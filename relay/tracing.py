@@ -118,13 +118,13 @@ def tracing_wanted(environ: Mapping[str, str]) -> bool:
     return True
 
 
-def configure_tracing(default_service: str, environ: Mapping[str, str] = os.environ) -> bool:
+def configure_tracing(default_service: str) -> bool:
     """Turn tracing on if the environment asks for it (once, at startup); returns whether.
 
     ``default_service`` is ``service.name`` unless ``OTEL_SERVICE_NAME`` or
     ``OTEL_RESOURCE_ATTRIBUTES`` name another.
     """
-    if not tracing_wanted(environ):
+    if not tracing_wanted(os.environ):
         return False
     # Imported here: the exporter pulls in requests and protobuf, which an untraced
     # process never needs.
