@@ -185,6 +185,46 @@ async def test_slow_path_requests_get_a_span_with_directory_lookups_as_children(
     assert {r.attr("directory.operation") for r in lookups} == {"resolve_slug"}
 
 
+async def test_a_forwarded_request_continues_the_trace_on_the_machine_holding_the_tunnel(
+    cluster, upstream, collector
+):
+    env = otel_env(collector)
+    holder = await cluster.relay("--route-mode", "forward", machine_id="m0", **env)
+    other = await cluster.relay("--route-mode", "forward", machine_id="m1", **env)
+    host = await holder.add_host("far")
+    cluster.agent(holder, host["token"], upstream.url, **env)
+    await holder.wait_online(host["slug"])
+
+    traceparent, trace_id, client_span = new_traceparent()
+    async with other.client(host["slug"]) as c:
+        answer = await c.get("/headers", headers={"traceparent": traceparent})
+    assert answer.status_code == 200
+
+    def servers() -> dict[str, Received] | None:
+        found = {
+            r.attr("relay.machine_id"): r
+            for r in collector.in_trace(trace_id)
+            if r.span.kind == Span.SPAN_KIND_SERVER
+        }
+        agent = [r for r in collector.in_trace(trace_id) if r.service == "relay-agent"]
+        return found if {"m0", "m1"} <= found.keys() and agent else None
+
+    found = await wait_until(servers, timeout=15, what="both machines' server spans")
+    first, second = found["m1"], found["m0"]
+    assert first.span.parent_span_id.hex() == client_span
+    assert second.span.parent_span_id == first.span.span_id
+    (agent,) = [r for r in collector.in_trace(trace_id) if r.service == "relay-agent"]
+    assert agent.span.parent_span_id == second.span.span_id
+    lookups = {
+        r.attr("directory.operation")
+        for r in collector.in_trace(trace_id)
+        if r.span.name == "directory.lookup" and r.span.parent_span_id == first.span.span_id
+    }
+    assert lookups == {"resolve_slug", "owner", "machine"}
+    upstream_parent = {k.lower(): v for k, v in answer.json()["headers"].items()}["traceparent"]
+    assert upstream_parent.split("-")[2] == agent.span.span_id.hex()
+
+
 async def test_spans_still_queued_are_flushed_when_the_relay_stops(cluster, collector):
     # A schedule delay far beyond the test: only the exit flush can deliver the span.
     relay = await cluster.relay(**otel_env(collector, OTEL_BSP_SCHEDULE_DELAY="600000"))
