@@ -8,7 +8,8 @@ On: the real helpers on the real SDK: the relay's server span (parent from the c
 traceparent, attributes, the traceparent carried into the forwarded headers, status,
 end) and the agent's client span (the same, plus the head rebuilt with its headers),
 with a BatchSpanProcessor whose exporter encodes each batch to OTLP protobuf as the
-real exporter does, and drops it instead of posting it.
+real exporter does, and drops it instead of posting it; and the relay's span for a
+request whose parent was not sampled (non-recording: what sampling leaves).
 
     python -m loadtest.tracing_cost [--number 20000] [--repeat 5]
 """
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+UNSAMPLED = TRACEPARENT[:-2] + "00"  # a parent that was not sampled: nor are we
 HEADERS = [
     ("User-Agent", "curl/8.5.0"),
     ("Accept", "*/*"),
@@ -121,7 +123,7 @@ def agent_baseline(x: Stream) -> None:
 # -- on: the helpers on the real SDK --------------------------------------------------------
 
 
-def relay_on(tracer) -> None:
+def relay_on(tracer, traceparent: str = TRACEPARENT) -> None:
     span = start_server_span(
         tracer,
         "GET",
@@ -129,7 +131,7 @@ def relay_on(tracer) -> None:
         WANTED[b"host"],
         "abcd1234",
         "m1",
-        WANTED.get(b"traceparent"),
+        traceparent,
         WANTED.get(b"tracestate"),
     )
     carry(span, list(HEADERS))
@@ -151,8 +153,15 @@ def on_cost(fn: Callable[[Tracer], None], number: int) -> tuple[float, float, in
     """CPU µs per request making the spans, and with the batch thread's encoding too."""
     exporter = EncodingExporter()
     provider = TracerProvider()
-    # A queue that holds them all: a dropped span would cost nothing to export.
-    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=number))
+    # A queue that holds them all (a dropped span would cost nothing to export), and a
+    # worker that sleeps until the shutdown: making and encoding are timed apart.
+    processor = BatchSpanProcessor(
+        exporter,
+        max_queue_size=number,
+        max_export_batch_size=number,
+        schedule_delay_millis=3_600_000,
+    )
+    provider.add_span_processor(processor)
     tracer = provider.get_tracer("relay")
     start = time.process_time()  # every thread of the process
     for _ in range(number):
@@ -185,6 +194,7 @@ def main() -> None:
     head = ReqHead(1, "GET", "/index.html?x=1", list(HEADERS), trace=TRACEPARENT)
     relay = on_cost(relay_on, n)
     agent = on_cost(lambda tracer: agent_on(tracer, pool, head), n)
+    unsampled, _, _ = on_cost(lambda tracer: relay_on(tracer, UNSAMPLED), n)
 
     print(f"tracing cost per request; off: timeit, best of {r}; on: CPU time of {n} requests")
     print(f"  off, relay (exchange.py checks)      : {off_relay * 1000:5.0f} ns")
@@ -194,6 +204,7 @@ def main() -> None:
             f"  on,  {name}: {made:5.1f} us making the span (start, carry, status, end),"
             f" {total:5.1f} us with its OTLP encoding ({exported} spans)"
         )
+    print(f"  on,  relay, request not sampled: {unsampled:5.1f} us (propagation only)")
 
 
 if __name__ == "__main__":

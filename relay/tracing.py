@@ -1,9 +1,9 @@
 """OpenTelemetry traces, on only when OTLP export is configured (decided once at startup).
 
 With ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` set,
-:func:`configure_tracing` builds the SDK the standard way: every ``OTEL_*`` variable the SDK reads
-applies (sampler, batch processor, exporter headers, timeout, compression, resource),
-spans go out over OTLP/HTTP protobuf from a batch processor's thread, and
+:func:`configure_tracing` builds the SDK the standard way: every ``OTEL_*`` variable the
+SDK reads applies (sampler, batch processor, exporter headers, timeout, compression,
+resource), spans go out over OTLP/HTTP protobuf from a batch processor's thread, and
 ``TRACING.tracer`` is set. Otherwise it stays None, and a hot path pays one attribute
 check per request (``if TRACING.tracer is not None``) and nothing else.
 
