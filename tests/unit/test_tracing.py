@@ -19,6 +19,7 @@ from relay.tracing import (
     carry,
     carry_current,
     configure_tracing,
+    lookup_span,
     record_status,
     server_address,
     start_client_span,
@@ -208,6 +209,21 @@ def test_carry_current_names_the_current_span(spans, restore_tracing):
         sent = carry_current(headers, "client's")
     assert parse(sent)[2] == f"{span.get_span_context().span_id:016x}"
     assert headers == [("traceparent", sent)]
+
+
+def test_lookup_spans_are_children_of_the_current_span_and_nothing_when_off(spans, restore_tracing):
+    tracer, exporter = spans
+    TRACING.tracer = None
+    with lookup_span("owner") as nothing:
+        assert nothing is None
+    TRACING.tracer = tracer
+    parent = tracer.start_span("request")
+    with use_span(parent, end_on_exit=True), lookup_span("owner"):
+        pass
+    lookup, request = exporter.get_finished_spans()
+    assert lookup.name == "directory.lookup"
+    assert lookup.attributes["directory.operation"] == "owner"
+    assert lookup.parent.span_id == request.context.span_id
 
 
 def test_client_span_takes_its_tracestate_from_the_headers(spans):
