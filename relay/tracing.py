@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import os
 from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
 
 from opentelemetry.trace import SpanKind, StatusCode, get_current_span, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -152,9 +153,18 @@ def configure_tracing(default_service: str) -> bool:
     get_logger("tracing").info(
         "tracing.enabled",
         service=resource.attributes.get(SERVICE_NAME),
-        endpoint=exporter._endpoint,  # noqa: SLF001 - the URL as the exporter resolved it
+        endpoint=_traces_url(os.environ),
     )
     return True
+
+
+def _traces_url(environ: Mapping[str, str]) -> str:
+    """Where spans go, as the exporter resolves it (OTLP spec), without any credentials."""
+    url = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if not url:
+        url = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip().rstrip("/") + "/v1/traces"
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 async def shutdown_tracing() -> None:

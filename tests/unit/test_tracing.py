@@ -8,6 +8,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, use_span
 
+from relay import tracing
 from relay.agent.http_client import UpstreamPool
 from relay.agent.tracing import upstream_span
 from relay.errors import ConfigError
@@ -97,6 +98,24 @@ def test_what_cannot_be_exported_is_refused_with_a_clear_error(env, message):
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"} | env
     with pytest.raises(ConfigError, match=message):
         tracing_wanted(env)
+
+
+@pytest.mark.parametrize(
+    ("env", "url"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}, "http://c:4318/v1/traces"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://u:secret@c/otlp"}, "https://c/otlp/v1/traces"),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1/custom",
+            },
+            "http://t:1/custom",
+        ),
+    ],
+)
+def test_the_logged_endpoint_is_the_exporters_without_credentials(env, url):
+    assert tracing._traces_url(env) == url
 
 
 def test_without_an_endpoint_tracing_stays_off(monkeypatch, restore_tracing):
