@@ -10,7 +10,7 @@ Layout (each package imports only those below it; ``directory`` never imports ``
     agent/      `relay agent`: tunnels, the pooled upstream client, output, inspector
     wire/       what relay and agent share: frames, codec, streams, the tunnel socket
     edge.py     `relay edge`, the local stand-in for Fly's proxy
-    config.py   options of serve and agent;  errors.py, logs.py       (bottom)
+    config.py   options of serve and agent;  errors.py, logs.py, tracing.py  (bottom)
 
 A client request for ``<slug>.<base-domain>`` enters at ``proxy.front``; if this
 machine holds the host's tunnel it goes through ``proxy.exchange`` and ``wire`` to the

@@ -17,12 +17,16 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from relay.agent.tracing import upstream_span
 from relay.errors import StreamError, TunnelClosed
+from relay.tracing import CLIENT_ERRORS, TRACING, failed, record_status
 from relay.wire.flow import FlowStream
 from relay.wire.http1 import LAST_CHUNK, HeaderRefused, chunk, request_head
 from relay.wire.protocol import Body, ReqHead, ResetCode, RespHead
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from relay.agent.http_client import UpstreamConnection, UpstreamPool
     from relay.agent.observe import RequestTap, Seen
     from relay.wire.connection import TunnelConnection
@@ -60,6 +64,7 @@ class UpstreamExchange(FlowStream):
         "_inline",
         "_request_done",
         "_seen",
+        "_span",
         "_unacked",
         "head",
         "pool",
@@ -87,6 +92,10 @@ class UpstreamExchange(FlowStream):
         self._held_head: tuple[int, list[tuple[str, str]]] = (0, [])
         self._done = False
         self._attempts = 0
+        self._span: Span | None = None  # the upstream call's span (tracing on only)
+        tracer = TRACING.tracer
+        if tracer is not None:
+            self._span, self.head = upstream_span(tracer, head, pool)
         # An inline body spends credit like Data: a head cannot carry more than its window.
         self.state.on_receive(len(head.chunk), end=head.end)
         if head.body == Body.SIZED and head.end and len(head.chunk) != head.length:
@@ -128,6 +137,8 @@ class UpstreamExchange(FlowStream):
             conn.abort()  # the service sees the disconnect
         else:
             self.pool.cancel(self)
+        if self._span is not None:
+            failed(self._span, type(error).__name__, str(error))
         self.close()
         self._report(str(error) or "cancelled")
         if not isinstance(error, TunnelClosed):
@@ -186,6 +197,8 @@ class UpstreamExchange(FlowStream):
         """The response head: inline small bodies, stream the rest."""
         if self._done:
             return
+        if self._span is not None:
+            record_status(self._span, status, CLIENT_ERRORS)
         no_body = self.head.method == "HEAD" or status in _NO_BODY_STATUS
         if no_body:
             self._send_head(RespHead(self.sid, status, headers, end=True))
@@ -238,6 +251,8 @@ class UpstreamExchange(FlowStream):
             return
         self.conn.log.warning("agent.upstream_error", sid=self.sid, error=repr(error))
         if self._head_sent:
+            if self._span is not None:
+                failed(self._span, type(error).__name__, str(error))
             self.reset(ResetCode.UPSTREAM_ERROR, "the local service failed mid-response")
             self._done = True
             self._report("upstream failed mid-response")
@@ -272,6 +287,8 @@ class UpstreamExchange(FlowStream):
             self._finish()
 
     def _answer(self, status: int, code: str, message: str) -> None:
+        if self._span is not None:
+            failed(self._span, code, message or code)
         body = (
             _UNREACHABLE
             if code == "upstream_unreachable"
@@ -285,6 +302,8 @@ class UpstreamExchange(FlowStream):
 
     def _fail_request(self, why: str) -> None:
         self.conn.log.warning("agent.request_refused", sid=self.sid, error=why)
+        if self._span is not None:
+            failed(self._span, "request_refused", why)
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.abort()
@@ -302,6 +321,13 @@ class UpstreamExchange(FlowStream):
         if seen is not None:
             self._seen = None
             seen.finish(error)
+
+    def close(self) -> None:
+        """Forget the stream; its span, if any, ends here (every ending comes by)."""
+        if self._span is not None:
+            self._span.end()
+            self._span = None
+        super().close()
 
 
 def _content_length(headers: list[tuple[str, str]]) -> int | None:

@@ -10,6 +10,7 @@ from relay.agent.observe import RequestLines, RequestTap, Ring
 from relay.agent.output import Console, JsonRequestLines
 from relay.agent.runner import run_many
 from relay.logs import configure_logging, get_logger
+from relay.tracing import configure_tracing, shutdown_tracing
 
 if TYPE_CHECKING:
     import asyncio
@@ -51,6 +52,7 @@ async def run_agents(configs: Sequence[AgentConfig], stop: asyncio.Event) -> int
     if screen is not None and level.lower() == "info":
         level = "warning"  # the status block says what info lines would
     configure_logging(first.log_format, level)
+    configure_tracing("relay-agent")
     log = get_logger("agent")
     ring = Ring(INSPECT_CAPACITY) if first.inspect is not None else None
     inspector: Inspector | None = None
@@ -83,4 +85,5 @@ async def run_agents(configs: Sequence[AgentConfig], stop: asyncio.Event) -> int
     finally:
         if inspector is not None:
             await inspector.close()
+        await shutdown_tracing()  # spans still queued go out before the process ends
     return max(statuses, default=0)

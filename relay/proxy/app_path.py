@@ -22,6 +22,13 @@ from relay.proxy.headers import (
 from relay.proxy.locate import Missing, live_machine, locate
 from relay.proxy.responses import ERROR_DETAIL, as_page, error_answer, json_error
 from relay.proxy.websocket import proxy_websocket
+from relay.tracing import (
+    SERVER_ERRORS,
+    TRACING,
+    carry_current,
+    record_status,
+    request_span,
+)
 from relay.wire.protocol import Body, Data, ReqHead, ResetCode, RespHead, header_bytes
 
 if TYPE_CHECKING:
@@ -35,7 +42,25 @@ _INLINE_BODY = 16 * 1024  # small request bodies ride in the head frame
 
 
 async def proxy_request(state: RelayState, request: web.Request, slug: str) -> web.StreamResponse:
-    """Serve one client request for ``slug`` through its tunnel."""
+    """Serve one client request for ``slug`` through its tunnel (in a span when tracing)."""
+    tracer = TRACING.tracer
+    if tracer is None:
+        return await _serve(state, request, slug)
+    with request_span(
+        tracer,
+        request.method,
+        request.raw_path,
+        request.host,
+        slug,
+        state.config.machine_id,
+        request.headers,
+    ) as span:
+        response = await _serve(state, request, slug)
+        record_status(span, response.status, SERVER_ERRORS)
+        return response
+
+
+async def _serve(state: RelayState, request: web.Request, slug: str) -> web.StreamResponse:
     started = time.perf_counter()
     response = await _route(state, request, slug)
     if isinstance(response, web.Response) and ERROR_DETAIL in response:
@@ -182,7 +207,7 @@ async def _send_request(
     max_body = state.config.max_body
     if max_body and length is not None and length > max_body:
         raise StreamReset(ResetCode.TOO_LARGE, f"body of {length} bytes exceeds {max_body}")
-    trace = request.headers.get("traceparent", "")
+    trace = carry_current(headers, request.headers.get("traceparent", ""))
     if not request.body_exists or (length == 0 and not chunked):
         head = ReqHead(channel.sid, request.method, request.raw_path, headers, trace=trace)
         await channel.send(head)

@@ -22,12 +22,23 @@ from relay.proxy.error_pages import error_response, wants_html
 from relay.proxy.headers import request_headers_for_upstream, response_headers_for_client
 from relay.proxy.locate import Missing, live_machine, locate
 from relay.proxy.origin import Origin, resolve_origin
+from relay.tracing import (
+    SERVER_ERRORS,
+    TRACING,
+    carry,
+    failed,
+    record_status,
+    start_server_span,
+    within,
+)
 from relay.wire.flow import FlowStream
 from relay.wire.http1 import LAST_CHUNK, HeaderRefused, chunk, response_head, status_line
 from relay.wire.protocol import Body, ReqHead, ResetCode, RespHead, header_bytes
 
 if TYPE_CHECKING:
     import asyncio
+
+    from opentelemetry.trace import Span
 
     from relay.machine.state import RelayState
     from relay.machine.tunnels import Tunnel
@@ -103,6 +114,7 @@ class ClientExchange(FlowStream):
         "client",
         "info",
         "keep_alive",
+        "span",
         "tunnel",
     )
 
@@ -123,6 +135,7 @@ class ClientExchange(FlowStream):
         self._timer: asyncio.TimerHandle | None = None
         self._head: ReqHead | None = None  # an inline-body head waiting for its body
         self._lookup: asyncio.Task[None] | None = None  # locating a host held elsewhere
+        self.span: Span | None = None  # this request's server span (tracing on only)
 
     # -- the request (fed by the client connection) --------------------------------------
 
@@ -130,7 +143,21 @@ class ClientExchange(FlowStream):
         """Open the stream on the host's tunnel and send the request head."""
         client = self.client
         info = self.info
-        tunnel = client.state.tunnels.by_slug.get(info.slug)
+        state = client.state
+        tracer = TRACING.tracer
+        if tracer is not None:
+            wanted = info.wanted
+            self.span = start_server_span(
+                tracer,
+                info.method,
+                info.target,
+                info.host,
+                info.slug,
+                state.config.machine_id,
+                wanted.get(b"traceparent"),
+                wanted.get(b"tracestate"),
+            )
+        tunnel = state.tunnels.by_slug.get(info.slug)
         if tunnel is not None:
             self._open(tunnel)
         elif info.elsewhere:
@@ -167,6 +194,9 @@ class ClientExchange(FlowStream):
             host=info.host,
             trust_fly_headers=cfg.trust_fly_headers,
         )
+        # The agent's parent is the relay's span, in the head frame and the headers alike.
+        span = self.span
+        trace = info.wanted.get(b"traceparent", "") if span is None else carry(span, headers)
         if header_bytes(headers) > min(tunnel.peer_limits.max_header_bytes, cfg.max_header_bytes):
             self._answer_error(431, "headers_too_large", "request headers exceed the host's limit")
             return
@@ -179,7 +209,7 @@ class ClientExchange(FlowStream):
         FlowStream.__init__(self, tunnel, sid)
         self.tunnel = tunnel
         self._timer = client.loop.call_later(cfg.request_timeout, self._timed_out)
-        self._send_head(sid, headers)
+        self._send_head(sid, headers, trace)
 
     async def _locate(self) -> None:
         """The host is not held here: a tunnel that lands meanwhile, a replay, 404 or 503."""
@@ -191,7 +221,8 @@ class ClientExchange(FlowStream):
             return machine_id if await live_machine(state, machine_id) is not None else None
 
         try:
-            found = await locate(state, slug, hopped=origin.hopped, to_owner=to_owner)
+            with within(self.span):  # the lookups are children of this request's span
+                found = await locate(state, slug, hopped=origin.hopped, to_owner=to_owner)
         except DirectoryError as exc:
             state.metrics.proxy_errors.add(1, {"reason": "store_unavailable"})
             state.log.warning("proxy.store_error", slug=slug, error=str(exc))
@@ -215,10 +246,9 @@ class ClientExchange(FlowStream):
         else:
             self._open(found)
 
-    def _send_head(self, sid: int, headers: list[tuple[str, str]]) -> None:
+    def _send_head(self, sid: int, headers: list[tuple[str, str]], trace: str) -> None:
         """The request head, alone, with its small body, or before a streamed body."""
         info = self.info
-        trace = info.wanted.get(b"traceparent", "")
         length = info.length
         if length == 0 or (length is None and not info.chunked):
             self._request_done = True
@@ -275,6 +305,10 @@ class ClientExchange(FlowStream):
             self._lookup.cancel()
         if self.tunnel is not None and not self.state.reset:
             self.reset(ResetCode.CANCEL, "client disconnected")
+        if self.span is not None:
+            failed(self.span, "client_disconnected", "the client left before the response ended")
+            self.span.end()
+            self.span = None
 
     def client_writable(self) -> None:
         """The client's socket drained: grant the credit held back meanwhile."""
@@ -356,6 +390,8 @@ class ClientExchange(FlowStream):
             return
         self._head_sent = True
         state.metrics.requests_by_status[status] += 1
+        if self.span is not None:
+            record_status(self.span, status, SERVER_ERRORS)
         if frame.end:
             self.client.write(head + frame.chunk if frame.chunk and not no_body else head)
             self._finish()
@@ -466,6 +502,8 @@ class ClientExchange(FlowStream):
         state = self.client.state
         state.metrics.proxy_errors.add(1, {"reason": "body_interrupted"})
         state.log.warning("proxy.body_interrupted", slug=self.info.slug, error=why)
+        if self.span is not None:
+            failed(self.span, "body_interrupted", why)
         if not self.state.reset:
             self.reset(ResetCode.CANCEL, why)
         self.close()
@@ -505,6 +543,8 @@ class ClientExchange(FlowStream):
             detail=message,
         )
         state.metrics.requests_by_status[status] += 1
+        if self.span is not None:
+            record_status(self.span, status, SERVER_ERRORS)
         self._head_sent = True
         self.client.write(body)
         self.keep_alive = not close
@@ -540,6 +580,9 @@ class ClientExchange(FlowStream):
             self.close()
         client = self.client
         client.state.metrics.request_duration.observe(client.loop.time() - self.info.started)
+        if self.span is not None:
+            self.span.end()
+            self.span = None
         self.client.exchange_done(self, keep_alive=self.keep_alive)
 
 

@@ -27,6 +27,7 @@ from relay.proxy.headers import (
 )
 from relay.proxy.origin import AUTH, CLIENT_IP, HOP, PROTO, Origin, resolve_origin
 from relay.proxy.responses import error_answer
+from relay.tracing import carry_current
 from relay.wire.ws_pump import pump_sockets
 
 if TYPE_CHECKING:
@@ -80,7 +81,9 @@ def replay(state: RelayState, machine_id: str) -> web.Response:
 
 
 def _outbound_headers(state: RelayState, request: web.Request, origin: Origin) -> CIMultiDict[str]:
-    headers = CIMultiDict(headers_for_peer(list(request.headers.items())))
+    peer_headers = headers_for_peer(list(request.headers.items()))
+    carry_current(peer_headers, "")  # the peer's span is a child of ours
+    headers = CIMultiDict(peer_headers)
     headers[HOP] = state.config.machine_id
     headers[AUTH] = state.cluster_secret
     headers[CLIENT_IP] = origin.client_ip

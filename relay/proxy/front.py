@@ -58,6 +58,7 @@ _WANTED: Final = frozenset(
         b"x-forwarded-proto",
         b"fly-replay-src",
         b"traceparent",
+        b"tracestate",
         b"accept",
     }
 )

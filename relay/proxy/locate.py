@@ -12,6 +12,8 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, TypeVar
 
+from relay.tracing import child_span, lookup_span
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -33,7 +35,8 @@ class Missing(enum.Enum):
 
 async def live_machine(state: RelayState, machine_id: str) -> MachineRecord | None:
     """The machine's record while it can take requests (None: gone or stopped)."""
-    machine = await state.routes.machine(machine_id)
+    with lookup_span("machine"):
+        machine = await state.routes.machine(machine_id)
     if machine is None or machine.state == "stopped":
         return None
     return machine
@@ -53,12 +56,14 @@ async def locate(
     before and after a short grace for a host in the middle of a reconnect. Raises
     :class:`~directory.errors.DirectoryError` when the store fails.
     """
-    host_id = await state.routes.host_id(slug)
+    with lookup_span("resolve_slug"):
+        host_id = await state.routes.host_id(slug)
     if host_id is None:
         return Missing.UNKNOWN_HOST
     grace = state.config.reconnect_grace
     for attempt in range(2):
-        owner = await state.ownership.owner(host_id)
+        with lookup_span("owner"):
+            owner = await state.ownership.owner(host_id)
         if owner is not None and owner.machine_id != state.config.machine_id:
             if hopped:
                 # One hop at most. A tunnel that moved away during our drain still
@@ -75,7 +80,8 @@ async def locate(
             break
         # Mid-reconnect (owner key live, owner machine gone, or it just left here): wait
         # a short grace for the tunnel to land here or for a machine to claim it.
-        tunnel = await state.tunnels.wait_for(slug, host_id, grace)
+        with child_span("relay.reconnect_grace"):
+            tunnel = await state.tunnels.wait_for(slug, host_id, grace)
         if tunnel is not None:
             return tunnel
     tunnel = state.tunnels.by_slug.get(slug)

@@ -15,6 +15,7 @@ from relay.proxy.headers import (
     websocket_protocols,
 )
 from relay.proxy.responses import error_answer, json_error
+from relay.tracing import carry_current
 from relay.wire.protocol import ResetCode, RespHead, WsAccept, WsOpen
 from relay.wire.ws_pump import pump_to_stream
 
@@ -33,22 +34,16 @@ async def proxy_websocket(
     try:
         origin = origin_of(state, request)
         protocols = websocket_protocols(request.headers)
-        await channel.send(
-            WsOpen(
-                channel.sid,
-                request.raw_path,
-                request_headers_for_upstream(
-                    list(request.headers.items()),
-                    client_ip=origin.client_ip,
-                    proto=origin.proto,
-                    host=request.host,
-                    trust_fly_headers=state.config.trust_fly_headers,
-                    websocket=True,
-                ),
-                protocols,
-                request.headers.get("traceparent", ""),
-            )
+        headers = request_headers_for_upstream(
+            list(request.headers.items()),
+            client_ip=origin.client_ip,
+            proto=origin.proto,
+            host=request.host,
+            trust_fly_headers=state.config.trust_fly_headers,
+            websocket=True,
         )
+        trace = carry_current(headers, request.headers.get("traceparent", ""))
+        await channel.send(WsOpen(channel.sid, request.raw_path, headers, protocols, trace))
         try:
             async with asyncio.timeout(state.config.request_timeout):
                 answer = await channel.receive()

@@ -35,6 +35,7 @@ from relay.machine.tunnels import LocalTunnels, Tunnel
 from relay.proxy.front import FrontServer
 from relay.server.app import build_app
 from relay.sockets import listening_socket
+from relay.tracing import configure_tracing, shutdown_tracing
 from relay.wire.protocol import CloseCode
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ def load_admin_token(configured: str | None, data_dir: Path) -> tuple[str, bool]
 async def serve(cfg: ServeConfig) -> int:
     """Run one relay machine until SIGTERM/SIGINT; returns the exit status."""
     configure_logging(cfg.log_format, cfg.log_level)
+    configure_tracing("relay")
     log = get_logger("relay").bind(machine_id=cfg.machine_id)
     cfg.data_path.mkdir(parents=True, exist_ok=True)
     admin_token, generated = load_admin_token(cfg.admin_token, cfg.data_path)
@@ -86,6 +88,7 @@ async def serve(cfg: ServeConfig) -> int:
     try:
         return await _run(cfg, redis_url, admin_token, generated=generated, embedded=embedded)
     finally:
+        await shutdown_tracing()  # the spans of the drain included
         if embedded is not None:
             await embedded.stop()
             log.info("store.embedded_stopped")

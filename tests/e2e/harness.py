@@ -123,9 +123,9 @@ class Cluster:
     procs: list[Proc] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "REDIS_URL", "FLY_"))
-        }
+        # OTEL_* too: a developer's collector settings must not turn tracing on in tests.
+        inherited = ("RELAY_", "REDIS_URL", "FLY_", "OTEL_")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
         env.update(
             {
                 "RELAY_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -186,7 +186,7 @@ class Cluster:
         raise AssertionError(f"relay {machine_id} found no free port")
 
     def agent(
-        self, relay: Relay | str, token: str, to: str, *args: str, name: str = "agent"
+        self, relay: Relay | str, token: str, to: str, *args: str, name: str = "agent", **env: str
     ) -> Proc:
         server = relay if isinstance(relay, str) else relay.url
         argv = [
@@ -206,7 +206,7 @@ class Cluster:
             "0.5",
             *args,
         ]
-        proc = Proc(name, argv, self.env(), self.tmp / f"{name}-{len(self.procs)}.log").start()
+        proc = Proc(name, argv, self.env(**env), self.tmp / f"{name}-{len(self.procs)}.log").start()
         self.procs.append(proc)
         return proc
 
