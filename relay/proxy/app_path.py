@@ -20,7 +20,7 @@ from relay.proxy.headers import (
     response_headers_for_client,
 )
 from relay.proxy.responses import ERROR_DETAIL, as_page, error_answer, json_error
-from relay.proxy.websocket import proxy_websocket
+from relay.proxy.websocket import TRAFFIC, proxy_websocket
 from relay.wire.protocol import Body, Data, ReqHead, ResetCode, RespHead, header_bytes
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ async def proxy_request(state: RelayState, request: web.Request, slug: str) -> w
     """Serve one client request for ``slug`` through its tunnel."""
     started = time.perf_counter()
     response = await _route(state, request, slug)
+    request_id: str | None = None
     if isinstance(response, web.Response) and ERROR_DETAIL in response:
         code, message, request_id = response[ERROR_DETAIL]
         state.log.info(
@@ -53,8 +54,25 @@ async def proxy_request(state: RelayState, request: web.Request, slug: str) -> w
         # No keep-alive while draining: a proxy must not reuse a connection we are about
         # to close under it.
         response.force_close()
-    state.metrics.requests_by_status[response.status] += 1
-    state.metrics.request_duration.observe(time.perf_counter() - started)
+    metrics = state.metrics
+    elapsed = time.perf_counter() - started
+    metrics.requests_by_status[response.status] += 1
+    metrics.request_duration.observe(elapsed)
+    sent, received = request.get(TRAFFIC, (0, 0))
+    metrics.request_bytes += sent
+    metrics.response_bytes += received
+    if state.access_log is not None:
+        state.access_log.record(
+            request_id=request_id or request.headers.get("X-Request-Id"),
+            host=slug,
+            method=request.method,
+            target=request.raw_path,
+            status=response.status,
+            seconds=elapsed,
+            request_bytes=sent,
+            response_bytes=received,
+            client=origin_of(state, request).client_ip,
+        )
     return response
 
 
@@ -65,6 +83,7 @@ async def _route(state: RelayState, request: web.Request, slug: str) -> web.Stre
         if isinstance(found, web.StreamResponse):
             return found
         tunnel = found
+    tunnel.requests += 1
     try:
         if is_websocket_upgrade(request.headers):
             return await proxy_websocket(state, request, tunnel)
@@ -181,6 +200,7 @@ async def _proxy_http(
     finally:
         if body_task is not None and not body_task.done():
             body_task.cancel()
+        request[TRAFFIC] = (channel.sent_bytes, channel.received_bytes)
         channel.close()
 
 

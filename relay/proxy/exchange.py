@@ -34,6 +34,7 @@ __all__ = ["ClientExchange", "RequestInfo"]
 
 _INLINE_BODY = 16 * 1024  # small request bodies ride in the head frame
 _NO_BODY_STATUS = frozenset({204, 304})
+_CLIENT_GONE = 499  # access-log status of a request whose client left before an answer
 
 
 class Client(Protocol):
@@ -85,6 +86,8 @@ class ClientExchange(FlowStream):
 
     __slots__ = (
         "_body",
+        "_client_ip",
+        "_error_id",
         "_head",
         "_head_sent",
         "_inline",
@@ -92,6 +95,8 @@ class ClientExchange(FlowStream):
         "_received",
         "_remaining",
         "_request_done",
+        "_sent",
+        "_status",
         "_timer",
         "_unacked",
         "client",
@@ -109,7 +114,11 @@ class ClientExchange(FlowStream):
         self._body: list[bytes] = []  # body bytes held until the head frame goes out
         self._inline = False
         self._request_done = False
-        self._received = 0
+        self._received = 0  # request body bytes from the client
+        self._sent = 0  # response body bytes to the client
+        self._status = 0  # the status answered (0: none yet)
+        self._error_id: str | None = None  # X-Request-Id of an error the relay answered
+        self._client_ip = ""  # resolved in start()
         self._head_sent = False
         self._out_chunked = False
         self._remaining = -1  # response body bytes still due (-1: not length-delimited)
@@ -129,6 +138,7 @@ class ClientExchange(FlowStream):
             # The tunnel left while this request waited behind a pipelined one.
             self._answer_error(503, "host_offline", "the host's tunnel just closed", retry=5)
             return
+        tunnel.requests += 1
         cfg = state.config
         max_body = cfg.max_body
         if max_body and info.length is not None and info.length > max_body:
@@ -142,6 +152,7 @@ class ClientExchange(FlowStream):
             cluster_secret=state.cluster_secret,
             trust_fly_headers=cfg.trust_fly_headers,
         )
+        self._client_ip = origin.client_ip
         headers = request_headers_for_upstream(
             info.headers,
             client_ip=origin.client_ip,
@@ -221,6 +232,7 @@ class ClientExchange(FlowStream):
         self._cancel_timer()
         if self.tunnel is not None and not self.state.reset:
             self.reset(ResetCode.CANCEL, "client disconnected")
+        self._report(self._status or _CLIENT_GONE, self.client.loop.time() - self.info.started)
 
     def client_writable(self) -> None:
         """The client's socket drained: grant the credit held back meanwhile."""
@@ -301,9 +313,14 @@ class ClientExchange(FlowStream):
             self._fail_response(502, "upstream_error", f"bad response header from the host: {exc}")
             return
         self._head_sent = True
+        self._status = status
         state.metrics.requests_by_status[status] += 1
         if frame.end:
-            self.client.write(head + frame.chunk if frame.chunk and not no_body else head)
+            if frame.chunk and not no_body:
+                self._sent = len(frame.chunk)
+                self.client.write(head + frame.chunk)
+            else:
+                self.client.write(head)
             self._finish()
             return
         self.client.write(head)
@@ -346,6 +363,7 @@ class ClientExchange(FlowStream):
         client = self.client
         if chunk_:
             n = len(chunk_)
+            self._sent += n
             if self._remaining >= 0:
                 if n > self._remaining:
                     self._interrupted("more body than its Content-Length")
@@ -451,6 +469,8 @@ class ClientExchange(FlowStream):
             detail=message,
         )
         state.metrics.requests_by_status[status] += 1
+        self._status = status
+        self._error_id = request_id
         self._head_sent = True
         self.client.write(body)
         self.keep_alive = not close
@@ -470,8 +490,31 @@ class ClientExchange(FlowStream):
                 self.reset(ResetCode.CANCEL, "response complete")
             self.close()
         client = self.client
-        client.state.metrics.request_duration.observe(client.loop.time() - self.info.started)
-        self.client.exchange_done(self, keep_alive=self.keep_alive)
+        elapsed = client.loop.time() - self.info.started
+        client.state.metrics.request_duration.observe(elapsed)
+        self._report(self._status, elapsed)
+        client.exchange_done(self, keep_alive=self.keep_alive)
+
+    def _report(self, status: int, elapsed: float) -> None:
+        """Count the body bytes that crossed; the access-log line when it is on."""
+        state = self.client.state
+        metrics = state.metrics
+        metrics.request_bytes += self._received
+        metrics.response_bytes += self._sent
+        access_log = state.access_log
+        if access_log is not None:
+            info = self.info
+            access_log.record(
+                request_id=self._error_id or info.wanted.get(b"x-request-id"),
+                host=info.slug,
+                method=info.method,
+                target=info.target,
+                status=status,
+                seconds=elapsed,
+                request_bytes=self._received,
+                response_bytes=self._sent,
+                client=self._client_ip or self.client.peer,
+            )
 
 
 def _content_length(headers: list[tuple[str, str]]) -> int | None:

@@ -57,6 +57,7 @@ _WANTED: Final = frozenset(
         b"fly-replay-src",
         b"traceparent",
         b"accept",
+        b"x-request-id",  # for --access-log only
     }
 )
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"

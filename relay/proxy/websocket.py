@@ -22,7 +22,10 @@ if TYPE_CHECKING:
     from relay.machine.state import RelayState
     from relay.machine.tunnels import Tunnel
 
-__all__ = ["proxy_websocket"]
+__all__ = ["TRAFFIC", "proxy_websocket"]
+
+#: Body bytes (WebSocket payloads) a proxied request sent to and got from its host.
+TRAFFIC: web.RequestKey[tuple[int, int]] = web.RequestKey("relay_traffic", tuple)
 
 
 async def proxy_websocket(
@@ -78,4 +81,5 @@ async def proxy_websocket(
         state.log.info("proxy.websocket_failed", sid=channel.sid, error=str(exc))
         return error_answer(exc, "the host's WebSocket could not be opened")
     finally:
+        request[TRAFFIC] = (channel.sent_bytes, channel.received_bytes)
         channel.close()

@@ -81,8 +81,8 @@ async def test_a_failing_entry_is_retried_then_dead_lettered_while_the_others_fl
     assert fields[b"group"] == b"g" and fields[b"k"] == b"connected"
     assert fields[b"e"] == (await redis_client.xrange(keys.events(), ids[2], ids[2]))[0][1][b"e"]
     assert int(fields[b"deliveries"]) == 4
-    assert stats.get("events_dead_lettered_total", group="g") == 1
-    assert stats.get("events_handler_errors_total", group="g") == 3
+    assert stats.get("relay_events_dead_lettered_total", group="g") == 1
+    assert stats.get("relay_events_handler_errors_total", group="g") == 3
     assert any(line["event"] == "events.dead_lettered" for line in logs)
     assert [n for _, n in rec.seen] == [0, 1, 3, 4]  # nothing handled twice
 
@@ -99,7 +99,7 @@ async def test_an_undecodable_entry_is_dead_lettered_at_once(redis_client, keys)
     assert [n for _, n in rec.seen] == [1, 3]
     assert await redis_client.xlen(keys.dead_letters()) == 1
     assert await pending(redis_client, keys) == 0
-    assert stats.get("events_dead_lettered_total") == 1
+    assert stats.get("relay_events_dead_lettered_total") == 1
 
 
 async def test_unknown_kinds_are_acknowledged_and_counted_without_the_handler(redis_client, keys):
@@ -111,7 +111,7 @@ async def test_unknown_kinds_are_acknowledged_and_counted_without_the_handler(re
     c = consumer(redis_client, keys, rec, stats=stats)
     await c.step()
     assert [n for _, n in rec.seen] == [1]
-    assert stats.get("events_unknown_skipped_total") == 1
+    assert stats.get("relay_events_unknown_skipped_total") == 1
     assert await pending(redis_client, keys) == 0
 
 
@@ -143,7 +143,7 @@ async def test_entries_of_a_consumer_that_died_mid_batch_are_reclaimed_and_handl
 
     await wait_for(drained, timeout=5, what="reclaim")
     assert sorted(n for _, n in rec.seen) == list(range(10))
-    assert stats.get("events_reclaimed_total", group="g") == 10
+    assert stats.get("relay_events_reclaimed_total", group="g") == 10
 
 
 async def test_a_restarted_consumer_first_finishes_what_it_held(redis_client, keys):
