@@ -28,8 +28,10 @@ import msgspec
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["FLUSH_INTERVAL", "AccessLog"]
+__all__ = ["CLIENT_GONE", "FLUSH_INTERVAL", "AccessLog"]
 
+#: The status logged for a request whose client left before any answer (nginx's 499).
+CLIENT_GONE: Final = 499
 #: Longest a line waits in the buffer (seconds).
 FLUSH_INTERVAL: Final = 0.05
 _MAX_BUFFERED: Final = 512  # lines; past this the buffer is written at once

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from relay.errors import StreamError, StreamRefused, StreamReset, StreamViolation, TunnelClosed
+from relay.machine.access_log import CLIENT_GONE
 from relay.proxy.error_pages import error_response, wants_html
 from relay.proxy.headers import request_headers_for_upstream, response_headers_for_client
 from relay.proxy.origin import resolve_origin
@@ -34,7 +35,6 @@ __all__ = ["ClientExchange", "RequestInfo"]
 
 _INLINE_BODY = 16 * 1024  # small request bodies ride in the head frame
 _NO_BODY_STATUS = frozenset({204, 304})
-_CLIENT_GONE = 499  # access-log status of a request whose client left before an answer
 
 
 class Client(Protocol):
@@ -232,7 +232,7 @@ class ClientExchange(FlowStream):
         self._cancel_timer()
         if self.tunnel is not None and not self.state.reset:
             self.reset(ResetCode.CANCEL, "client disconnected")
-        self._report(self._status or _CLIENT_GONE, self.client.loop.time() - self.info.started)
+        self._report(self._status or CLIENT_GONE, self.client.loop.time() - self.info.started)
 
     def client_writable(self) -> None:
         """The client's socket drained: grant the credit held back meanwhile."""

@@ -15,6 +15,7 @@ from relay.proxy.headers import (
     websocket_protocols,
 )
 from relay.proxy.responses import error_answer, json_error
+from relay.proxy.traffic import TRAFFIC
 from relay.wire.protocol import ResetCode, RespHead, WsAccept, WsOpen
 from relay.wire.ws_pump import pump_to_stream
 
@@ -22,10 +23,7 @@ if TYPE_CHECKING:
     from relay.machine.state import RelayState
     from relay.machine.tunnels import Tunnel
 
-__all__ = ["TRAFFIC", "proxy_websocket"]
-
-#: Body bytes (WebSocket payloads) a proxied request sent to and got from its host.
-TRAFFIC: web.RequestKey[tuple[int, int]] = web.RequestKey("relay_traffic", tuple)
+__all__ = ["proxy_websocket"]
 
 
 async def proxy_websocket(
@@ -74,6 +72,7 @@ async def proxy_websocket(
             max_msg_size=tunnel.peer_limits.max_frame - 1024,
         )
         await ws.prepare(request)
+        request[TRAFFIC].status = ws.status
         await pump_to_stream(ws, channel)
         return ws
     except StreamError as exc:
@@ -81,5 +80,5 @@ async def proxy_websocket(
         state.log.info("proxy.websocket_failed", sid=channel.sid, error=str(exc))
         return error_answer(exc, "the host's WebSocket could not be opened")
     finally:
-        request[TRAFFIC] = (channel.sent_bytes, channel.received_bytes)
+        request[TRAFFIC].took(channel)
         channel.close()
