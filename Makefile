@@ -18,7 +18,7 @@ run: install
 	$(BIN)/relay serve
 
 test: install lint
-	@sh scripts/ensure-test-deps.sh  # PowerDNS for the DNS end-to-end tests (apt, once)
+	@sh scripts/ensure-test-deps.sh  # PowerDNS (DNS end-to-end tests), promtool (deploy/) (apt, once)
 	$(BIN)/python -m pytest -q
 
 bench: install  # one table of the performance goals; `make bench BENCH_ARGS=--quick` for a smoke run
