@@ -242,3 +242,33 @@ async def test_own_pending_is_walked_once_so_a_failing_entry_cannot_stall_new_on
     await steps(c, 3)
     assert [n for _, n in rec.seen] == [2, 3]
     assert await pending(redis_client, keys) == 1  # epoch 1 waits for its reclaim
+
+
+async def test_lag_is_the_age_of_the_batch_in_hand_and_zero_once_it_is_handled(redis_client, keys):
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def stuck(_entry_id, _event):
+        started.set()
+        await release.wait()
+
+    log = RedisEventLog(redis_client, keys)
+    (entry_id,) = await log.append_many([ev(1)])
+    appended = int(entry_id.split("-")[0]) / 1000
+    c = consumer(redis_client, keys, stuck)
+    assert c.lag_seconds() == 0.0
+    step = asyncio.create_task(c.step())
+    await asyncio.wait_for(started.wait(), 5)
+    # Measured from the entry's log time (the store's clock, here the same host's).
+    assert c.lag_seconds(now=appended + 7.5) == pytest.approx(7.5)
+    assert c.lag_seconds(now=appended - 1) == 0.0  # a store clock ahead of ours
+    release.set()
+    await asyncio.wait_for(step, 5)
+    assert c.lag_seconds() == 0.0
+
+
+async def test_the_alerting_series_of_a_group_exist_at_zero_from_the_start(redis_client, keys):
+    stats = Stats()
+    consumer(redis_client, keys, Recorder(), stats=stats)
+    assert stats.series("relay_events_dead_lettered_total") == [({"group": "g"}, 0)]
+    assert stats.series("relay_events_applied_total") == [({"group": "g"}, 0)]
