@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, ge
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-__all__ = ["STORE_OPS", "Metrics", "render_prometheus"]
+__all__ = ["DRAIN_CUT_CAUSES", "STORE_OPS", "Metrics", "render_prometheus"]
 
 _DURATION_BUCKETS = (
     0.0005,
@@ -50,6 +50,9 @@ _DURATION_BUCKETS = (
 
 #: The ``op`` labels of ``relay_store_errors_total`` (each exported from the start at 0).
 STORE_OPS = ("refresh", "release", "subscribe")
+#: The ``cause`` labels of ``relay_drains_cut_short_total``: requests still running when
+#: the drain window ended, or agents that had not moved to another machine.
+DRAIN_CUT_CAUSES = ("busy", "not_moved")
 
 _REGISTRY = CollectorRegistry()
 ProcessCollector(namespace="relay", registry=_REGISTRY)
@@ -142,12 +145,13 @@ class Metrics:
         )
         self.drains_cut_short = meter.create_counter(
             "relay_drains_cut_short_total",
-            description="Drains whose window ended with tunnels still busy or not yet moved",
+            description="Drains whose window ended first, by cause: busy, not_moved",
         )
         # Zero from the start: a rate or an alert needs a series before the first event.
         self.replays.add(0)
         self.forwards.add(0)
-        self.drains_cut_short.add(0)
+        for cause in DRAIN_CUT_CAUSES:
+            self.drains_cut_short.add(0, {"cause": cause})
         for op in STORE_OPS:
             self.store_errors.add(0, {"op": op})
 

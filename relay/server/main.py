@@ -355,6 +355,16 @@ async def _linger(state: RelayState, tunnels: list[Tunnel], deadline: float) -> 
     state.log.info("relay.drain_lingered", tunnels=len(moved), s=linger, busy=len(busy))
 
 
+def _drain_cut_short(unsettled: list[Tunnel], state: RelayState) -> None:
+    """The drain window ended first: say why (counted by cause, logged)."""
+    # not_moved: agents found no other machine in time (expected with one machine);
+    # busy: requests were still running, and the close cuts them.
+    causes = sorted({"busy" if t.has_moved else "not_moved" for t in unsettled})
+    for cause in causes:
+        state.metrics.drains_cut_short.add(1, {"cause": cause})
+    state.log.warning("relay.drain_window_exceeded", unsettled=len(unsettled), causes=causes)
+
+
 async def _drain(state: RelayState) -> None:
     """Move every agent away (drain frame, make before break), then close 4001 and go.
 
@@ -381,8 +391,9 @@ async def _drain(state: RelayState) -> None:
         for task in late:
             task.cancel()
         if late:
-            state.metrics.drains_cut_short.add(1)
-            state.log.warning("relay.drain_window_exceeded", unsettled=len(late))
+            _drain_cut_short(
+                [t for t, task in zip(tunnels, settled, strict=True) if task in late], state
+            )
     await _linger(state, tunnels, deadline)
     for tunnel in tunnels:
         await tunnel.close(CloseCode.DRAIN, "server draining")

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 
 import aiohttp
 import httpx
 import pytest
 
-from tests.e2e.harness import METRICS_TOKEN, wait_until
+from tests.e2e.harness import METRICS_TOKEN, free_port, wait_until
 from tests.promql import alert_expressions, dashboard_expressions, metric_names
 
 pytestmark = pytest.mark.e2e
@@ -217,3 +218,25 @@ async def test_every_series_deploy_reads_is_exported_by_a_live_relay(cluster, up
         assert types.get(name) or types.get(family), (name, types)
         if name.endswith("_total"):
             assert "counter" in {types.get(name), types.get(family)}, name
+
+
+async def test_a_drain_cut_short_is_counted_before_the_relay_exits(cluster, upstream):
+    port = free_port()
+    relay, _host = await connected(
+        cluster, upstream, RELAY_DRAIN_TIMEOUT="0.5", RELAY_METRICS_LISTEN=f"127.0.0.1:{port}"
+    )
+    series = 'relay_drains_cut_short_total{cause="not_moved"}'
+    seen: list[float] = []
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as c:
+        seen.append(samples((await c.get("/metrics")).text)[series])
+        # One machine: the agent has nowhere to move, so the drain window runs out.
+        relay.proc.signal(signal.SIGTERM)
+        while relay.proc.returncode() is None and seen[-1] == 0:
+            try:
+                seen.append(samples((await c.get("/metrics")).text)[series])
+            except httpx.HTTPError:
+                break  # the listener closed: the process is on its way out
+    assert seen[0] == 0
+    assert seen[-1] == 1, seen
+    assert await relay.proc.wait_exit() == 0
+    assert '"relay.drain_window_exceeded"' in relay.proc.log()

@@ -43,7 +43,7 @@ def test_every_series_is_relay_prefixed_without_scope_labels_or_target_info():
         assert got['relay_host_requests_total{host="aaaa1111"}'] == 3
         for op in STORE_OPS:
             assert got[f'relay_store_errors_total{{op="{op}"}}'] == 0
-        assert got["relay_drains_cut_short_total"] == 0
+        assert got['relay_drains_cut_short_total{cause="busy"}'] == 0
         assert "relay_process_resident_memory_bytes" in got
         # A host that leaves takes its series along.
         del hosts["aaaa1111"]
