@@ -18,7 +18,7 @@ run: install
 	$(BIN)/relay serve
 
 test: install lint
-	@sh scripts/ensure-test-deps.sh  # PowerDNS and Chromium for the DNS and browser tests (apt, once)
+	@sh scripts/ensure-test-deps.sh  # PowerDNS, Chromium and promtool for the DNS, browser and deploy tests (apt, once)
 	$(BIN)/python -m pytest -q
 
 bench: install  # one table of the performance goals; `make bench BENCH_ARGS=--quick` for a smoke run

@@ -18,7 +18,7 @@ retried entry by entry, so one bad entry never holds the others back. Entries of
 kinds are acknowledged and counted. Poison (an entry that does not decode, or whose
 handler failed ``max_deliveries`` times) is parked in the dead-letter stream
 ``p:events:dead`` with its original fields, the group and the error, acknowledged,
-counted (``events_dead_lettered_total``) and logged (``events.dead_lettered``).
+counted (``relay_events_dead_lettered_total``) and logged (``events.dead_lettered``).
 
 A store outage (:class:`~directory.errors.StoreUnavailable`) is not the entries' fault: the
 loop backs off and retries them, and they never count toward poison by themselves.
@@ -75,6 +75,11 @@ DEAD_LETTER_MAXLEN = 10_000
 _log = structlog.get_logger("directory.consumer")
 
 
+def _id_ms(entry_id: str) -> int:
+    """The log time (ms since the epoch) a stream entry id carries: ``<ms>-<seq>``."""
+    return int(entry_id.partition("-")[0])
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -121,6 +126,13 @@ class StreamConsumer:
         self._max_deliveries = max_deliveries
         self._start_id = start_id
         self._stats = stats
+        # Exported from the start at zero: an alert on them has a series before the first.
+        for name in ("relay_events_applied_total", "relay_events_dead_lettered_total"):
+            stats.incr(name, 0, group=group)
+        # Log time (ms, from the entry id) of the oldest entry of the batch in hand; None
+        # between batches. A batch that fails (store down, a bug) leaves it set, so the
+        # lag grows until the entries are handled. See lag_seconds().
+        self._behind_ms: int | None = None
         self._group_ready = False
         # Walk our own pending entries once (what we held before a restart or an outage).
         self._own_pending: str | None = "0"
@@ -158,18 +170,31 @@ class StreamConsumer:
             except DirectoryError as exc:
                 if isinstance(exc, StoreUnavailable):
                     self._own_pending = "0"  # what we were handling is still ours
-                self._stats.incr("events_consumer_errors_total", group=self.group, op="loop")
+                self._stats.incr("relay_events_consumer_errors_total", group=self.group, op="loop")
                 self._log.warning(
                     "events.consumer_failed", error=str(exc), retry_in_s=round(backoff, 3)
                 )
             except Exception:  # noqa: BLE001 - a bug here must not silently end the group
-                self._stats.incr("events_consumer_errors_total", group=self.group, op="crash")
+                self._stats.incr("relay_events_consumer_errors_total", group=self.group, op="crash")
                 self._log.exception("events.consumer_crashed", retry_in_s=round(backoff, 3))
             else:
                 backoff = 0.05
                 continue
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def lag_seconds(self, now: float | None = None) -> float:
+        """Seconds this member is behind the log (0 between batches).
+
+        The age of the oldest entry of the batch in hand: it grows while a batch is stuck.
+
+        The age is measured against the entry id's time, which the store's clock sets:
+        skew between that clock and ours shifts it (never below 0).
+        """
+        if self._behind_ms is None:
+            return 0.0
+        now = time.time() if now is None else now
+        return max(0.0, now - self._behind_ms / 1000)
 
     # --- one iteration -------------------------------------------------------------------
 
@@ -182,9 +207,11 @@ class StreamConsumer:
         if self._own_pending is not None:
             entries = await self._read_group(self._own_pending, block=None)
             if entries:
+                self._behind(entries)
                 # Once through; what fails again waits for a reclaim like any failure.
                 self._own_pending = entries[-1][0]
                 await self._retry(entries)
+                self._behind_ms = None
                 return len(entries)
             self._own_pending = None
         now = time.monotonic()
@@ -194,7 +221,10 @@ class StreamConsumer:
             if claimed:
                 return claimed
         entries = await self._read_group(">", block=self._block_ms)
-        await self._process(entries)
+        if entries:
+            self._behind(entries)
+            await self._process(entries)
+            self._behind_ms = None
         return len(entries)
 
     async def reclaim(self) -> int:
@@ -207,15 +237,21 @@ class StreamConsumer:
         trimmed = reply[2] if len(reply) > 2 else []  # Redis 7+ adds the deleted ids
         if trimmed:
             # Trimmed away before anyone handled them: MAXLEN is too small for the lag.
-            self._stats.incr("events_trimmed_pending_total", len(trimmed), group=self.group)
+            self._stats.incr("relay_events_trimmed_pending_total", len(trimmed), group=self.group)
             self._log.warning("events.pending_trimmed", entries=len(trimmed))
         if entries:
-            self._stats.incr("events_reclaimed_total", len(entries), group=self.group)
+            self._behind(entries)
+            self._stats.incr("relay_events_reclaimed_total", len(entries), group=self.group)
             self._log.info("events.reclaimed", entries=len(entries), first=entries[0][0])
             await self._retry(entries)
+            self._behind_ms = None
         return len(entries)
 
     # --- internals -----------------------------------------------------------------------
+
+    def _behind(self, entries: list[_Entry]) -> None:
+        """A batch about to be handled: its oldest entry's log time sets the lag."""
+        self._behind_ms = _id_ms(entries[0][0])
 
     async def _ensure_group(self) -> None:
         with translate_errors(f"create consumer group {self.group}"):
@@ -240,7 +276,9 @@ class StreamConsumer:
                     raise
                 # The stream or group was deleted under us (FLUSHALL, a manual fix).
                 self._group_ready = False
-                self._stats.incr("events_consumer_errors_total", group=self.group, op="no_group")
+                self._stats.incr(
+                    "relay_events_consumer_errors_total", group=self.group, op="no_group"
+                )
                 self._log.warning("events.group_missing")
                 return []
         if not reply:
@@ -288,7 +326,7 @@ class StreamConsumer:
                 await self._dead_letter(entry_id, fields, str(exc), 1)
                 continue
             if event is None:
-                self._stats.incr("events_unknown_skipped_total")
+                self._stats.incr("relay_events_unknown_skipped_total")
                 self._log.debug("events.unknown_kind_skipped", entry_id=entry_id)
                 done.append(entry_id)
                 continue
@@ -309,7 +347,7 @@ class StreamConsumer:
         except Exception:  # noqa: BLE001 - a handler bug must not stop the group
             # Find the bad entries: one at a time, so the others flow.
             return await self._handle_each(batch)
-        self._stats.incr("events_applied_total", len(batch), group=self.group)
+        self._stats.incr("relay_events_applied_total", len(batch), group=self.group)
         return [entry_id for entry_id, _ in batch]
 
     async def _handle_each(self, batch: list[tuple[str, AnyEvent]]) -> list[str]:
@@ -326,11 +364,11 @@ class StreamConsumer:
                 self._handler_failed(entry_id, exc)
                 continue
             handled.append(entry_id)
-        self._stats.incr("events_applied_total", len(handled), group=self.group)
+        self._stats.incr("relay_events_applied_total", len(handled), group=self.group)
         return handled
 
     def _handler_failed(self, entry_id: str, exc: Exception) -> None:
-        self._stats.incr("events_handler_errors_total", group=self.group)
+        self._stats.incr("relay_events_handler_errors_total", group=self.group)
         self._log.warning(
             "events.handler_failed",
             entry_id=entry_id,
@@ -364,7 +402,7 @@ class StreamConsumer:
         pipe.xack(self._stream, self.group, entry_id)
         with translate_errors(f"park entry {entry_id} as a dead letter"):
             await pipe.execute()
-        self._stats.incr("events_dead_lettered_total", group=self.group)
+        self._stats.incr("relay_events_dead_lettered_total", group=self.group)
         self._log.error(
             "events.dead_lettered",
             entry_id=entry_id,

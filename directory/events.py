@@ -313,13 +313,13 @@ def _page(entries: Sequence[tuple[str, dict[bytes, bytes]]], stats: Stats, where
         try:
             event = decode_entry(entry_id, fields)
         except CorruptRecord as exc:
-            stats.incr("events_corrupt_skipped_total")
+            stats.incr("relay_events_corrupt_skipped_total")
             _log.warning(
                 "events.corrupt_entry_skipped", log=where, entry_id=entry_id, error=str(exc)
             )
             continue
         if event is None:
-            stats.incr("events_unknown_skipped_total")
+            stats.incr("relay_events_unknown_skipped_total")
             _log.debug("events.unknown_kind_skipped", log=where, entry_id=entry_id)
             continue
         events.append((entry_id, event))
@@ -382,7 +382,7 @@ class RedisEventLog:
         with translate_errors(f"append {len(entries)} events"):
             replies = await run_batches(self._redis, _APPEND, batches)
         ids = [_text(i) for reply in replies for i in reply]
-        self._stats.incr("events_appended_total", len(ids))
+        self._stats.incr("relay_events_appended_total", len(ids))
         return ids
 
     async def read(self, after: str | None, limit: int) -> list[tuple[str, AnyEvent]]:
@@ -453,7 +453,7 @@ class MemoryEventLog:
             ids.append(entry_id)
         self._added += len(ids)
         del self._entries[: max(0, len(self._entries) - self._maxlen)]
-        self._stats.incr("events_appended_total", len(ids))
+        self._stats.incr("relay_events_appended_total", len(ids))
         return ids
 
     async def read(self, after: str | None, limit: int) -> list[tuple[str, AnyEvent]]:

@@ -364,7 +364,7 @@ class PresenceStore:
                 conflicts = await _APPLY(self._redis, [self._hash, self._position], args)
             if not conflicts:
                 return changed
-            self._stats.incr("presence_write_conflicts_total")
+            self._stats.incr("relay_presence_write_conflicts_total")
             # Someone else just wrote these hosts; a random pause keeps racers apart.
             await asyncio.sleep(random.uniform(0, 0.001 * 2**attempt))  # noqa: S311 - jitter
         raise StoreError(f"presence of {len(hosts)} hosts kept changing; will retry")
@@ -399,6 +399,6 @@ class PresenceStore:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             # A projection can always be rebuilt from the log; one bad record must not
             # take the host list down. Treated as unknown until folded over or rebuilt.
-            self._stats.incr("presence_corrupt_total")
+            self._stats.incr("relay_presence_corrupt_total")
             _log.warning("presence.corrupt_record", host_id=host_id, error=str(exc))
             return None

@@ -10,7 +10,7 @@ no owner key exists. Rules:
   renewed at every pass and released on close, expiring on its own (two intervals) when
   its holder dies.
 * Fail open: an error reading presence or ownership skips the whole pass (counted in
-  ``presence_reconcile_total{result="error"}`` and logged). Never act on a partial view.
+  ``relay_presence_reconcile_total{result="error"}`` and logged). Never act on a partial view.
 * Before acting it waits ``settle`` seconds and looks again: a tunnel that closed a moment
   ago released its key and its own Disconnected (with the true reason) is on its way.
   Should the guess still race the truth, the fold prefers the machine's own reason.
@@ -164,7 +164,7 @@ class PresenceReconciler:
             await self._lease.release()
         except DirectoryError as exc:
             # The lease expires on its own within two intervals.
-            self._stats.incr("presence_reconcile_total", result="lease_release_failed")
+            self._stats.incr("relay_presence_reconcile_total", result="lease_release_failed")
             self._log.warning("presence.lease_release_failed", error=str(exc))
 
     async def _run(self) -> None:
@@ -173,14 +173,14 @@ class PresenceReconciler:
             try:
                 await self.run_pass()
             except Exception:  # noqa: BLE001 - a bug in one pass must not end the schedule
-                self._stats.incr("presence_reconcile_total", result="crashed")
+                self._stats.incr("relay_presence_reconcile_total", result="crashed")
                 self._log.exception("presence.reconcile_crashed")
 
     async def run_pass(self) -> ReconcileResult:
         """One pass: compare, and report owner-expired hosts. Never raises store errors."""
         try:
             if not await self._lease.acquire():
-                self._stats.incr("presence_reconcile_total", result="not_leader")
+                self._stats.incr("relay_presence_reconcile_total", result="not_leader")
                 return ReconcileResult("not_leader")
             online = [p for p in (await self._presence.all()).values() if p.online]
             orphans = await self._orphans(online)
@@ -192,17 +192,17 @@ class PresenceReconciler:
                 orphans = await self._orphans(still)
         except DirectoryError as exc:
             # Fail open: a partial or failed read must never mark anyone offline.
-            self._stats.incr("presence_reconcile_total", result="error")
+            self._stats.incr("relay_presence_reconcile_total", result="error")
             self._log.warning("presence.reconcile_skipped", error=str(exc))
             return ReconcileResult("error")
         try:
             expired = await self._report(orphans)
         except DirectoryError as exc:
             # Nothing was decided for good: the next pass finds the same hosts again.
-            self._stats.incr("presence_reconcile_total", result="error")
+            self._stats.incr("relay_presence_reconcile_total", result="error")
             self._log.warning("presence.reconcile_append_failed", error=str(exc))
             return ReconcileResult("error", checked=len(online))
-        self._stats.incr("presence_reconcile_total", result="ok")
+        self._stats.incr("relay_presence_reconcile_total", result="ok")
         return ReconcileResult("ok", checked=len(online), expired=expired)
 
     async def _orphans(self, online: list[Presence]) -> list[Presence]:
@@ -227,7 +227,7 @@ class PresenceReconciler:
             for p in orphans
         ]
         await self._events.append_many(events)
-        self._stats.incr("presence_owner_expired_total", len(events))
+        self._stats.incr("relay_presence_owner_expired_total", len(events))
         for p in orphans:
             self._log.info(
                 "presence.owner_expired", host_id=p.host_id, machine=p.machine_id, epoch=p.epoch

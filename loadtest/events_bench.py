@@ -176,7 +176,7 @@ async def bench(url: str, n: int, burst: int, hosts: int, rate: float) -> dict:
     figures["burst_paced"] = report_lags(f"burst of {burst} paced at {rate:,.0f}/s", lags, seconds)
     await emitter.close()
     await live.consumer.close()
-    figures["write_conflicts"] = stats.get("presence_write_conflicts_total")
+    figures["write_conflicts"] = stats.get("relay_presence_write_conflicts_total")
     figures["dropped"] = stats.get("relay_events_dropped_total")
     print(
         f"presence write conflicts: {figures['write_conflicts']}, "

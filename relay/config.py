@@ -96,6 +96,10 @@ class ServeConfig(TunnelLimits, frozen=True, kw_only=True):
     metrics_token: str | None = None
     # /metrics on its own listener (no token there): keep it off the public port.
     metrics_listen: str | None = None
+    # relay_host_requests_total{host}: one series per host held here (off: cardinality).
+    per_host_metrics: bool = False
+    # One JSON line per proxied request on stderr (relay/proxy/access_log.py).
+    access_log: bool = False
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
 

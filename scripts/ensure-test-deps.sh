@@ -2,7 +2,8 @@
 # Install the system packages the test suite needs, only when they are missing.
 # The DNS end-to-end tests run a real PowerDNS Authoritative server (sqlite3 backend);
 # the browser tests (tests/browser) drive Debian's Chromium through Playwright, which
-# never downloads a browser of its own.
+# never downloads a browser of its own; the deploy tests check the alerting rules with
+# promtool (Debian's prometheus package).
 # Idempotent: a machine that already has them does nothing and succeeds.
 set -eu
 
@@ -13,6 +14,7 @@ command -v pdns_server >/dev/null 2>&1 || [ -x /usr/sbin/pdns_server ] || missin
   || missing="$missing pdns-backend-sqlite3"
 command -v sqlite3 >/dev/null 2>&1 || missing="$missing sqlite3"
 [ -x /usr/bin/chromium ] || missing="$missing chromium"
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 
 [ -z "$missing" ] && exit 0
 
@@ -24,8 +26,9 @@ fi
 echo "ensure-test-deps: installing$missing" >&2
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-# policy-rc.d keeps the package's own pdns service from starting: the tests run their
-# own server on random loopback ports and nothing should listen on :53.
+# policy-rc.d keeps the packages' own services (pdns, prometheus) from starting: the
+# tests run their own server on random loopback ports and nothing should listen on :53
+# or :9090.
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
   $SUDO chmod +x /usr/sbin/policy-rc.d

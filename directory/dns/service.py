@@ -132,6 +132,11 @@ class DnsService:
         self.converger = Converger(self.context, holder=holder)
         self.syncer = Syncer(self.context, holder=holder)
 
+    @property
+    def consumer(self) -> StreamConsumer | None:
+        """The machine's member of the ``dns`` consumer group (running in managed mode)."""
+        return self._consumer if self.settings.managed else None
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:

@@ -2,14 +2,17 @@
 
 ::
 
-    dns_write_total{op, status}               records written: op create|update|delete,
-                                              status ok|error (one per record per attempt)
-    dns_write_errors_total{op, http_status}   failed write attempts; http_status is the
-                                              provider's status, "none" when no answer came
-    dns_list_total{status}                    zone listings (reads), ok|error
-    dns_list_errors_total{http_status}        failed listings
-    dns_conflicts_total                       wanted records blocked by a record not ours
-    dns_sync_total{outcome, dry_run}          full syncs: ok|partial|failed
+    relay_dns_write_total{op, status}              records written: op create|update|delete,
+                                                   status ok|error (one per record per attempt)
+    relay_dns_write_errors_total{op, http_status}  failed write attempts; http_status is the
+                                                   provider's status, "none" when no answer came
+    relay_dns_list_total{status}                   zone listings (reads), ok|error
+    relay_dns_list_errors_total{http_status}       failed listings
+    relay_dns_conflicts_total                      wanted records blocked by a record not ours
+    relay_dns_sync_total{outcome, dry_run}         full syncs: ok|partial|failed
+
+Every (op, status) series of ``relay_dns_write_total`` is exported from the start, at zero,
+so an alert on its error rate has a series to read before the first failure.
 
 The same counts are kept as plain tallies on the object, so tests and the benchmark read
 them without scraping.
@@ -28,6 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["DnsMetrics"]
 
 
+_WRITE_OPS = ("create", "update", "delete")
+
+
 def _status_label(status: int | None) -> str:
     return "none" if status is None else str(status)
 
@@ -38,24 +44,27 @@ class DnsMetrics:
     def __init__(self, meter: Meter | None = None) -> None:
         meter = meter or NoOpMeter("dns")
         self._writes = meter.create_counter(
-            "dns_write_total", description="DNS records written, by operation and outcome"
+            "relay_dns_write_total", description="DNS records written, by operation and outcome"
         )
         self._write_errors = meter.create_counter(
-            "dns_write_errors_total",
+            "relay_dns_write_errors_total",
             description="Failed DNS write attempts, by operation and the provider's HTTP status",
         )
         self._lists = meter.create_counter(
-            "dns_list_total", description="DNS zone listings, by outcome"
+            "relay_dns_list_total", description="DNS zone listings, by outcome"
         )
         self._list_errors = meter.create_counter(
-            "dns_list_errors_total", description="Failed DNS zone listings, by HTTP status"
+            "relay_dns_list_errors_total", description="Failed DNS zone listings, by HTTP status"
         )
         self._conflicts = meter.create_counter(
-            "dns_conflicts_total", description="Wanted records blocked by a record not ours"
+            "relay_dns_conflicts_total", description="Wanted records blocked by a record not ours"
         )
         self._syncs = meter.create_counter(
-            "dns_sync_total", description="Full DNS syncs, by outcome"
+            "relay_dns_sync_total", description="Full DNS syncs, by outcome"
         )
+        for op in _WRITE_OPS:
+            for status in ("ok", "error"):
+                self._writes.add(0, {"op": op, "status": status})
         self.writes: Tally[tuple[str, str]] = Tally()
         self.write_errors: Tally[tuple[str, str]] = Tally()
         self.lists: Tally[str] = Tally()

@@ -3,10 +3,10 @@
 For each call (one provider request):
 
 1. take a token from the shared rate limit;
-2. on success count the records written (``dns_write_total{op,status="ok"}``) and append
+2. on success count the records written (``relay_dns_write_total{op,status="ok"}``) and append
    a ``DnsWriteSucceeded`` event per record;
-3. on failure, *at once*: count it (``dns_write_total{status="error"}`` and
-   ``dns_write_errors_total{op,http_status}``), log one structured ``dns.write_failed``
+3. on failure, *at once*: count it (``relay_dns_write_total{status="error"}`` and
+   ``relay_dns_write_errors_total{op,http_status}``), log one structured ``dns.write_failed``
    line, put ``state=error``, ``last_error`` and ``last_error_at`` on every host the call
    concerned (so the API shows it within a second), append a ``DnsWriteFailed`` event;
    then retry if the error is retryable: after ``Retry-After`` for a 429 (which also

@@ -50,6 +50,8 @@ _HELP = {
     "dns_orphan_grace": "a sync spares orphans younger than this (seconds)",
     "dns_max_deletes": "most records one sync deletes",
     "dns_rate_limit": "DNS API calls allowed per --dns-rate-window, shared by all machines",
+    "per_host_metrics": "export relay_host_requests_total{host} for each host held here",
+    "access_log": "one JSON line per proxied request on stderr (event proxy.access)",
 }
 
 

@@ -42,7 +42,7 @@ from relay.logs import get_logger
 from relay.wire.protocol import CloseCode
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Sequence
 
     import redis.asyncio
     from opentelemetry.metrics import Meter
@@ -321,9 +321,12 @@ def tunnel_disconnected(
 
 
 def register_event_metrics(
-    meter: Meter, emitter: EventEmitter | None = None, stats: Stats = STATS
+    meter: Meter,
+    emitter: EventEmitter | None = None,
+    consumers: Sequence[StreamConsumer] = (),
+    stats: Stats = STATS,
 ) -> None:
-    """Export the directory's counters (and the outbox size) through ``meter``."""
+    """Export the directory's counters (the outbox size, the consumers' lag) through ``meter``."""
 
     def observe(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
@@ -338,4 +341,14 @@ def register_event_metrics(
             "relay_events_outbox",
             callbacks=[lambda _options: [Observation(emitter.pending)]],
             description="Events waiting in this relay's outbox for the log",
+        )
+    if consumers:
+        meter.create_observable_gauge(
+            "relay_events_consumer_lag_seconds",
+            callbacks=[
+                lambda _options: [
+                    Observation(c.lag_seconds(), {"group": c.group}) for c in consumers
+                ]
+            ],
+            description="Age of the oldest event log entry this machine's consumer is handling",
         )

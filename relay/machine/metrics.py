@@ -1,11 +1,15 @@
-"""OpenTelemetry metrics with a Prometheus text endpoint.
+"""OpenTelemetry metrics with a Prometheus text endpoint; every series is ``relay_*``.
 
-Hot-path counts (requests by status) are plain integers summed in place and read by
-observable instruments at scrape time: an OTel ``Counter.add`` costs ~9 µs, an integer
-increment a few dozen nanoseconds. The request-duration histogram is recorded on every
-request, and OTel's ``Histogram.record`` costs ~6 µs against ~1 µs for prometheus_client's,
-so that one instrument is a prometheus_client histogram in the same registry. Rare events
-use ordinary OTel counters.
+Hot-path counts (requests by status, body bytes) are plain integers summed in place and
+read by observable instruments at scrape time: an OTel ``Counter.add`` costs ~9 µs, an
+integer increment a few dozen nanoseconds. The request-duration histogram is recorded on
+every request, and OTel's ``Histogram.record`` costs ~6 µs against ~1 µs for
+prometheus_client's, so that one instrument is a prometheus_client histogram in the same
+registry. Rare events use ordinary OTel counters.
+
+The registry is the relay's own, not prometheus_client's default one: that one would add
+unprefixed ``process_*``, ``python_gc_*`` and ``python_info`` series. The process figures
+are kept, as ``relay_process_*``. The README's "Metrics" table lists every series.
 """
 
 from __future__ import annotations
@@ -16,12 +20,13 @@ from typing import TYPE_CHECKING
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from prometheus_client import REGISTRY, Histogram, generate_latest
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-__all__ = ["Metrics", "render_prometheus"]
+__all__ = ["DRAIN_CUT_CAUSES", "STORE_OPS", "Metrics", "render_prometheus"]
 
 _DURATION_BUCKETS = (
     0.0005,
@@ -43,19 +48,50 @@ _DURATION_BUCKETS = (
     120.0,
 )
 
+#: The ``op`` labels of ``relay_store_errors_total`` (each exported from the start at 0).
+STORE_OPS = ("refresh", "release", "subscribe")
+#: The ``cause`` labels of ``relay_drains_cut_short_total``: requests still running when
+#: the drain window ended, or agents that had not moved to another machine.
+DRAIN_CUT_CAUSES = ("busy", "not_moved")
+
+_REGISTRY = CollectorRegistry()
+ProcessCollector(namespace="relay", registry=_REGISTRY)
+
 
 class Metrics:
-    """Every metric the relay process exports."""
+    """Every metric the relay process exports.
 
-    def __init__(self, *, tunnels_current: Callable[[], int]) -> None:
-        self._reader = PrometheusMetricReader()
+    ``host_requests`` (``--per-host-metrics``) lists (slug, requests) of the hosts whose
+    tunnels this machine holds, read at each scrape: a host that leaves takes its series
+    with it.
+    """
+
+    def __init__(
+        self,
+        *,
+        tunnels_current: Callable[[], int],
+        host_requests: Callable[[], Iterable[tuple[str, int]]] | None = None,
+    ) -> None:
+        # Scope labels (otel_scope_name/version/schema_url on every series, exporter
+        # 0.64b0 and later) only repeat the one meter's name; target_info would be the one
+        # series not named relay_*, and Prometheus' own job/instance labels already say
+        # which process a series is from. Both are constructor options of the reader.
+        self._reader = PrometheusMetricReader(
+            disable_target_info=True, scope_info_enabled=False, registry=_REGISTRY
+        )
         self._provider = MeterProvider(
             metric_readers=[self._reader],
+            resource=Resource.create({SERVICE_NAME: "relay"}),
         )
         meter = self._provider.get_meter("relay")
         self.meter = meter  # other modules register their own instruments on it
         self.requests_by_status: Tally[int] = Tally()
+        # Body bytes of proxied requests (HTTP bodies, WebSocket payloads), summed by the
+        # proxy as each request or WebSocket ends.
+        self.request_bytes = 0
+        self.response_bytes = 0
         self._tunnels_current = tunnels_current
+        self._host_requests = host_requests
         meter.create_observable_counter(
             "relay_requests_total",
             callbacks=[self._observe_requests],
@@ -66,6 +102,24 @@ class Metrics:
             callbacks=[self._observe_tunnels],
             description="Tunnels held by this machine",
         )
+        self.watch(
+            "relay_request_bytes_total",
+            lambda: self.request_bytes,
+            "Body bytes clients sent through this machine's tunnels (WebSocket payloads too)",
+            counter=True,
+        )
+        self.watch(
+            "relay_response_bytes_total",
+            lambda: self.response_bytes,
+            "Body bytes hosts sent back through this machine's tunnels (WebSocket payloads too)",
+            counter=True,
+        )
+        if host_requests is not None:
+            meter.create_observable_counter(
+                "relay_host_requests_total",
+                callbacks=[self._observe_hosts],
+                description="Requests that reached a host's tunnel on this machine, by slug",
+            )
         self.request_duration = _histogram(
             "relay_request_duration_seconds",
             "Time from a client request's arrival until its response is handed to the client",
@@ -86,12 +140,20 @@ class Metrics:
         self.forwards = meter.create_counter(
             "relay_forward_total", description="Requests forwarded to the owning machine"
         )
-        self.stream_resets = meter.create_counter(
-            "relay_stream_resets_total", description="Streams reset, by reason"
-        )
         self.store_errors = meter.create_counter(
-            "relay_store_errors_total", description="Directory operations that failed"
+            "relay_store_errors_total", description="Directory operations that failed, by op"
         )
+        self.drains_cut_short = meter.create_counter(
+            "relay_drains_cut_short_total",
+            description="Drains whose window ended first, by cause: busy, not_moved",
+        )
+        # Zero from the start: a rate or an alert needs a series before the first event.
+        self.replays.add(0)
+        self.forwards.add(0)
+        for cause in DRAIN_CUT_CAUSES:
+            self.drains_cut_short.add(0, {"cause": cause})
+        for op in STORE_OPS:
+            self.store_errors.add(0, {"op": op})
 
     def watch(
         self, name: str, read: Callable[[], float], description: str, *, counter: bool = False
@@ -112,6 +174,10 @@ class Metrics:
     def _observe_tunnels(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self._tunnels_current())]
 
+    def _observe_hosts(self, _options: CallbackOptions) -> Iterable[Observation]:
+        assert self._host_requests is not None  # noqa: S101 - registered only with it
+        return [Observation(n, {"host": slug}) for slug, n in self._host_requests()]
+
     def shutdown(self) -> None:
         """Stop the provider (its reader detaches its collector from the registry)."""
         self._provider.shutdown()
@@ -124,10 +190,12 @@ def _histogram(name: str, description: str) -> Histogram:
     # prometheus_client refuses a second registration of a name; one process may build
     # Metrics more than once (tests), so reuse the first.
     if name not in _histograms:
-        _histograms[name] = Histogram(name, description, buckets=_DURATION_BUCKETS)
+        _histograms[name] = Histogram(
+            name, description, buckets=_DURATION_BUCKETS, registry=_REGISTRY
+        )
     return _histograms[name]
 
 
 def render_prometheus() -> bytes:
-    """Prometheus text exposition of every registered metric."""
-    return generate_latest(REGISTRY)
+    """Prometheus text exposition of every metric of this process."""
+    return generate_latest(_REGISTRY)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from directory.ownership import OwnershipStore
     from directory.presence import PresenceStore
     from relay.config import ServeConfig
+    from relay.machine.access_log import AccessLog
     from relay.machine.events import EventEmitter
     from relay.machine.metrics import Metrics
     from relay.machine.ping_wheel import PingWheel
@@ -69,6 +70,7 @@ class RelayState:
     # Tunnel handlers still running: a drain waits for them so each releases ownership.
     handlers: set[asyncio.Task[None]] = field(default_factory=set)
     dns: DnsService | None = None  # DNS records of hosts (relay/dns_setup.py)
+    access_log: AccessLog | None = None  # --access-log (None: off, and nothing is built)
     # What this relay accepts from agents (config.limits), built once, shared by tunnels.
     limits: Limits = field(init=False)
     # Directory answers for requests whose host is held elsewhere (relay/machine/route_cache.py).

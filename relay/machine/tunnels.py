@@ -35,6 +35,7 @@ class Tunnel(TunnelConnection):
         "max_streams",
         "next_sid",
         "remote_addr",
+        "requests",
     )
 
     def __init__(
@@ -63,6 +64,7 @@ class Tunnel(TunnelConnection):
         self._moved: asyncio.Event | None = None
         self._closer: asyncio.Task[None] | None = None
         self.max_streams = min(local_limits.max_streams, peer_limits.max_streams)
+        self.requests = 0  # client requests served through it (--per-host-metrics)
 
     @property
     def log(self) -> FilteringBoundLogger:

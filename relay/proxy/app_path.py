@@ -12,6 +12,7 @@ from multidict import CIMultiDict
 
 from directory.errors import DirectoryError
 from relay.errors import PeerUnreachable, StreamError, StreamRefused, StreamReset, TunnelClosed
+from relay.machine.access_log import CLIENT_GONE
 from relay.proxy.error_pages import wants_html
 from relay.proxy.forward import Origin, forward, origin_of, replay, replayable
 from relay.proxy.headers import (
@@ -21,6 +22,7 @@ from relay.proxy.headers import (
 )
 from relay.proxy.locate import Missing, live_machine, locate
 from relay.proxy.responses import ERROR_DETAIL, as_page, error_answer, json_error
+from relay.proxy.traffic import TRAFFIC, Traffic
 from relay.proxy.websocket import proxy_websocket
 from relay.tracing import (
     SERVER_ERRORS,
@@ -62,26 +64,60 @@ async def proxy_request(state: RelayState, request: web.Request, slug: str) -> w
 
 async def _serve(state: RelayState, request: web.Request, slug: str) -> web.StreamResponse:
     started = time.perf_counter()
-    response = await _route(state, request, slug)
-    if isinstance(response, web.Response) and ERROR_DETAIL in response:
-        code, message, request_id = response[ERROR_DETAIL]
-        state.log.info(
-            "proxy.error",
-            status=response.status,
-            code=code,
-            slug=slug,
-            request_id=request_id,
-            detail=message,
+    traffic = request[TRAFFIC] = Traffic()
+    request_id: str | None = None
+    try:
+        response = await _route(state, request, slug)
+        if isinstance(response, web.Response) and ERROR_DETAIL in response:
+            code, message, request_id = response[ERROR_DETAIL]
+            state.log.info(
+                "proxy.error",
+                status=response.status,
+                code=code,
+                slug=slug,
+                request_id=request_id,
+                detail=message,
+            )
+            if wants_html(request.headers.get("Accept", "")):
+                response = as_page(response)
+        if state.draining:
+            # No keep-alive while draining: a proxy must not reuse a connection we are
+            # about to close under it.
+            response.force_close()
+        traffic.status = response.status
+        return response
+    finally:
+        # Also when the client left mid-way (the handler is cancelled then): what crossed
+        # is counted all the same, and a response whose head went out is counted by it.
+        _account(state, request, slug, traffic, time.perf_counter() - started, request_id)
+
+
+def _account(
+    state: RelayState,
+    request: web.Request,
+    slug: str,
+    traffic: Traffic,
+    elapsed: float,
+    request_id: str | None,
+) -> None:
+    metrics = state.metrics
+    if traffic.status:
+        metrics.requests_by_status[traffic.status] += 1
+        metrics.request_duration.observe(elapsed)
+    metrics.request_bytes += traffic.sent
+    metrics.response_bytes += traffic.received
+    if state.access_log is not None:
+        state.access_log.record(
+            request_id=request_id or request.headers.get("X-Request-Id"),
+            host=slug,
+            method=request.method,
+            target=request.raw_path,
+            status=traffic.status or CLIENT_GONE,
+            seconds=elapsed,
+            request_bytes=traffic.sent,
+            response_bytes=traffic.received,
+            client=origin_of(state, request).client_ip,
         )
-        if wants_html(request.headers.get("Accept", "")):
-            response = as_page(response)
-    if state.draining:
-        # No keep-alive while draining: a proxy must not reuse a connection we are about
-        # to close under it.
-        response.force_close()
-    state.metrics.requests_by_status[response.status] += 1
-    state.metrics.request_duration.observe(time.perf_counter() - started)
-    return response
 
 
 async def _route(state: RelayState, request: web.Request, slug: str) -> web.StreamResponse:
@@ -91,6 +127,7 @@ async def _route(state: RelayState, request: web.Request, slug: str) -> web.Stre
         if isinstance(found, web.StreamResponse):
             return found
         tunnel = found
+    tunnel.requests += 1
     try:
         if is_websocket_upgrade(request.headers):
             return await proxy_websocket(state, request, tunnel)
@@ -180,6 +217,7 @@ async def _proxy_http(
     finally:
         if body_task is not None and not body_task.done():
             body_task.cancel()
+        request[TRAFFIC].took(channel)
         channel.close()
 
 
@@ -278,6 +316,7 @@ async def _send_response(
         status=head.status, headers=CIMultiDict(response_headers_for_client(head.headers))
     )
     await response.prepare(request)
+    request[TRAFFIC].status = head.status
     try:
         await _stream_body(response, channel, head)
     except StreamError as exc:

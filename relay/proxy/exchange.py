@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from directory.errors import DirectoryError
 from relay.errors import StreamError, StreamRefused, StreamReset, StreamViolation, TunnelClosed
+from relay.machine.access_log import CLIENT_GONE
 from relay.proxy.error_pages import error_response, wants_html
 from relay.proxy.headers import request_headers_for_upstream, response_headers_for_client
 from relay.proxy.locate import Missing, live_machine, locate
@@ -101,6 +102,8 @@ class ClientExchange(FlowStream):
 
     __slots__ = (
         "_body",
+        "_client_ip",
+        "_error_id",
         "_head",
         "_head_sent",
         "_inline",
@@ -109,6 +112,8 @@ class ClientExchange(FlowStream):
         "_received",
         "_remaining",
         "_request_done",
+        "_sent",
+        "_status",
         "_timer",
         "_unacked",
         "client",
@@ -127,7 +132,11 @@ class ClientExchange(FlowStream):
         self._body: list[bytes] = []  # body bytes held until the head frame goes out
         self._inline = False
         self._request_done = False
-        self._received = 0
+        self._received = 0  # request body bytes from the client
+        self._sent = 0  # response body bytes to the client
+        self._status = 0  # the status answered (0: none yet)
+        self._error_id: str | None = None  # X-Request-Id of an error the relay answered
+        self._client_ip = ""  # resolved in start()
         self._head_sent = False
         self._out_chunked = False
         self._remaining = -1  # response body bytes still due (-1: not length-delimited)
@@ -169,18 +178,21 @@ class ClientExchange(FlowStream):
     def _origin(self) -> Origin:
         client = self.client
         wanted = self.info.wanted
-        return resolve_origin(
+        origin = resolve_origin(
             lambda name: wanted.get(name.lower().encode()),
             peer=client.peer,
             scheme="http",
             cluster_secret=client.state.cluster_secret,
             trust_fly_headers=client.state.config.trust_fly_headers,
         )
+        self._client_ip = origin.client_ip
+        return origin
 
     def _open(self, tunnel: Tunnel) -> None:
         client = self.client
         state = client.state
         info = self.info
+        tunnel.requests += 1
         cfg = state.config
         max_body = cfg.max_body
         if max_body and info.length is not None and info.length > max_body:
@@ -305,6 +317,7 @@ class ClientExchange(FlowStream):
             self._lookup.cancel()
         if self.tunnel is not None and not self.state.reset:
             self.reset(ResetCode.CANCEL, "client disconnected")
+        self._report(self._status or CLIENT_GONE, self.client.loop.time() - self.info.started)
         if self.span is not None:
             failed(self.span, "client_disconnected", "the client left before the response ended")
             self.span.end()
@@ -388,12 +401,13 @@ class ClientExchange(FlowStream):
             self.reset(ResetCode.INTERNAL, "response header refused")
             self._fail_response(502, "upstream_error", f"bad response header from the host: {exc}")
             return
-        self._head_sent = True
-        state.metrics.requests_by_status[status] += 1
-        if self.span is not None:
-            record_status(self.span, status, SERVER_ERRORS)
+        self._answered(status)
         if frame.end:
-            self.client.write(head + frame.chunk if frame.chunk and not no_body else head)
+            if frame.chunk and not no_body:
+                self._sent = len(frame.chunk)
+                self.client.write(head + frame.chunk)
+            else:
+                self.client.write(head)
             self._finish()
             return
         self.client.write(head)
@@ -436,6 +450,7 @@ class ClientExchange(FlowStream):
         client = self.client
         if chunk_:
             n = len(chunk_)
+            self._sent += n
             if self._remaining >= 0:
                 if n > self._remaining:
                     self._interrupted("more body than its Content-Length")
@@ -542,10 +557,8 @@ class ClientExchange(FlowStream):
             request_id=request_id,
             detail=message,
         )
-        state.metrics.requests_by_status[status] += 1
-        if self.span is not None:
-            record_status(self.span, status, SERVER_ERRORS)
-        self._head_sent = True
+        self._answered(status)
+        self._error_id = request_id
         self.client.write(body)
         self.keep_alive = not close
         self._finish()
@@ -554,9 +567,8 @@ class ClientExchange(FlowStream):
         """Ask Fly's proxy to send this request to ``machine_id`` (an empty 409)."""
         state = self.client.state
         state.metrics.replays.add(1)
-        state.metrics.requests_by_status[409] += 1
+        self._answered(409)
         close = not self.keep_alive or state.draining
-        self._head_sent = True
         self.client.write(
             status_line(409)
             + f"fly-replay: instance={machine_id}\r\nContent-Length: 0\r\n".encode()
@@ -564,6 +576,14 @@ class ClientExchange(FlowStream):
         )
         self.keep_alive = not close
         self._finish()
+
+    def _answered(self, status: int) -> None:
+        """A response head goes out now: count it, note it on the span."""
+        self._head_sent = True
+        self._status = status
+        self.client.state.metrics.requests_by_status[status] += 1
+        if self.span is not None:
+            record_status(self.span, status, SERVER_ERRORS)
 
     def _finish(self) -> None:
         """The response is complete."""
@@ -579,11 +599,34 @@ class ClientExchange(FlowStream):
                 self.reset(ResetCode.CANCEL, "response complete")
             self.close()
         client = self.client
-        client.state.metrics.request_duration.observe(client.loop.time() - self.info.started)
+        elapsed = client.loop.time() - self.info.started
+        client.state.metrics.request_duration.observe(elapsed)
+        self._report(self._status, elapsed)
         if self.span is not None:
             self.span.end()
             self.span = None
-        self.client.exchange_done(self, keep_alive=self.keep_alive)
+        client.exchange_done(self, keep_alive=self.keep_alive)
+
+    def _report(self, status: int, elapsed: float) -> None:
+        """Count the body bytes that crossed; the access-log line when it is on."""
+        state = self.client.state
+        metrics = state.metrics
+        metrics.request_bytes += self._received
+        metrics.response_bytes += self._sent
+        access_log = state.access_log
+        if access_log is not None:
+            info = self.info
+            access_log.record(
+                request_id=self._error_id or info.wanted.get(b"x-request-id"),
+                host=info.slug,
+                method=info.method,
+                target=info.target,
+                status=status,
+                seconds=elapsed,
+                request_bytes=self._received,
+                response_bytes=self._sent,
+                client=self._client_ip or self.client.peer,
+            )
 
 
 def _content_length(headers: list[tuple[str, str]]) -> int | None:

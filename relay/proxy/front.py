@@ -60,6 +60,7 @@ _WANTED: Final = frozenset(
         b"traceparent",
         b"tracestate",
         b"accept",
+        b"x-request-id",  # for --access-log only
     }
 )
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -15,6 +15,7 @@ from relay.proxy.headers import (
     websocket_protocols,
 )
 from relay.proxy.responses import error_answer, json_error
+from relay.proxy.traffic import TRAFFIC
 from relay.tracing import carry_current
 from relay.wire.protocol import ResetCode, RespHead, WsAccept, WsOpen
 from relay.wire.ws_pump import pump_to_stream
@@ -66,6 +67,7 @@ async def proxy_websocket(
             max_msg_size=tunnel.peer_limits.max_frame - 1024,
         )
         await ws.prepare(request)
+        request[TRAFFIC].status = ws.status
         await pump_to_stream(ws, channel)
         return ws
     except StreamError as exc:
@@ -73,4 +75,5 @@ async def proxy_websocket(
         state.log.info("proxy.websocket_failed", sid=channel.sid, error=str(exc))
         return error_answer(exc, "the host's WebSocket could not be opened")
     finally:
+        request[TRAFFIC].took(channel)
         channel.close()

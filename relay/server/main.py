@@ -24,6 +24,7 @@ from relay.api.hosts import metrics_response
 from relay.config import parse_hostport
 from relay.errors import StartupError, TunnelClosed
 from relay.logs import configure_logging, get_logger, json_logs
+from relay.machine.access_log import AccessLog
 from relay.machine.dns_setup import build_dns_service
 from relay.machine.events import EventServices, register_event_metrics
 from relay.machine.gc_policy import GcPolicy
@@ -154,6 +155,8 @@ async def _run(
         await runner.cleanup()
         if metrics_runner is not None:
             await metrics_runner.cleanup()
+        if state.access_log is not None:
+            state.access_log.flush()
         await events.close()  # after the tunnels' last Disconnected, before the store goes
         await _close_clients(state)
     log.info("relay.stopped")
@@ -225,10 +228,16 @@ async def _build_state(
         upkeep_redis, OwnershipStore(upkeep_redis, keys), MachineRegistry(upkeep_redis, keys)
     )
     tunnels = LocalTunnels()
-    metrics = Metrics(tunnels_current=lambda: len(tunnels))
+    metrics = Metrics(
+        tunnels_current=lambda: len(tunnels),
+        host_requests=(
+            (lambda: [(slug, t.requests) for slug, t in tunnels.by_slug.items()])
+            if cfg.per_host_metrics
+            else None
+        ),
+    )
     machines = MachineRegistry(redis, keys)
     events = EventServices(cfg, redis, keys)
-    register_event_metrics(metrics.meter, events.emitter)
     state = RelayState(
         config=cfg,
         redis=redis,
@@ -251,7 +260,7 @@ async def _build_state(
         upkeep=upkeep,
         pings=PingWheel(cfg.ping_interval, cfg.ping_misses),
     )
-    state.dns = build_dns_service(
+    state.dns = dns = build_dns_service(
         cfg,
         redis=redis,
         ownership=state.ownership,
@@ -260,6 +269,12 @@ async def _build_state(
         log=log,
         emit=events.emitter.emit,
     )
+    if cfg.access_log:
+        state.access_log = AccessLog(cfg.machine_id, asyncio.get_running_loop())
+    consumers = [events.consumer]
+    if dns.consumer is not None:
+        consumers.append(dns.consumer)
+    register_event_metrics(metrics.meter, events.emitter, consumers)
     return state, events
 
 
@@ -345,6 +360,16 @@ async def _linger(state: RelayState, tunnels: list[Tunnel], deadline: float) -> 
     state.log.info("relay.drain_lingered", tunnels=len(moved), s=linger, busy=len(busy))
 
 
+def _drain_cut_short(unsettled: list[Tunnel], state: RelayState) -> None:
+    """The drain window ended first: say why (counted by cause, logged)."""
+    # not_moved: agents found no other machine in time (expected with one machine);
+    # busy: requests were still running, and the close cuts them.
+    causes = sorted({"busy" if t.has_moved else "not_moved" for t in unsettled})
+    for cause in causes:
+        state.metrics.drains_cut_short.add(1, {"cause": cause})
+    state.log.warning("relay.drain_window_exceeded", unsettled=len(unsettled), causes=causes)
+
+
 async def _drain(state: RelayState) -> None:
     """Move every agent away (drain frame, make before break), then close 4001 and go.
 
@@ -371,7 +396,9 @@ async def _drain(state: RelayState) -> None:
         for task in late:
             task.cancel()
         if late:
-            state.log.warning("relay.drain_window_exceeded", unsettled=len(late))
+            _drain_cut_short(
+                [t for t, task in zip(tunnels, settled, strict=True) if task in late], state
+            )
     await _linger(state, tunnels, deadline)
     for tunnel in tunnels:
         await tunnel.close(CloseCode.DRAIN, "server draining")

@@ -53,6 +53,8 @@ class StreamChannel:
         "_readable",
         "_sink",
         "max_chunk",
+        "received_bytes",
+        "sent_bytes",
         "sid",
         "state",
     )
@@ -77,6 +79,9 @@ class StreamChannel:
         self._error: StreamError | None = None
         self._on_close = on_close
         self._loop = asyncio.get_running_loop()
+        # Body bytes and WebSocket payloads each way (the relay's byte counters).
+        self.sent_bytes = 0
+        self.received_bytes = 0
 
     # -- fed by the tunnel's read loop (never awaits) ----------------------------------
 
@@ -84,12 +89,14 @@ class StreamChannel:
         """Accept one frame from the peer for this stream."""
         if isinstance(frame, Data):
             self.state.on_receive(len(frame.chunk), end=frame.end)
+            self.received_bytes += len(frame.chunk)
         elif isinstance(frame, WsMsg):
             # A WebSocket message cannot be split, so it may overdraw a positive window
             # by up to one message (bounded by the frame limit).
             if self.state.recv_window <= 0:
                 raise StreamStateError(f"stream {self.sid}: message with no credit")
             self.state.recv_window -= len(frame.payload)
+            self.received_bytes += len(frame.payload)
         elif isinstance(frame, Window):
             self.state.on_window(frame.increment)
             _wake(self._credit)
@@ -103,6 +110,7 @@ class StreamChannel:
         elif isinstance(frame, RespHead | ReqHead):
             # An inline body spends credit like Data: heads cannot bypass the window.
             self.state.on_receive(len(frame.chunk), end=frame.end)
+            self.received_bytes += len(frame.chunk)
         elif not isinstance(frame, WsAccept | WsClose | WsOpen):
             raise StreamStateError(f"stream {self.sid}: unexpected {type(frame).__name__}")
         self._inbox.append(frame)
@@ -171,6 +179,8 @@ class StreamChannel:
         """Send a frame that needs no credit (heads, WebSocket accept/close)."""
         if self._error is not None:
             raise self._error
+        if isinstance(frame, ReqHead | RespHead):
+            self.sent_bytes += len(frame.chunk)  # a small body inline
         await self._sink.send(frame)
 
     async def send_body(self, chunk: bytes, *, end: bool = False) -> None:
@@ -186,6 +196,7 @@ class StreamChannel:
             view = view[n:]
             last = end and not view
             self.state.on_send(n, end=last)
+            self.sent_bytes += n
             await self._sink.send(Data(self.sid, piece, last))
             if not view:
                 return
@@ -200,6 +211,7 @@ class StreamChannel:
         while self.state.send_window <= 0:
             await self._wait_credit(1)
         self.state.send_window -= len(payload)
+        self.sent_bytes += len(payload)
         await self._sink.send(WsMsg(self.sid, binary, payload))
 
     async def reset(self, code: ResetCode, reason: str = "") -> None:

@@ -98,7 +98,7 @@ async def test_a_persistent_failure_shows_on_the_host_within_a_second(cluster, s
     assert seen - standin.failed_at[0] < 1.0
     assert "HTTP 500" in dns["last_error"]
     assert dns["last_error_at"].endswith("Z")
-    assert await relay.metric("dns_write_errors_total", op="create", http_status="500") >= 1
+    assert await relay.metric("relay_dns_write_errors_total", op="create", http_status="500") >= 1
     assert '"event": "dns.write_failed"' in relay.proc.log()
     assert standin.token not in relay.proc.log()
     standin.heal()

@@ -2,7 +2,7 @@
 
 Records are checked where it matters: in the server's API and over DNS itself (dnspython
 asking the server on its loopback port). "No write" is checked on both sides: the relay's
-``dns_write_total`` and the zone's serial, which PowerDNS bumps on every change.
+``relay_dns_write_total`` and the zone's serial, which PowerDNS bumps on every change.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ async def test_a_managed_hosts_record_appears_and_resolves(cluster, pdns_zone):
     assert pdns_zone.resolve(fqdn, "CNAME") == [TARGET]
     (rrset,) = pdns_zone.rrsets(ZONE)
     assert rrset["comments"][0]["content"].startswith("relay-directory:")
-    assert await relay.metric("dns_write_total", op="create", status="ok") == 1
+    assert await relay.metric("relay_dns_write_total", op="create", status="ok") == 1
 
 
 async def reconnect(relay, token):
@@ -94,8 +94,8 @@ async def test_a_hundred_reconnects_of_a_live_host_make_zero_api_writes(
     relay = await managed_relay(cluster, pdns_zone)
     host = await relay.add_host("web")
     await wait_dns_ok(relay, host["id"])
-    writes = await relay.metric("dns_write_total")
-    reads = await relay.metric("dns_list_total")
+    writes = await relay.metric("relay_dns_write_total")
+    reads = await relay.metric("relay_dns_list_total")
     serial = pdns_zone.serial(ZONE)
     for _ in range(100):
         await reconnect(relay, host["token"])
@@ -116,8 +116,8 @@ async def test_a_hundred_reconnects_of_a_live_host_make_zero_api_writes(
         assert len(connected) >= 100
     finally:
         await redis.aclose()
-    assert await relay.metric("dns_write_total") == writes
-    assert await relay.metric("dns_list_total") == reads  # not even a read
+    assert await relay.metric("relay_dns_write_total") == writes
+    assert await relay.metric("relay_dns_list_total") == reads  # not even a read
     assert pdns_zone.serial(ZONE) == serial
     assert (await dns_state(relay, host["id"]))["state"] == "ok"
 
@@ -130,7 +130,7 @@ async def test_removing_the_host_deletes_its_record(cluster, pdns_zone):
         assert (await api.delete(f"/api/hosts/{host['id']}")).status_code == 204
     await wait_until(lambda: our_names(pdns_zone) == [], timeout=10, what="the record deleted")
     assert pdns_zone.resolve(f"{host['slug']}.{ZONE}", "CNAME") == []
-    assert await relay.metric("dns_write_total", op="delete", status="ok") == 1
+    assert await relay.metric("relay_dns_write_total", op="delete", status="ok") == 1
 
 
 async def test_foreign_records_survive_every_sync_and_hand_deletes_are_repaired(cluster, pdns_zone):

@@ -264,7 +264,7 @@ async def test_a_consumer_killed_mid_batch_has_its_entries_reclaimed_and_applied
                 "m-doomed",
             )
         assert await client.xlen(f"{cluster.prefix}:events:dead") == 0
-        assert await relay.metric("events_reclaimed_total", group="presence") >= n
+        assert await relay.metric("relay_events_reclaimed_total", group="presence") >= n
         assert '"events.reclaimed"' in relay.proc.log()
     finally:
         await client.aclose()
@@ -284,7 +284,7 @@ async def test_a_poison_entry_is_dead_lettered_while_other_events_flow(
         )
         ((_, parked),) = await client.xrange(f"{cluster.prefix}:events:dead")
         assert parked[b"e"] == b"\x00poison" and parked[b"group"] == b"presence"
-        assert await relay.metric("events_dead_lettered_total", group="presence") == 1
+        assert await relay.metric("relay_events_dead_lettered_total", group="presence") == 1
         assert (await client.xpending(f"{cluster.prefix}:events", "presence"))["pending"] == 0
     finally:
         await client.aclose()

@@ -81,8 +81,8 @@ async def test_a_failing_entry_is_retried_then_dead_lettered_while_the_others_fl
     assert fields[b"group"] == b"g" and fields[b"k"] == b"connected"
     assert fields[b"e"] == (await redis_client.xrange(keys.events(), ids[2], ids[2]))[0][1][b"e"]
     assert int(fields[b"deliveries"]) == 4
-    assert stats.get("events_dead_lettered_total", group="g") == 1
-    assert stats.get("events_handler_errors_total", group="g") == 3
+    assert stats.get("relay_events_dead_lettered_total", group="g") == 1
+    assert stats.get("relay_events_handler_errors_total", group="g") == 3
     assert any(line["event"] == "events.dead_lettered" for line in logs)
     assert [n for _, n in rec.seen] == [0, 1, 3, 4]  # nothing handled twice
 
@@ -99,7 +99,7 @@ async def test_an_undecodable_entry_is_dead_lettered_at_once(redis_client, keys)
     assert [n for _, n in rec.seen] == [1, 3]
     assert await redis_client.xlen(keys.dead_letters()) == 1
     assert await pending(redis_client, keys) == 0
-    assert stats.get("events_dead_lettered_total") == 1
+    assert stats.get("relay_events_dead_lettered_total") == 1
 
 
 async def test_unknown_kinds_are_acknowledged_and_counted_without_the_handler(redis_client, keys):
@@ -111,7 +111,7 @@ async def test_unknown_kinds_are_acknowledged_and_counted_without_the_handler(re
     c = consumer(redis_client, keys, rec, stats=stats)
     await c.step()
     assert [n for _, n in rec.seen] == [1]
-    assert stats.get("events_unknown_skipped_total") == 1
+    assert stats.get("relay_events_unknown_skipped_total") == 1
     assert await pending(redis_client, keys) == 0
 
 
@@ -143,7 +143,7 @@ async def test_entries_of_a_consumer_that_died_mid_batch_are_reclaimed_and_handl
 
     await wait_for(drained, timeout=5, what="reclaim")
     assert sorted(n for _, n in rec.seen) == list(range(10))
-    assert stats.get("events_reclaimed_total", group="g") == 10
+    assert stats.get("relay_events_reclaimed_total", group="g") == 10
 
 
 async def test_a_restarted_consumer_first_finishes_what_it_held(redis_client, keys):
@@ -242,3 +242,33 @@ async def test_own_pending_is_walked_once_so_a_failing_entry_cannot_stall_new_on
     await steps(c, 3)
     assert [n for _, n in rec.seen] == [2, 3]
     assert await pending(redis_client, keys) == 1  # epoch 1 waits for its reclaim
+
+
+async def test_lag_is_the_age_of_the_batch_in_hand_and_zero_once_it_is_handled(redis_client, keys):
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def stuck(_entry_id, _event):
+        started.set()
+        await release.wait()
+
+    log = RedisEventLog(redis_client, keys)
+    (entry_id,) = await log.append_many([ev(1)])
+    appended = int(entry_id.split("-")[0]) / 1000
+    c = consumer(redis_client, keys, stuck)
+    assert c.lag_seconds() == 0.0
+    step = asyncio.create_task(c.step())
+    await asyncio.wait_for(started.wait(), 5)
+    # Measured from the entry's log time (the store's clock, here the same host's).
+    assert c.lag_seconds(now=appended + 7.5) == pytest.approx(7.5)
+    assert c.lag_seconds(now=appended - 1) == 0.0  # a store clock ahead of ours
+    release.set()
+    await asyncio.wait_for(step, 5)
+    assert c.lag_seconds() == 0.0
+
+
+async def test_the_alerting_series_of_a_group_exist_at_zero_from_the_start(redis_client, keys):
+    stats = Stats()
+    consumer(redis_client, keys, Recorder(), stats=stats)
+    assert stats.series("relay_events_dead_lettered_total") == [({"group": "g"}, 0)]
+    assert stats.series("relay_events_applied_total") == [({"group": "g"}, 0)]

@@ -100,7 +100,7 @@ async def test_unknown_kinds_are_skipped_counted_and_still_advance_the_cursor(lo
     c = await log.append(ev(3))
     page = await log.read_page(None, 10)
     assert [i for i, _ in page.events] == [a, c]
-    assert stats.get("events_unknown_skipped_total") == 1
+    assert stats.get("relay_events_unknown_skipped_total") == 1
     only_unknown = await log.read_page(a, 1)
     assert only_unknown.events == [] and only_unknown.last_id == unknown
 
@@ -118,7 +118,7 @@ async def test_corrupt_entries_of_known_kinds_are_skipped_and_counted(log_factor
     log = log_factory(stats=stats)
     await log.append_raw([("connected", b"{not json"), ("connected", encode_event(ev(1)))])
     assert [e.epoch for _, e in await log.read(None, 10)] == [1]
-    assert stats.get("events_corrupt_skipped_total") == 1
+    assert stats.get("relay_events_corrupt_skipped_total") == 1
 
 
 async def test_the_log_is_bounded_by_maxlen_and_knows_it_was_trimmed(log_factory):

@@ -76,7 +76,7 @@ async def test_concurrent_writers_lose_no_event(redis_client, keys):
     assert stored == fold_all(events)
     assert stored["h_a"].online and stored["h_a"].epoch == 31
     assert not stored["h_b"].online and stored["h_b"].epoch == 30
-    assert stats.get("presence_write_conflicts_total") > 0  # the race really happened
+    assert stats.get("relay_presence_write_conflicts_total") > 0  # the race really happened
 
 
 async def test_a_corrupt_record_is_counted_and_folded_over(redis_client, keys):
@@ -84,7 +84,7 @@ async def test_a_corrupt_record_is_counted_and_folded_over(redis_client, keys):
     store = PresenceStore(redis_client, keys, stats=stats)
     await redis_client.hset(keys.presence(), "h_a", b"garbage")
     assert await store.get("h_a") is None
-    assert stats.get("presence_corrupt_total") == 1
+    assert stats.get("relay_presence_corrupt_total") == 1
     await store.apply([("1-0", conn("h_a", 4))])
     assert (await store.get("h_a")).epoch == 4
 

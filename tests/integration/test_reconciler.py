@@ -63,7 +63,7 @@ async def test_an_online_host_without_owner_key_is_reported_owner_expired(redis_
         4,
         "owner_expired",
     )
-    assert stats.get("presence_owner_expired_total") == 1
+    assert stats.get("relay_presence_owner_expired_total") == 1
     assert any(line["event"] == "presence.owner_expired" for line in logs)
 
 
@@ -75,7 +75,7 @@ async def test_an_error_reading_ownership_skips_the_whole_pass(redis_client, key
         result = await reconciler(redis_client, keys, stats=stats).run_pass()
     assert result.result == "error"
     assert await appended(redis_client, keys) == []  # not even for h_a: fail open
-    assert stats.get("presence_reconcile_total", result="error") == 1
+    assert stats.get("relay_presence_reconcile_total", result="error") == 1
     assert any(line["event"] == "presence.reconcile_skipped" for line in logs)
 
 
