@@ -5,10 +5,10 @@ host id, the owner, the owner's machine record), and on Fly that is most request
 fleet. The owner is always read fresh: it changes on every reconnect and a stale one
 would send a replay to the wrong machine. The other two change rarely and harmlessly:
 
-- slug to host id changes only when a host is removed and its slug taken again; for at
-  most :data:`SLUG_TTL` such a request then reads the old id's missing owner and gets
-  503 instead of reaching the new host. Only found slugs are kept, so a host created a
-  moment ago is never reported unknown.
+- slug to host id changes only when a host is removed (and its slug perhaps taken
+  again). The removed host has no owner, so a stale id can only lead to "offline": the
+  caller then reads the slug again (:meth:`RouteCache.forget`) before it answers 503.
+  Only found slugs are kept, so a host created a moment ago is never reported unknown.
 - a machine record changes state (draining, stopped) on a drain; a replay to a machine
   that stopped within :data:`MACHINE_TTL` is answered by that machine's successor check
   like any late replay (the owner key, read fresh, has moved by then).
@@ -64,6 +64,10 @@ class TtlCache(Generic[K, V]):
             del entries[next(iter(entries))]  # insertion order: the oldest put
         entries[key] = (now, value)
 
+    def pop(self, key: K) -> bool:
+        """Forget ``key``; whether it was there (expired or not)."""
+        return self._entries.pop(key, None) is not None
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -94,6 +98,10 @@ class RouteCache:
             if host_id is not None:
                 self._slugs.put(slug, host_id, now)
         return host_id
+
+    def forget(self, slug: str) -> bool:
+        """Drop the slug's remembered host id; whether there was one to drop."""
+        return self._slugs.pop(slug)
 
     async def machine(self, machine_id: str) -> MachineRecord | None:
         """The machine's live record (None: it expired, the machine is gone)."""

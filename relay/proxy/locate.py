@@ -60,6 +60,28 @@ async def locate(
         host_id = await state.routes.host_id(slug)
     if host_id is None:
         return Missing.UNKNOWN_HOST
+    found = await _via_owner(state, slug, host_id, hopped=hopped, to_owner=to_owner)
+    if found is Missing.OFFLINE and state.routes.forget(slug):
+        # The host id came from the routing cache: the host may have been removed since
+        # (404), or its slug taken by a new host. Read the slug again before saying 503.
+        with lookup_span("resolve_slug"):
+            fresh = await state.routes.host_id(slug)
+        if fresh is None:
+            return Missing.UNKNOWN_HOST
+        if fresh != host_id:
+            return await _via_owner(state, slug, fresh, hopped=hopped, to_owner=to_owner)
+    return found
+
+
+async def _via_owner(
+    state: RelayState,
+    slug: str,
+    host_id: str,
+    *,
+    hopped: bool,
+    to_owner: Callable[[str], Awaitable[T | None]],
+) -> Tunnel | T | Missing:
+    """Follow the owner key (twice at most: before and after a short grace)."""
     grace = state.config.reconnect_grace
     for attempt in range(2):
         with lookup_span("owner"):

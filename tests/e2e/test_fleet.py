@@ -311,3 +311,14 @@ async def test_misrouted_bodiless_requests_are_answered_on_a_kept_alive_connecti
     # The owner serves the same request itself, on the same kind of connection.
     (served,) = await raw_exchange(relays[0].port, [get(host["slug"])])
     assert served.startswith(b"HTTP/1.1 200 ")
+    # m1 remembers the slug for 2 s; a host removed on m0 is unknown there well before
+    # (once m0 released its owner key, m1 reads the slug again instead of saying 503).
+    async with relays[0].api() as api:
+        assert (await api.delete(f"/api/hosts/{host['id']}")).status_code == 204
+
+    async def unknown_on_m1() -> bool:
+        (answer,) = await raw_exchange(relays[1].port, [get(host["slug"])])
+        assert not answer.startswith(b"HTTP/1.1 503 "), answer
+        return answer.startswith(b"HTTP/1.1 404 ")
+
+    await wait_until(unknown_on_m1, timeout=1.5, what="404 for the removed host on m1")

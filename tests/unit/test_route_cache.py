@@ -69,3 +69,14 @@ async def test_unknown_slugs_and_gone_machines_are_never_remembered():
     clock.now += MACHINE_TTL
     del directory.records["m1"]
     assert await routes.machine("m1") is None
+
+
+async def test_forget_says_whether_a_host_id_was_remembered():
+    directory, clock = Directory(), Clock()
+    routes = RouteCache(directory, directory, clock)  # type: ignore[arg-type]
+    directory.slugs["abc"] = "h_1"
+    await routes.host_id("abc")
+    assert routes.forget("abc") is True
+    assert routes.forget("abc") is False
+    assert await routes.host_id("abc") == "h_1"
+    assert directory.reads == 2
