@@ -20,6 +20,7 @@ __all__ = ["AgentConfig", "ServeConfig", "parse_hostport"]
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 class TunnelLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,7 +96,7 @@ class ServeConfig(TunnelLimits, frozen=True, kw_only=True):
     # /metrics on its own listener (no token there): keep it off the public port.
     metrics_listen: str | None = None
     log_format: Literal["auto", "json", "console"] = "auto"
-    log_level: str = "info"
+    log_level: LogLevel = "info"
 
     @property
     def owner_ttl_ms(self) -> int:
@@ -159,7 +160,7 @@ class AgentConfig(TunnelLimits, frozen=True, kw_only=True):
     stable_after: Seconds = 30.0
     upstream_connections: Positive = 100
     log_format: Literal["auto", "json", "console"] = "auto"
-    log_level: str = "info"
+    log_level: LogLevel = "info"
 
     @property
     def limits(self) -> Limits:
