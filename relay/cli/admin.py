@@ -143,11 +143,11 @@ def _hosts_add(api: AdminClient, args: argparse.Namespace) -> int:
         print_json(payload)
         return 0
     prog = sys.argv[0] if "/" in sys.argv[0] else "relay"
+    block = {"id": host.id, "slug": host.slug, "url": host.url, "token": host.token}
     sys.stdout.write(
         f"host {host.name!r} added\n"
-        + render_fields({"  id": host.id, "  slug": host.slug, "  url": host.url})
-        + f"  token: {host.token}\n"
-        "         (shown this once: only its hash is kept)\n\n"
+        + render_fields(block, indent="  ")
+        + "  (the token is shown this once: only its hash is kept)\n\n"
         "Connect it (--to is your local service):\n"
         f"  {prog} agent --server {api.base} --token {host.token} --to http://127.0.0.1:3000\n"
     )
@@ -228,8 +228,8 @@ def _events(api: AdminClient, args: argparse.Namespace) -> int:
         page = _page(api, after, args.limit)
         if people:
             sys.stdout.write(render_table(_EVENT_HEADERS, [_event_row(e) for e in page.events]))
-            if page.next:
-                sys.stdout.write(f"next page: --after {page.next}\n")
+            if page.next and len(page.events) == args.limit:
+                sys.stdout.write(f"more: --after {page.next}\n")
         else:
             print_json(msgspec.to_builtins(page))
         return 0
@@ -267,4 +267,11 @@ def _event_row(event: dict[str, object]) -> list[str]:
     """ID, AT, KIND, HOST (slug, else id), and the rest as key=value details."""
     host = event.get("slug") or event.get("host_id") or "-"
     details = " ".join(f"{k}={v}" for k, v in event.items() if k not in _NOT_DETAILS)
-    return [str(event["id"]), str(event["at"]), str(event["kind"]), str(host), details]
+    at = str(event["at"])
+    return [
+        str(event["id"]),
+        at[:19] + "Z" if len(at) > 20 else at,
+        str(event["kind"]),
+        str(host),
+        details,
+    ]
