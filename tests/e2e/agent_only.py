@@ -15,7 +15,7 @@ class BlockServerLibraries(MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name.split(".")[0] in _SERVER_ONLY:
             raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
-        return None
+        return None  # noqa: RET501 - the finder protocol: None means "not mine"
 
 
 if __name__ == "__main__":
