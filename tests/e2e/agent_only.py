@@ -13,9 +13,9 @@ from relay.cli.main import _SERVER_ONLY, main
 
 class BlockServerLibraries(MetaPathFinder):
     def find_spec(self, name, path, target=None):
+        """Refuse the server's libraries; None ("not mine") for anything else."""
         if name.split(".")[0] in _SERVER_ONLY:
             raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
-        return None  # noqa: RET501 - the finder protocol: None means "not mine"
 
 
 if __name__ == "__main__":
