@@ -225,19 +225,19 @@ def _events(api: AdminClient, args: argparse.Namespace) -> int:
     people = for_people(args)
     after: str | None = args.after
     if not args.follow:
-        page = _page(api, after, args.limit)
+        payload, page = _page(api, after, args.limit)
         if people:
             sys.stdout.write(render_table(_EVENT_HEADERS, [_event_row(e) for e in page.events]))
             if page.next and len(page.events) == args.limit:
                 sys.stdout.write(f"more: --after {page.next}\n")
         else:
-            print_json(msgspec.to_builtins(page))
+            print_json(payload)
         return 0
     if people:
         sys.stdout.write("  ".join(h.upper() for h in _EVENT_HEADERS) + "\n")
     try:
         while True:
-            page = _page(api, after, args.limit)
+            _payload, page = _page(api, after, args.limit)
             for event in page.events:
                 if people:
                     sys.stdout.write("  ".join(_event_row(event)) + "\n")
@@ -255,12 +255,14 @@ _EVENT_HEADERS = ["id", "at", "kind", "host", "details"]
 _NOT_DETAILS = frozenset({"id", "at", "kind", "host_id", "slug", "version"})
 
 
-def _page(api: AdminClient, after: str | None, limit: int) -> EventPage:
+def _page(api: AdminClient, after: str | None, limit: int) -> tuple[object, EventPage]:
+    """One page of the log: the API's answer as it came, and as checked."""
     params = {"limit": str(limit)} | ({"after": after} if after else {})
-    page = api.expect(api.get("/api/events", params=params), EventPage, "GET /api/events")
+    payload = api.get("/api/events", params=params)
+    page = api.expect(payload, EventPage, "GET /api/events")
     for event in page.events:
         api.expect(event, EventRow, "GET /api/events")
-    return page
+    return payload, page
 
 
 def _event_row(event: dict[str, object]) -> list[str]:
