@@ -332,7 +332,8 @@ def _banner(state: RelayState, admin_token: str, *, generated: bool) -> None:
         saved = cfg.data_path / "admin-token"
         token_line = f"  admin token{' (new)' if generated else ''}: {admin_token}  [{saved}]"
     lines = [
-        f"relay {cfg.machine_id} listening on {where}",
+        f"relay {cfg.machine_id} listening on {where}"
+        + ("" if where.endswith("//" + cfg.listen) else f" ({cfg.listen})"),
         f"  hosts are served at {state.url_for('<slug>')}",
         token_line,
         f"  add a host:  {_hosts_add_hint(cfg, where)}",
