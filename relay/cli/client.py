@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -149,6 +150,9 @@ class AdminClient:
 
     def __init__(self, args: argparse.Namespace, *, timeout: float = 10.0) -> None:
         self.base = args.server.rstrip("/")
+        parts = urlsplit(self.base)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ConfigError(f"--server must be an http(s) URL, got {args.server!r}")
         self.token = admin_token(args.data_dir)
         self._http = httpx.Client(
             base_url=self.base,

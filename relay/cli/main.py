@@ -245,6 +245,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command; returns its exit status."""
+    if args.command == "serve":
+        serve = _server_main()  # first: checking the config needs its libraries too
+        return _run(serve(_build(ServeConfig, args).resolved()))
+    if args.command == "agent":
+        return _run(_agent_main(_build(AgentConfig, args).resolved()))
+    if args.command == "edge":
+        from relay.edge import EdgeConfig, parse_machines, run_edge  # noqa: PLC0415
+
+        parse_hostport(args.listen)
+        return _run(run_edge(EdgeConfig(args.listen, parse_machines(args.machine))))
+    if args.command == "directory":
+        return run_directory_command(args)
+    if args.command == "dns":
+        return run_dns_command(args)
+    return run_admin_command(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `relay` console script; returns the exit status."""
     try:
@@ -252,21 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version (0) and usage errors (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        if args.command == "serve":
-            serve = _server_main()  # first: checking the config needs its libraries too
-            return _run(serve(_build(ServeConfig, args).resolved()))
-        if args.command == "agent":
-            return _run(_agent_main(_build(AgentConfig, args).resolved()))
-        if args.command == "edge":
-            from relay.edge import EdgeConfig, parse_machines, run_edge  # noqa: PLC0415
-
-            parse_hostport(args.listen)
-            return _run(run_edge(EdgeConfig(args.listen, parse_machines(args.machine))))
-        if args.command == "directory":
-            return run_directory_command(args)
-        if args.command == "dns":
-            return run_dns_command(args)
-        return run_admin_command(args)
+        return _dispatch(args)
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except ConfigError as exc:
         sys.stderr.write(f"relay: {exc}\n")
         return 2
