@@ -53,6 +53,8 @@ __all__ = ["load_admin_token", "serve"]
 _UPKEEP_CONNECTIONS = 2
 # Seconds moved tunnels stay after a drain settled, for requests replayed to us meanwhile.
 _REPLAY_LINGER = 0.5
+# Seconds a stop at once (second Ctrl-C) gives tunnels to close and release ownership.
+_STOP_AT_ONCE_S = 1.0
 
 
 def load_admin_token(configured: str | None, data_dir: Path) -> tuple[str, bool]:
@@ -189,10 +191,16 @@ async def _stop_at_once(state: RelayState) -> None:
     if sys.stderr.isatty():
         sys.stderr.write(f"relay: stopping at once (exit status {EXIT_STOPPED_AT_ONCE})\n")
         sys.stderr.flush()
-    for tunnel in tunnels:
-        await tunnel.close(CloseCode.DRAIN, "server stopping")
-    if state.handlers:
-        await asyncio.wait(list(state.handlers), timeout=1.0)
+    # All at once, and bounded: a close waits for the agent's reply to the close frame.
+    closing = [asyncio.create_task(t.close(CloseCode.DRAIN, "server stopping")) for t in tunnels]
+    try:
+        if closing:
+            await asyncio.wait(closing, timeout=_STOP_AT_ONCE_S)
+        if state.handlers:
+            await asyncio.wait(list(state.handlers), timeout=_STOP_AT_ONCE_S)
+    finally:
+        for task in closing:
+            task.cancel()
     try:
         await state.machines.remove(state.config.machine_id)
     except DirectoryError as exc:
