@@ -6,7 +6,7 @@ COPY relay ./relay
 COPY directory ./directory
 RUN python -m venv /opt/relay \
  && /opt/relay/bin/pip install --no-cache-dir --upgrade pip \
- && /opt/relay/bin/pip install --no-cache-dir .
+ && /opt/relay/bin/pip install --no-cache-dir '.[server]'
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/relay --create-home relay

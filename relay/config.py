@@ -10,7 +10,7 @@ import ipaddress
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -18,10 +18,14 @@ import msgspec
 from relay.errors import ConfigError
 from relay.wire.protocol import Limits
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 __all__ = ["AgentConfig", "ServeConfig", "is_loopback", "load_agent_file", "parse_hostport"]
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 class TunnelLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,7 +105,7 @@ class ServeConfig(TunnelLimits, frozen=True, kw_only=True):
     # One JSON line per proxied request on stderr (relay/proxy/access_log.py).
     access_log: bool = False
     log_format: Literal["auto", "json", "console"] = "auto"
-    log_level: str = "info"
+    log_level: LogLevel = "info"
 
     @property
     def owner_ttl_ms(self) -> int:
@@ -170,7 +174,7 @@ class AgentConfig(TunnelLimits, frozen=True, kw_only=True):
     stable_after: Seconds = 30.0
     upstream_connections: Positive = 100
     log_format: Literal["auto", "json", "console"] = "auto"
-    log_level: str = "info"
+    log_level: LogLevel = "info"
 
     @property
     def limits(self) -> Limits:
@@ -236,7 +240,7 @@ _AgentFile: Any = msgspec.defstruct(
 )
 
 
-def load_agent_file(path: str, overrides: dict[str, str]) -> list[AgentConfig]:
+def load_agent_file(path: str, overrides: Mapping[str, object]) -> list[AgentConfig]:
     """The tunnels of an agent file (TOML), one resolved config each.
 
     Shared settings sit at the top level, each ``[[tunnel]]`` has its ``token``, ``to``

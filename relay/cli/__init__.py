@@ -1,5 +1,7 @@
 """The ``relay`` command.
 
-``main`` (parsing; serve, agent, edge), ``client`` (the admin API client), ``dns`` and
-``directory`` (their admin commands).
+``main`` (parsing; serve, agent, edge; the options' help texts), ``options`` (options
+made from the config structs), ``client`` (the admin API client and its exit statuses),
+``output`` (tables for people, JSON for programs), ``admin`` (`hosts`, `machines`,
+`events`), ``dns`` and ``directory`` (their admin commands).
 """

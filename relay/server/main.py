@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
-import signal
+import shlex
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -35,11 +36,13 @@ from relay.machine.state import RelayState, Upkeep
 from relay.machine.tunnels import LocalTunnels, Tunnel
 from relay.proxy.front import FrontServer
 from relay.server.app import build_app
+from relay.server.stopping import EXIT_STOPPED_AT_ONCE, StopSignals, drain_notice
 from relay.sockets import listening_socket
 from relay.tracing import configure_tracing, shutdown_tracing
 from relay.wire.protocol import CloseCode
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
     from pathlib import Path
 
     from structlog.typing import FilteringBoundLogger
@@ -52,6 +55,8 @@ __all__ = ["load_admin_token", "serve"]
 _UPKEEP_CONNECTIONS = 2
 # Seconds moved tunnels stay after a drain settled, for requests replayed to us meanwhile.
 _REPLAY_LINGER = 0.5
+# Seconds a stop at once (second Ctrl-C) gives tunnels to close and release ownership.
+_STOP_AT_ONCE_S = 1.0
 
 
 def load_admin_token(configured: str | None, data_dir: Path) -> tuple[str, bool]:
@@ -127,10 +132,8 @@ async def _run(
         await runner.cleanup()
         await _close_clients(state)
         raise StartupError(f"cannot listen: {exc.strerror or exc}") from exc
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    signals = StopSignals()
+    signals.install(asyncio.get_running_loop())
     await heartbeat_once(state)
     events.start()
     if state.dns is not None:
@@ -138,10 +141,12 @@ async def _run(
     loops = _start_loops(state, log)
     _banner(state, admin_token, generated=generated)
     log.info("relay.started", listen=cfg.listen, base_domain=cfg.base_domain)
+    status = 0
     try:
-        await stop.wait()
+        await signals.drain.wait()
         events.draining()
-        await _drain(state)
+        if not await _drain_unless_stopped(state, signals):
+            status = EXIT_STOPPED_AT_ONCE
     finally:
         for task in loops:
             task.cancel()
@@ -159,8 +164,53 @@ async def _run(
             state.access_log.flush()
         await events.close()  # after the tunnels' last Disconnected, before the store goes
         await _close_clients(state)
-    log.info("relay.stopped")
-    return 0
+    log.info("relay.stopped", status=status)
+    return status
+
+
+async def _drain_unless_stopped(state: RelayState, signals: StopSignals) -> bool:
+    """Drain; a SIGINT meanwhile cuts it short. False when it was cut short."""
+    drain = asyncio.create_task(_drain(state, signals.first or "signal"), name="drain")
+    now = asyncio.create_task(signals.now.wait(), name="stop-at-once")
+    try:
+        await asyncio.wait({drain, now}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        now.cancel()
+    if drain.done():
+        drain.result()  # its failure, if any, is the stop's
+        return True
+    drain.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await drain
+    await _stop_at_once(state)
+    return False
+
+
+async def _stop_at_once(state: RelayState) -> None:
+    """Close every tunnel now (4001: agents reconnect at once, elsewhere if they can).
+
+    Requests still in flight fail; each tunnel's handler still releases its ownership
+    and records the disconnect, so the directory does not wait for the owner TTL.
+    """
+    tunnels = state.tunnels.all() + list(state.tunnels.retired.values())
+    state.log.warning("relay.stopping_at_once", tunnels=len(tunnels))
+    if sys.stderr.isatty():
+        sys.stderr.write(f"relay: stopping at once (exit status {EXIT_STOPPED_AT_ONCE})\n")
+        sys.stderr.flush()
+    # All at once, and bounded: a close waits for the agent's reply to the close frame.
+    closing = [asyncio.create_task(t.close(CloseCode.DRAIN, "server stopping")) for t in tunnels]
+    try:
+        if closing:
+            await asyncio.wait(closing, timeout=_STOP_AT_ONCE_S)
+        if state.handlers:
+            await asyncio.wait(list(state.handlers), timeout=_STOP_AT_ONCE_S)
+    finally:
+        for task in closing:
+            task.cancel()
+    try:
+        await state.machines.remove(state.config.machine_id)
+    except DirectoryError as exc:
+        state.log.warning("relay.machine_remove_failed", error=str(exc))
 
 
 def _watch_machine(
@@ -290,8 +340,7 @@ async def _close_clients(state: RelayState) -> None:
 
 def _banner(state: RelayState, admin_token: str, *, generated: bool) -> None:
     cfg = state.config
-    host, port = cfg.host_port
-    where = f"http://{host}:{port}"
+    where = _local_url(*cfg.host_port)
     if json_logs(cfg.log_format):
         # A log collector reads JSON lines only, and never gets the token itself.
         state.log.info(
@@ -305,16 +354,19 @@ def _banner(state: RelayState, admin_token: str, *, generated: bool) -> None:
         )
         return
     if cfg.admin_token:
-        token_line = "  admin token: (from RELAY_ADMIN_TOKEN)"  # noqa: S105 - a label, not a secret
+        token_line = "  admin token: (as configured: --admin-token or RELAY_ADMIN_TOKEN)"  # noqa: S105 - a label, not a secret
     else:
         saved = cfg.data_path / "admin-token"
         token_line = f"  admin token{' (new)' if generated else ''}: {admin_token}  [{saved}]"
     lines = [
-        f"relay {cfg.machine_id} listening on {where}",
+        f"relay {cfg.machine_id} listening on {where}"
+        + ("" if where.endswith("//" + cfg.listen) else f" ({cfg.listen})"),
         f"  hosts are served at {state.url_for('<slug>')}",
         token_line,
         f"  dashboard:   {where}/ui",
         f"  add a host:  {_hosts_add_hint(cfg, where)}",
+        f"  connect it:  {_prog()} agent --server {where} --token <its token> --to <service URL>",
+        "  stop:        Ctrl-C drains (Ctrl-C again stops at once)",
     ]
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
@@ -322,11 +374,24 @@ def _banner(state: RelayState, admin_token: str, *, generated: bool) -> None:
 
 def _hosts_add_hint(cfg: ServeConfig, where: str) -> str:
     """A `hosts add` command that works as printed: this very program, this data dir."""
-    prog = sys.argv[0] if "/" in sys.argv[0] else "relay"
-    hint = f"{prog} hosts add myhost --server {where}"
-    if not cfg.admin_token and cfg.data_dir != ".relay":
-        hint += f" --data-dir {cfg.data_dir}"  # where the admin token is kept
+    hint = f"{_prog()} hosts add myhost --server {where}"
+    if cfg.admin_token:
+        hint = "RELAY_ADMIN_TOKEN=<admin token> " + hint  # the API wants the configured one
+    elif cfg.data_dir != ".relay":
+        hint += f" --data-dir {shlex.quote(cfg.data_dir)}"  # where the admin token is kept
     return hint
+
+
+def _prog() -> str:
+    """The running program's path when started by path (``.venv/bin/relay``), else ``relay``."""
+    return shlex.quote(sys.argv[0]) if "/" in sys.argv[0] else "relay"
+
+
+def _local_url(host: str, port: int) -> str:
+    """A URL that reaches the listener from this machine (any-address listens via loopback)."""
+    if host in {"0.0.0.0", "", "::"}:
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _start_loops(state: RelayState, log: FilteringBoundLogger) -> list[asyncio.Task[None]]:
@@ -354,33 +419,82 @@ async def _linger(state: RelayState, tunnels: list[Tunnel], deadline: float) -> 
         return
     await asyncio.sleep(linger)
     idle = [asyncio.create_task(t.wait_idle()) for t in moved]
-    _done, busy = await asyncio.wait(idle, timeout=max(0.0, deadline - time.time()))
-    for task in busy:
-        task.cancel()
+    try:
+        _done, busy = await asyncio.wait(idle, timeout=max(0.0, deadline - time.time()))
+    finally:
+        for task in idle:
+            task.cancel()
     state.log.info("relay.drain_lingered", tunnels=len(moved), s=linger, busy=len(busy))
 
 
-def _drain_cut_short(unsettled: list[Tunnel], state: RelayState) -> None:
+def _drain_cut_short(unsettled: list[Tunnel], state: RelayState, *, moving: bool) -> None:
     """The drain window ended first: say why (counted by cause, logged)."""
-    # not_moved: agents found no other machine in time (expected with one machine);
-    # busy: requests were still running, and the close cuts them.
-    causes = sorted({"busy" if t.has_moved else "not_moved" for t in unsettled})
+    # not_moved: agents found no other machine in time; busy: requests were still
+    # running, and the close cuts them (all a lone machine, whose agents stay, waits for).
+    causes = sorted({"busy" if t.has_moved or not moving else "not_moved" for t in unsettled})
     for cause in causes:
         state.metrics.drains_cut_short.add(1, {"cause": cause})
     state.log.warning("relay.drain_window_exceeded", unsettled=len(unsettled), causes=causes)
 
 
-async def _drain(state: RelayState) -> None:
+async def _peers(state: RelayState) -> int | None:
+    """Other running machines an agent could move to; None when the store cannot say."""
+    try:
+        machines = await state.machines.list()
+    except DirectoryError as exc:
+        state.log.warning("relay.drain_peers_unknown", error=str(exc))
+        return None
+    me = state.config.machine_id
+    return sum(1 for m in machines if m.machine_id != me and m.state == "running")
+
+
+def _announce_drain(state: RelayState, tunnels: int, peers: int | None, signal_name: str) -> None:
+    """A log line, and on a terminal a sentence: draining, for at most how long."""
+    drain_timeout = state.config.drain_timeout
+    state.log.info(
+        "relay.draining",
+        tunnels=tunnels,
+        peers=peers,
+        signal=signal_name,
+        drain_timeout_s=drain_timeout,
+    )
+    if sys.stderr.isatty():
+        sys.stderr.write(drain_notice(tunnels, peers, drain_timeout))
+        sys.stderr.flush()
+
+
+async def _wait_all(
+    state: RelayState,
+    tunnels: list[Tunnel],
+    waits: list[Coroutine[Any, Any, None]],
+    *,
+    moving: bool,
+) -> None:
+    """Wait for every tunnel's condition within the drain window; cancel what is left."""
+    tasks = [asyncio.create_task(w) for w in waits]
+    try:
+        if tasks:
+            _done, late = await asyncio.wait(tasks, timeout=state.config.drain_timeout)
+            if late:
+                unsettled = [t for t, task in zip(tunnels, tasks, strict=True) if task in late]
+                _drain_cut_short(unsettled, state, moving=moving)
+    finally:
+        for task in tasks:
+            task.cancel()  # those still waiting (all of them when the drain is cut short)
+
+
+async def _drain(state: RelayState, signal_name: str = "SIGTERM") -> None:
     """Move every agent away (drain frame, make before break), then close 4001 and go.
 
     Readiness fails from the first moment; tunnels keep serving until their agent has a
     new tunnel elsewhere and their in-flight streams are done, within the drain window.
+    With no other running machine there is nowhere to move to: only the in-flight
+    streams are waited for (same window), then the tunnels close.
     """
     cfg = state.config
     state.draining = True
     deadline = time.time() + cfg.drain_timeout
     tunnels = state.tunnels.all()
-    state.log.info("relay.draining", tunnels=len(tunnels))
     try:
         await heartbeat_once(state)
     except DirectoryError as exc:
@@ -390,16 +504,13 @@ async def _drain(state: RelayState) -> None:
             await tunnel.drain(deadline)
         except TunnelClosed:
             continue  # it went away on its own, which is what a drain wants
-    settled = [asyncio.create_task(t.settled()) for t in tunnels]
-    if settled:
-        _done, late = await asyncio.wait(settled, timeout=cfg.drain_timeout)
-        for task in late:
-            task.cancel()
-        if late:
-            _drain_cut_short(
-                [t for t, task in zip(tunnels, settled, strict=True) if task in late], state
-            )
-    await _linger(state, tunnels, deadline)
+    peers = await _peers(state) if tunnels else 0
+    _announce_drain(state, len(tunnels), peers, signal_name)
+    # No other running machine: agents have nowhere to move, so wait for streams only.
+    waits = [t.wait_idle() if peers == 0 else t.settled() for t in tunnels]
+    await _wait_all(state, tunnels, waits, moving=peers != 0)
+    if peers != 0:
+        await _linger(state, tunnels, deadline)
     for tunnel in tunnels:
         await tunnel.close(CloseCode.DRAIN, "server draining")
     # Each tunnel's handler releases its ownership as it ends; give them a moment.

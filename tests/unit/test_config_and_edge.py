@@ -57,7 +57,7 @@ def test_cli_rejects_bad_values_with_exit_2(capsys, monkeypatch):
     assert (
         main(["agent", "--token", "t", "--to", "http://127.0.0.1:1", "--ping-interval", "-1"]) == 2
     )
-    assert "invalid option" in capsys.readouterr().err
+    assert "--ping-interval: must be a number > 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ def test_wildcard_is_the_default_and_needs_nothing():
 def test_flags_exist_for_every_dns_option():
     args = _parser().parse_args([
         "serve", "--dns-mode", "managed", "--dns-provider", "powerdns", "--dns-target", "relay.example.net",
-        "--pdns-api-url", "http://127.0.0.1:8081", "--dns-ttl", "60", "--cloudflare-proxied", "true",
+        "--pdns-api-url", "http://127.0.0.1:8081", "--dns-ttl", "60", "--cloudflare-proxied",
         "--base-domain", "example.com", "--dns-zone", "example.com", "--dns-test-zone", "test.example.com",
     ])  # fmt: skip
     cfg = _build(ServeConfig, args)
