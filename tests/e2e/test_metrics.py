@@ -222,14 +222,20 @@ async def test_every_series_deploy_reads_is_exported_by_a_live_relay(cluster, up
 
 async def test_a_drain_cut_short_is_counted_before_the_relay_exits(cluster, upstream):
     port = free_port()
-    relay, _host = await connected(
+    relay, host = await connected(
         cluster, upstream, RELAY_DRAIN_TIMEOUT="0.5", RELAY_METRICS_LISTEN=f"127.0.0.1:{port}"
     )
-    series = 'relay_drains_cut_short_total{cause="not_moved"}'
+    series = 'relay_drains_cut_short_total{cause="busy"}'
     seen: list[float] = []
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as c:
+    async with (
+        relay.client(host["slug"]) as client,
+        client.stream("GET", "/slow") as slow,  # 40 s of ticks: outlasts the drain window
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as c,
+    ):
+        assert slow.status_code == 200
         seen.append(samples((await c.get("/metrics")).text)[series])
-        # One machine: the agent has nowhere to move, so the drain window runs out.
+        # One machine: nothing to move to, so the drain waits for the request alone,
+        # which outlasts the window.
         relay.proc.signal(signal.SIGTERM)
         while relay.proc.returncode() is None and seen[-1] == 0:
             try:

@@ -141,9 +141,9 @@ def test_inspect_listens_on_loopback_unless_allowed():
 
 
 @pytest.mark.parametrize(
-    ("argv", "quiet"), [([], False), (["--quiet"], True), (["--quiet", "false"], False)]
+    ("argv", "quiet"), [([], False), (["--quiet"], True), (["--no-quiet"], False)]
 )
-def test_bool_options_work_bare_and_with_a_value(monkeypatch, argv, quiet):
+def test_bool_options_are_switches(monkeypatch, argv, quiet):
     monkeypatch.delenv("RELAY_QUIET", raising=False)
     args = _parser().parse_args(["agent", *argv, "--token", "t"])
     assert _build(AgentConfig, args).quiet is quiet
