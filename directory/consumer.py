@@ -42,9 +42,8 @@ from directory.stats import STATS, Stats
 from directory.store import translate_errors
 
 if TYPE_CHECKING:
-    import redis.asyncio
-
     from directory.keys import Keys
+    from directory.store import StoreClient
 
 __all__ = ["BatchHandler", "Handler", "StreamConsumer"]
 
@@ -90,7 +89,7 @@ class StreamConsumer:
 
     def __init__(  # noqa: PLR0913 - tuning knobs, all keyword-only with defaults
         self,
-        redis: redis.asyncio.Redis,
+        redis: StoreClient,
         keys: Keys,
         group: str,
         consumer_name: str,

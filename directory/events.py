@@ -38,9 +38,8 @@ from directory.store import translate_errors
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    import redis.asyncio
-
     from directory.keys import Keys
+    from directory.store import StoreClient
 
 __all__ = [
     "DEFAULT_MAXLEN",
@@ -335,7 +334,7 @@ class RedisEventLog:
 
     def __init__(
         self,
-        redis: redis.asyncio.Redis,
+        redis: StoreClient,
         keys: Keys,
         *,
         maxlen: int = DEFAULT_MAXLEN,

@@ -43,10 +43,9 @@ from directory.store import translate_errors
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
-    import redis.asyncio
-
     from directory.events import AnyEvent
     from directory.keys import Keys
+    from directory.store import StoreClient
 
 __all__ = ["Presence", "PresenceStore", "fold", "fold_all", "join", "lift"]
 
@@ -299,7 +298,7 @@ def _newest(entry_ids: Iterable[str]) -> str | None:
 class PresenceStore:
     """The presence projection in the store: read it, apply events to it, replace it."""
 
-    def __init__(self, redis: redis.asyncio.Redis, keys: Keys, *, stats: Stats = STATS) -> None:
+    def __init__(self, redis: StoreClient, keys: Keys, *, stats: Stats = STATS) -> None:
         self._redis = redis
         self._hash = keys.presence()
         self._position = keys.presence_position()

@@ -30,6 +30,10 @@ _HELP = {
     "listen": "HOST:PORT to listen on",
     "base_domain": "hosts are served at <slug>.<base-domain>",
     "redis_url": "Redis/Valkey URL (REDIS_URL); default: an embedded Valkey under --data-dir",
+    "redis_cluster": "speak Redis Cluster to the nodes of --redis-url (one node's URL is "
+    "enough: the others are discovered); every key of one host lives in one hash slot",
+    "redis_ca": "CA certificate file (PEM) that verifies a rediss:// store; default: the "
+    "system's trusted CAs",
     "machine_id": "this machine's id (FLY_MACHINE_ID); default: generated",
     "data_dir": "data directory (admin token, embedded store)",
     "route_mode": "how requests for tunnels on other machines travel",
@@ -70,13 +74,15 @@ def _add_struct_options(parser: argparse.ArgumentParser, struct: type[msgspec.St
         flag = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not msgspec.NODEFAULT else None
         shown = "" if default in {None, ""} else f" (default: {default})"
-        parser.add_argument(
-            flag,
-            dest=field.name,
-            default=None,
-            help=f"{_HELP.get(field.name, field.name.replace('_', ' '))}{shown}"
+        options: dict[str, Any] = {
+            "dest": field.name,
+            "default": None,
+            "help": f"{_HELP.get(field.name, field.name.replace('_', ' '))}{shown}"
             f" [env {_env_name(field.name)}]",
-        )
+        }
+        if field.type is bool:  # also a bare flag: `--redis-cluster` means true
+            options.update(nargs="?", const="true", metavar="BOOL")
+        parser.add_argument(flag, **options)
 
 
 def _build(struct: type[msgspec.Struct], args: argparse.Namespace) -> Any:  # noqa: ANN401 - the struct

@@ -10,7 +10,6 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     import aiohttp
-    import redis.asyncio as redis
     from structlog.typing import FilteringBoundLogger
 
     from directory.dns.service import DnsService
@@ -18,6 +17,7 @@ if TYPE_CHECKING:
     from directory.machines import MachineRegistry
     from directory.ownership import OwnershipStore
     from directory.presence import PresenceStore
+    from directory.store import StoreClient
     from relay.config import ServeConfig
     from relay.machine.events import EventEmitter
     from relay.machine.metrics import Metrics
@@ -38,7 +38,7 @@ class Upkeep:
     delay a refresh past the owner TTL (the machine would lose every tunnel it holds).
     """
 
-    redis: redis.Redis
+    redis: StoreClient
     ownership: OwnershipStore
     machines: MachineRegistry
 
@@ -48,7 +48,7 @@ class RelayState:
     """The relay machine's shared state (one per process)."""
 
     config: ServeConfig
-    redis: redis.Redis
+    redis: StoreClient
     hosts: HostRegistry
     ownership: OwnershipStore
     tunnels: LocalTunnels
