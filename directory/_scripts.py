@@ -89,7 +89,9 @@ async def run_batches(
         pipe = client.pipeline(transaction=False)
         for index in pending:
             keys, args = batches[index]
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            # Not pipe.evalsha: redis-py's cluster pipeline refuses that method by name,
+            # while it routes the raw command by its keys like any other.
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         results = await pipe.execute(raise_on_error=False)
         missing: list[int] = []
         for index, result in zip(pending, results, strict=True):

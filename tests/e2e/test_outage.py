@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as redis_async
 
 from directory.embedded import EmbeddedValkey
+from directory.keys import Keys
 from tests.e2e.harness import RELAY, Cluster, Proc, Relay, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.e2e
 async def owner_of(url: str, prefix: str, host_id: str) -> bytes | None:
     client = redis_async.Redis.from_url(url)
     try:
-        return await client.get(f"{prefix}:owner:{host_id}")
+        return await client.get(Keys(prefix).owner(host_id))
     finally:
         await client.aclose()
 
