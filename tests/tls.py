@@ -70,6 +70,7 @@ class TlsFront:
         self._target = target  # a unix socket path, or (host, port)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
         self.port = 0
 
     @property
@@ -90,6 +91,7 @@ class TlsFront:
         except OSError:
             writer.transport.abort()
             return
+        self._writers += [writer, up_writer]
         for src, dst in ((reader, up_writer), (up_reader, writer)):
             task = asyncio.create_task(_pipe(src, dst))
             self._tasks.add(task)
@@ -100,6 +102,14 @@ class TlsFront:
             self._server.close()
         for task in list(self._tasks):
             task.cancel()
+        for writer in self._writers:
+            writer.transport.abort()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                await writer.wait_closed()
+        if self._server is not None:
+            await self._server.wait_closed()
 
 
 async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
