@@ -1,4 +1,7 @@
-"""End-to-end: the store goes away and comes back (with and without its data)."""
+"""End-to-end: the store goes away and comes back (with and without its data).
+
+Single server only: these tests stop, wipe and restart the embedded store process.
+"""
 
 from __future__ import annotations
 

@@ -171,6 +171,8 @@ async def test_a_killed_relay_is_noticed_as_owner_expired(cluster, upstream):
 async def test_a_machine_cut_off_from_the_store_is_online_again_under_a_new_epoch(
     cluster, upstream, valkey_url
 ):
+    # Single server only: the cut-off machine reaches the store through a blackhole proxy
+    # to its unix socket.
     # The reconciler (on the machine that still reaches the store) rightly reports the
     # cut-off machine's host as owner_expired; once the machine is back it still holds the
     # tunnel, and presence must say so again, without the agent reconnecting.

@@ -70,6 +70,8 @@ async def test_other_errors_pass_through_untouched():
 
 
 async def test_a_store_that_goes_away_makes_operations_unavailable(tmp_path):
+    # A single embedded server, stopped under the client (a cluster's outage is the
+    # cluster errors' translation below).
     server = EmbeddedValkey(tmp_path)
     client = await connect(await server.start())
     try:
