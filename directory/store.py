@@ -185,13 +185,16 @@ class _BoundedCluster(RedisCluster):
     @contextlib.asynccontextmanager
     async def permit(self) -> AsyncIterator[None]:
         """Hold one permit (a connection's worth) for the duration of the block."""
-        try:
-            async with asyncio.timeout(self._wait):
-                await self._permits.acquire()
-        except TimeoutError:
-            raise redis.exceptions.ConnectionError(
-                f"no free store connection within {self._wait:g} s"
-            ) from None
+        if self._permits.locked():  # all taken: wait, but not for ever
+            try:
+                async with asyncio.timeout(self._wait):
+                    await self._permits.acquire()
+            except TimeoutError:
+                raise redis.exceptions.ConnectionError(
+                    f"no free store connection within {self._wait:g} s"
+                ) from None
+        else:
+            await self._permits.acquire()  # free: returns at once
         try:
             yield
         finally:
