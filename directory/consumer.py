@@ -17,7 +17,7 @@ so a crash re-delivers rather than loses (handlers are idempotent). A batch that
 retried entry by entry, so one bad entry never holds the others back. Entries of unknown
 kinds are acknowledged and counted. Poison (an entry that does not decode, or whose
 handler failed ``max_deliveries`` times) is parked in the dead-letter stream
-``p:events:dead`` with its original fields, the group and the error, acknowledged,
+``p:{events}:dead`` with its original fields, the group and the error, acknowledged,
 counted (``events_dead_lettered_total``) and logged (``events.dead_lettered``).
 
 A store outage (:class:`~directory.errors.StoreUnavailable`) is not the entries' fault: the

@@ -6,7 +6,7 @@ a newer relay) skips it and counts it; a newer *version* of a known kind still d
 because fields are only ever added, with defaults (unknown fields are ignored). A change
 that cannot be made that way gets a new kind.
 
-Storage (:class:`RedisEventLog`): the stream ``p:events``, bounded by an approximate
+Storage (:class:`RedisEventLog`): the stream ``p:{events}``, bounded by an approximate
 ``MAXLEN`` (``XADD ... MAXLEN ~ n``: the store trims whole radix-tree nodes, cheaply). A
 batch is appended by one small Lua script per 1000 events, in one round trip: with
 redis-py the client's per-command packing, not the store, is what limits an appender.

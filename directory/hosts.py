@@ -2,7 +2,7 @@
 
 * A host's token is shown once, at creation, and stored only as its sha256 hex digest:
   the token key maps that digest to the host id, the record keeps it to compare.
-* A slug is claimed with ``SET p:slug:<slug> <host_id> NX``: one claim per slug for every
+* A slug is claimed with ``SET p:{registry}:slug:<slug> <host_id> NX``: one claim per slug for every
   kind of host, so slugs are unique across the whole DNS namespace.
 * The slug claim, the token key and the index entry share one hash tag (``{registry}``)
   and appear and disappear together, in one Lua script. The record lives with the host's

@@ -2,8 +2,8 @@
 
 Rules (see DESIGN "Ownership"):
 
-* Every connection gets a fencing epoch from ``INCR p:epoch:<host>``. The owner record
-  ``p:owner:<host>`` holds ``{machine_id, epoch}`` and is written with ``PX ttl``.
+* Every connection gets a fencing epoch from ``INCR p:{h:<host>}:epoch``. The owner record
+  ``p:{h:<host>}:owner`` holds ``{machine_id, epoch}`` and is written with ``PX ttl``.
 * Newest wins: a claim overwrites any owner with a lower epoch, and tells everyone on the
   ``owner-events`` channel, so the machine holding the older tunnel closes it.
 * Refresh extends the TTL only while the record is still exactly ours (compare-and-pexpire)

@@ -18,8 +18,8 @@ several machines apply entries side by side):
 * ``HostRemoved`` is a tombstone that absorbs everything: a host id is never reused, so
   nothing that arrives after it can bring the host back.
 
-Stored (:class:`PresenceStore`) in the hash ``p:presence`` (host id -> JSON) together with
-``p:presence:position`` (the newest applied entry id), written by one Lua script that
+Stored (:class:`PresenceStore`) in the hash ``p:{presence}`` (host id -> JSON) together with
+``p:{presence}:position`` (the newest applied entry id), written by one Lua script that
 compares every record it read (by SHA1) before writing any (compare-and-set): a writer
 that raced another re-reads and folds again, so no event is lost between two machines.
 """
