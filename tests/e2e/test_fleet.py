@@ -106,7 +106,6 @@ async def test_forward_mode_carries_everything_over_the_private_network(cluster,
     assert await relays[1].metric("relay_forward_total") >= 1
 
 
-@on_both_stores
 async def test_machines_api_lists_every_live_machine(cluster):
     relays, _ = await fleet(cluster, 2)
     async with relays[0].api() as api:

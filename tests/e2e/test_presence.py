@@ -147,7 +147,6 @@ async def test_replacement_reports_replaced_and_never_shows_the_host_offline(clu
     assert final["online"] and final["epoch"] == after["epoch"]
 
 
-@on_both_stores
 async def test_a_killed_relay_is_noticed_as_owner_expired(cluster, upstream):
     survivor = await cluster.relay("--reconcile-interval", "0.5", machine_id="survivor")
     victim = await cluster.relay(machine_id="victim")  # same key prefix: one directory
