@@ -7,22 +7,44 @@ be idempotent, because a batch that failed with NOSCRIPT is sent a second time.
 
 We do not use redis-py's ``register_script`` with pipelines: its pipeline path sends
 ``SCRIPT EXISTS`` before every execute, a second round trip per refresh cycle.
+
+In Redis Cluster every node has its own script cache (``SCRIPT LOAD`` goes to all
+primaries), and a script's keys must share a slot: :func:`by_slot` cuts work over many
+hosts into per-slot groups there, and leaves it whole on a single server.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
 if TYPE_CHECKING:
-    import redis.asyncio
+    from directory.store import StoreClient
 
-__all__ = ["LuaScript", "pack_strings", "run_batches"]
+__all__ = ["LuaScript", "by_slot", "pack_strings", "run_batches"]
 
 KeyArgs = tuple[Sequence[str], Sequence[str | bytes | int]]
+T = TypeVar("T")
+
+
+def by_slot(client: StoreClient, items: Sequence[T], key: Callable[[T], str]) -> list[list[T]]:
+    """``items`` grouped by the hash slot of ``key(item)``, in order (one group per slot).
+
+    On a single server everything is one group: there a script may name any keys, and
+    one call per batch of hundreds of hosts is what keeps a refresh cheap. In a cluster a
+    script may only name keys of one slot; hosts spread over all slots, so a batch there
+    is mostly a single host (still one pipelined round trip per node).
+    """
+    if not isinstance(client, RedisCluster):
+        return [list(items)] if items else []
+    groups: dict[int, list[T]] = {}
+    for item in items:
+        groups.setdefault(client.keyslot(key(item)), []).append(item)
+    return list(groups.values())
 
 
 class LuaScript:
@@ -38,7 +60,7 @@ class LuaScript:
 
     async def __call__(
         self,
-        client: redis.asyncio.Redis,
+        client: StoreClient,
         keys: Sequence[str],
         args: Sequence[str | bytes | int],
     ) -> Any:  # noqa: ANN401 - a Lua reply has whatever shape the script returns
@@ -51,7 +73,7 @@ class LuaScript:
 
 
 async def run_batches(
-    client: redis.asyncio.Redis, script: LuaScript, batches: Sequence[KeyArgs]
+    client: StoreClient, script: LuaScript, batches: Sequence[KeyArgs]
 ) -> list[Any]:
     """Run ``script`` once per batch, all batches in ONE pipelined round trip.
 
@@ -67,7 +89,9 @@ async def run_batches(
         pipe = client.pipeline(transaction=False)
         for index in pending:
             keys, args = batches[index]
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            # Not pipe.evalsha: redis-py's cluster pipeline refuses that method by name,
+            # while it routes the raw command by its keys like any other.
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         results = await pipe.execute(raise_on_error=False)
         missing: list[int] = []
         for index, result in zip(pending, results, strict=True):

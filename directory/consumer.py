@@ -17,7 +17,7 @@ so a crash re-delivers rather than loses (handlers are idempotent). A batch that
 retried entry by entry, so one bad entry never holds the others back. Entries of unknown
 kinds are acknowledged and counted. Poison (an entry that does not decode, or whose
 handler failed ``max_deliveries`` times) is parked in the dead-letter stream
-``p:events:dead`` with its original fields, the group and the error, acknowledged,
+``p:{events}:dead`` with its original fields, the group and the error, acknowledged,
 counted (``relay_events_dead_lettered_total``) and logged (``events.dead_lettered``).
 
 A store outage (:class:`~directory.errors.StoreUnavailable`) is not the entries' fault: the
@@ -42,9 +42,8 @@ from directory.stats import STATS, Stats
 from directory.store import translate_errors
 
 if TYPE_CHECKING:
-    import redis.asyncio
-
     from directory.keys import Keys
+    from directory.store import StoreClient
 
 __all__ = ["BatchHandler", "Handler", "StreamConsumer"]
 
@@ -95,7 +94,7 @@ class StreamConsumer:
 
     def __init__(  # noqa: PLR0913 - tuning knobs, all keyword-only with defaults
         self,
-        redis: redis.asyncio.Redis,
+        redis: StoreClient,
         keys: Keys,
         group: str,
         consumer_name: str,

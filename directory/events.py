@@ -6,7 +6,7 @@ a newer relay) skips it and counts it; a newer *version* of a known kind still d
 because fields are only ever added, with defaults (unknown fields are ignored). A change
 that cannot be made that way gets a new kind.
 
-Storage (:class:`RedisEventLog`): the stream ``p:events``, bounded by an approximate
+Storage (:class:`RedisEventLog`): the stream ``p:{events}``, bounded by an approximate
 ``MAXLEN`` (``XADD ... MAXLEN ~ n``: the store trims whole radix-tree nodes, cheaply). A
 batch is appended by one small Lua script per 1000 events, in one round trip: with
 redis-py the client's per-command packing, not the store, is what limits an appender.
@@ -38,9 +38,8 @@ from directory.store import translate_errors
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    import redis.asyncio
-
     from directory.keys import Keys
+    from directory.store import StoreClient
 
 __all__ = [
     "DEFAULT_MAXLEN",
@@ -335,7 +334,7 @@ class RedisEventLog:
 
     def __init__(
         self,
-        redis: redis.asyncio.Redis,
+        redis: StoreClient,
         keys: Keys,
         *,
         maxlen: int = DEFAULT_MAXLEN,

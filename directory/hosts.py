@@ -2,11 +2,20 @@
 
 * A host's token is shown once, at creation, and stored only as its sha256 hex digest:
   the token key maps that digest to the host id, the record keeps it to compare.
-* A slug is claimed with ``SET p:slug:<slug> <host_id> NX``: one claim per slug for every
+* A slug is claimed with ``SET p:{registry}:slug:<slug> <host_id> NX``: one claim per slug for every
   kind of host, so slugs are unique across the whole DNS namespace.
-* Creating and deleting each run as one Lua script, so the claim, the record, the token
-  key and the index entry appear and disappear together: there is never a claimed slug
-  without its host, and a crash between two writes cannot leave one behind.
+* The slug claim, the token key and the index entry share one hash tag (``{registry}``)
+  and appear and disappear together, in one Lua script. The record lives with the host's
+  other keys (its own tag, for Redis Cluster), so creating and removing take two steps,
+  ordered so that nothing reachable ever points at a missing record:
+
+  - create writes the record first, then claims (one script; the claim decides). A
+    claim that fails deletes the record again. A crash in between leaves a record that
+    nothing refers to (no slug, token or index entry leads to it, and its id was never
+    handed out): a few hundred bytes of garbage, never a slug taken by nobody.
+  - delete undoes the claims first, then deletes the record (and the epoch counter)
+    if it is still the one read. A crash in between leaves the record readable by its
+    id only; running the delete again finishes it (both steps are idempotent).
 """
 
 from __future__ import annotations
@@ -23,12 +32,11 @@ from directory._scripts import LuaScript
 from directory.errors import HostNotFound, InvalidInput, SlugTaken, StoreError
 from directory.models import HostRecord, decode, encode
 from directory.slugs import generate_slug, validate_slug
-from directory.store import translate_errors
+from directory.store import mget, translate_errors
 
 if TYPE_CHECKING:
-    import redis.asyncio
-
     from directory.keys import Keys
+    from directory.store import StoreClient
 
 __all__ = ["HOST_ID_PREFIX", "MAX_NAME_LENGTH", "HostRegistry", "hash_token"]
 
@@ -44,36 +52,44 @@ _DELETE_ATTEMPTS = 3
 
 _log = structlog.get_logger("directory.hosts")
 
-# KEYS: slug, host, token, index. ARGV: host_id, record, created_at.
-_CREATE = LuaScript(
-    "create_host",
+# KEYS: slug, token, index (one slot). ARGV: host_id, created_at.
+_CLAIM = LuaScript(
+    "claim_host",
     """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   return 0
 end
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('SET', KEYS[3], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 return 1
 """,
 )
 
-# KEYS: host, token, index, slug, epoch. ARGV: host_id, the record as read.
+# KEYS: slug, token, index (one slot). ARGV: host_id.
 # The token key and the slug claim are removed only while they still point at this host.
-_DELETE = LuaScript(
-    "delete_host",
+_UNCLAIM = LuaScript(
+    "unclaim_host",
     """
-if redis.call('GET', KEYS[1]) ~= ARGV[2] then
-  return 0
-end
-redis.call('DEL', KEYS[1], KEYS[5])
 redis.call('ZREM', KEYS[3], ARGV[1])
 if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('DEL', KEYS[2])
 end
-if redis.call('GET', KEYS[4]) == ARGV[1] then
-  redis.call('DEL', KEYS[4])
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
 end
+return 1
+""",
+)
+
+# KEYS: host record, epoch (the host's slot). ARGV: the record as read.
+# Deletes both only while the record is still the one the caller unclaimed.
+_DELETE = LuaScript(
+    "delete_host",
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1], KEYS[2])
 return 1
 """,
 )
@@ -110,7 +126,7 @@ def _text(value: bytes | str) -> str:
 class HostRegistry:
     """Registered hosts in the store, under the names of ``keys``."""
 
-    def __init__(self, redis: redis.asyncio.Redis, keys: Keys) -> None:
+    def __init__(self, redis: StoreClient, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
 
@@ -141,18 +157,7 @@ class HostRegistry:
         host_id = HOST_ID_PREFIX + secrets.token_hex(8)
         for candidate in candidates:
             record = HostRecord(host_id, name, candidate, token_hash, time.time(), test=test)
-            with translate_errors(f"create host {name!r}"):
-                created = await _CREATE(
-                    self._redis,
-                    [
-                        self._keys.slug(candidate),
-                        self._keys.host(host_id),
-                        self._keys.token(token_hash),
-                        self._keys.hosts_index(),
-                    ],
-                    [host_id, encode(record), repr(record.created_at)],
-                )
-            if created:
+            if await self._create(record):
                 _log.debug("hosts.created", host_id=host_id, slug=candidate)
                 return record, token
             if slug is None:
@@ -160,6 +165,21 @@ class HostRegistry:
         if slug is not None:
             raise SlugTaken(f"slug {candidates[0]!r} is already taken")
         raise SlugTaken(f"no free slug found in {_SLUG_ATTEMPTS} random tries")
+
+    async def _create(self, record: HostRecord) -> bool:
+        """Write the record, then claim its slug, token and index entry (see the module)."""
+        keys = self._keys
+        host_key = keys.host(record.id)
+        with translate_errors(f"create host {record.name!r}"):
+            await self._redis.set(host_key, encode(record))
+            claimed = await _CLAIM(
+                self._redis,
+                [keys.slug(record.slug), keys.token(record.token_hash), keys.hosts_index()],
+                [record.id, repr(record.created_at)],
+            )
+            if not claimed:
+                await self._redis.delete(host_key)
+        return bool(claimed)
 
     async def get(self, id_or_slug: str) -> HostRecord:
         """The host with this id (``h_...``) or slug; :class:`HostNotFound` otherwise."""
@@ -176,11 +196,12 @@ class HostRegistry:
             if not ids:
                 return []
             host_keys = [self._keys.host(_text(i)) for i in ids]
-            raws = await self._redis.mget(host_keys)
+            raws = await mget(self._redis, host_keys)
         hosts: list[HostRecord] = []
         for key, raw in zip(host_keys, raws, strict=True):
             if raw is None:
-                # Only a manual edit of the store can get here: create/delete are atomic.
+                # Only a manual edit gets here: the record is written before the index entry
+                # and deleted after it.
                 _log.warning("hosts.index_without_record", key=key)
                 continue
             hosts.append(decode(HostRecord, raw, where=key))
@@ -201,17 +222,12 @@ class HostRegistry:
                 raise HostNotFound(f"no host has the id {host_id!r}")
             record = decode(HostRecord, raw, where=key)
             with translate_errors(f"delete host {host_id}"):
-                deleted = await _DELETE(
+                await _UNCLAIM(
                     self._redis,
-                    [
-                        key,
-                        keys.token(record.token_hash),
-                        keys.hosts_index(),
-                        keys.slug(record.slug),
-                        keys.epoch(host_id),
-                    ],
-                    [host_id, raw],
+                    [keys.slug(record.slug), keys.token(record.token_hash), keys.hosts_index()],
+                    [host_id],
                 )
+                deleted = await _DELETE(self._redis, [key, keys.epoch(host_id)], [raw])
             if deleted:
                 _log.debug("hosts.deleted", host_id=host_id, slug=record.slug)
                 return record

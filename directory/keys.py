@@ -1,28 +1,54 @@
 """Names of every key the directory keeps in the store, under one ``{prefix}:`` namespace.
 
-Layout (``p`` is the prefix, ``relay`` by default)::
+Layout (``p`` is the prefix, ``relay`` by default; ``{...}`` is a Redis Cluster hash tag)::
 
-    p:host:<host_id>       string   the host's record (msgspec JSON of HostRecord)
-    p:hosts                zset     host ids scored by creation time
-    p:slug:<slug>          string   the host id holding the slug (one claim per slug for
-                                    every kind of host, so slugs are unique across DNS)
-    p:token:<sha256 hex>   string   the host id a token hash belongs to
-    p:epoch:<host_id>      integer  fencing epoch counter (INCR per connection)
-    p:owner:<host_id>      string   OwnerRecord JSON, with a native TTL (PX)
-    p:reclaim:<host_id>    string   "<old epoch>:<new epoch>" of the last re-claim after an
-                                    outage, with the owner TTL (makes a resent reassert
-                                    report the same re-claim again)
-    p:machine:<machine_id> string   a machine's liveness record, with a TTL
-    p:machines             zset     machine ids scored by last-seen time
-    p:owner-events         channel  pub/sub channel of TakeoverNotice messages
-    p:events               stream   the tunnel event log (directory.events)
-    p:events:dead          stream   poison entries parked by consumers (directory.consumer)
-    p:presence             hash     host id -> Presence JSON (directory.presence)
-    p:presence:position    string   the newest log entry id the presence projection applied
-    p:lease:<name>         string   a lease (one machine at a time runs <name>), with a TTL
+    p:{h:<host_id>}:host       string   the host's record (msgspec JSON of HostRecord)
+    p:{h:<host_id>}:epoch      integer  fencing epoch counter (INCR per connection)
+    p:{h:<host_id>}:owner      string   OwnerRecord JSON, with a native TTL (PX)
+    p:{h:<host_id>}:reclaim    string   "<old epoch>:<new epoch>" of the last re-claim after
+                                        an outage, with the owner TTL (makes a resent
+                                        reassert report the same re-claim again)
+    p:{h:<host_id>}:dns        hash     the host's DNS status and cache (directory.dns.state)
+    p:{h:<host_id>}:dns-lock   string   a DNS worker converging the host now (PX)
+    p:{registry}:hosts         zset     host ids scored by creation time
+    p:{registry}:slug:<slug>   string   the host id holding the slug (one claim per slug for
+                                        every kind of host, so slugs are unique across DNS)
+    p:{registry}:token:<hex>   string   the host id a token's sha256 hex digest belongs to
+    p:{machines}               zset     machine ids scored by last-seen time
+    p:{machines}:<machine_id>  string   a machine's liveness record, with a TTL
+    p:{events}                 stream   the tunnel event log (directory.events)
+    p:{events}:dead            stream   poison entries parked by consumers (directory.consumer)
+    p:{presence}               hash     host id -> Presence JSON (directory.presence)
+    p:{presence}:position      string   the newest log entry id the presence projection applied
+    p:{dns}:...                         the DNS work's shared keys (directory.dns.state)
+    p:lease:<name>             string   a lease (one machine at a time runs <name>), with a TTL
+    p:cluster-secret           string   the secret relay machines authenticate each other with
+    p:owner-events             channel  pub/sub channel of TakeoverNotice messages
+
+Redis Cluster: a script, a MULTI or a multi-key command must name keys of ONE hash slot,
+and the hash tags above decide the slots.
+
+* Every key of one host carries the tag ``{h:<host_id>}``, so the ownership scripts (claim:
+  epoch and owner; reassert: owner, epoch and reclaim) and the host's delete see one slot,
+  and hosts spread over the whole cluster. Scripts over many hosts (refresh, reassert, the
+  DNS locks) are cut into one call per slot in cluster mode (see ``_scripts.by_slot``);
+  on a single server they keep their batches of hundreds of hosts.
+* Keys shared by every host share a tag per group, never across groups: ``{registry}``
+  (the slug claim, the token key and the index are written by one script), ``{events}``
+  (parking a dead letter and acknowledging it is one MULTI), ``{presence}`` (the
+  projection and its position move in one compare-and-set), ``{machines}`` (records and
+  index read with one MGET), ``{dns}`` (the shared token bucket and its pause: one
+  script). A group is one slot, so on one node; its load is what one node serves easily.
+* The host record is the one step that spans two slots: creating a host writes the record
+  first and then claims slug, token and index in one script; removing one undoes the
+  claims first and deletes the record after (see ``directory.hosts``).
+* The takeover channel is not a key: PUBLISH reaches subscribers on every node.
+
+A single server ignores the tags: the layout, the scripts and their batching are the same.
 
 Every variable part is either generated by us (host ids, hex digests) or validated before
-it gets here (slugs), so no part can contain the ``:`` separator of another key kind.
+it gets here (slugs), so no part can contain the ``:`` separator of another key kind. The
+prefix may not contain braces, which would make its own hash tag.
 """
 
 from __future__ import annotations
@@ -42,49 +68,70 @@ class Keys:
 
     def __post_init__(self) -> None:
         p = self.prefix
-        if not p or len(p) > _MAX_PREFIX or not p.isprintable() or any(c.isspace() for c in p):
+        if (
+            not p
+            or len(p) > _MAX_PREFIX
+            or not p.isprintable()
+            or any(c.isspace() or c in "{}" for c in p)
+        ):
             raise ValueError(
-                f"key prefix must be 1-{_MAX_PREFIX} printable characters without spaces, got {p!r}"
+                f"key prefix must be 1-{_MAX_PREFIX} printable characters without spaces or "
+                f"braces, got {p!r}"
             )
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    def _host_key(self, host_id: str, kind: str) -> str:
+        return f"{self.prefix}:{{h:{host_id}}}:{kind}"
+
     def host(self, host_id: str) -> str:
         """The key holding a host's record."""
-        return self._key("host", host_id)
+        return self._host_key(host_id, "host")
 
     def hosts_index(self) -> str:
         """The sorted set of host ids, scored by creation time."""
-        return self._key("hosts")
+        return self._key("{registry}", "hosts")
 
     def slug(self, slug: str) -> str:
         """The claim key of a slug (its value is the id of the host holding it)."""
-        return self._key("slug", slug)
+        return self._key("{registry}", "slug", slug)
 
     def token(self, token_hash_hex: str) -> str:
         """The key mapping a token's sha256 hex digest to its host id."""
-        return self._key("token", token_hash_hex)
+        return self._key("{registry}", "token", token_hash_hex)
 
     def epoch(self, host_id: str) -> str:
         """The fencing epoch counter of a host."""
-        return self._key("epoch", host_id)
+        return self._host_key(host_id, "epoch")
 
     def owner(self, host_id: str) -> str:
         """The owner record of a host (expires on its own: native TTL)."""
-        return self._key("owner", host_id)
+        return self._host_key(host_id, "owner")
 
     def reclaim(self, host_id: str) -> str:
         """The last re-claim of a host's ownership after an outage (see ownership.py)."""
-        return self._key("reclaim", host_id)
+        return self._host_key(host_id, "reclaim")
+
+    def host_dns(self, host_id: str) -> str:
+        """A host's DNS status and cached records (directory.dns.state)."""
+        return self._host_key(host_id, "dns")
+
+    def host_dns_lock(self, host_id: str) -> str:
+        """A DNS worker's hold on one host while converging it."""
+        return self._host_key(host_id, "dns-lock")
+
+    def dns(self, name: str) -> str:
+        """A key the DNS work shares across hosts (``hosts``, ``dirty``, ``rate``, ...)."""
+        return self._key("{dns}", name)
 
     def machine(self, machine_id: str) -> str:
         """The liveness record of a relay machine."""
-        return self._key("machine", machine_id)
+        return self._key("{machines}", machine_id)
 
     def machines_index(self) -> str:
         """The sorted set of machine ids, scored by last-seen time."""
-        return self._key("machines")
+        return self._key("{machines}")
 
     def cluster_secret(self) -> str:
         """The shared secret relay machines authenticate each other with."""
@@ -96,19 +143,19 @@ class Keys:
 
     def events(self) -> str:
         """The event log stream."""
-        return self._key("events")
+        return self._key("{events}")
 
     def dead_letters(self) -> str:
         """The stream where consumers park entries they cannot handle."""
-        return self._key("events", "dead")
+        return self._key("{events}", "dead")
 
     def presence(self) -> str:
         """The hash of presence records, by host id."""
-        return self._key("presence")
+        return self._key("{presence}")
 
     def presence_position(self) -> str:
         """The newest log entry id applied to the presence projection."""
-        return self._key("presence", "position")
+        return self._key("{presence}", "position")
 
     def lease(self, name: str) -> str:
         """A lease held by one machine at a time (e.g. ``presence-reconciler``)."""

@@ -18,9 +18,8 @@ from directory.errors import CorruptRecord
 from directory.store import translate_errors
 
 if TYPE_CHECKING:
-    import redis.asyncio
-
     from directory.keys import Keys
+    from directory.store import StoreClient
 
 __all__ = ["MachineRecord", "MachineRegistry", "MachineState"]
 
@@ -54,7 +53,7 @@ def _decode(data: bytes | str, where: str) -> MachineRecord:
 class MachineRegistry:
     """Liveness records of relay machines."""
 
-    def __init__(self, redis: redis.asyncio.Redis, keys: Keys) -> None:
+    def __init__(self, redis: StoreClient, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
 

@@ -2,8 +2,8 @@
 
 Rules (see DESIGN "Ownership"):
 
-* Every connection gets a fencing epoch from ``INCR p:epoch:<host>``. The owner record
-  ``p:owner:<host>`` holds ``{machine_id, epoch}`` and is written with ``PX ttl``.
+* Every connection gets a fencing epoch from ``INCR p:{h:<host>}:epoch``. The owner record
+  ``p:{h:<host>}:owner`` holds ``{machine_id, epoch}`` and is written with ``PX ttl``.
 * Newest wins: a claim overwrites any owner with a lower epoch, and tells everyone on the
   ``owner-events`` channel, so the machine holding the older tunnel closes it.
 * Refresh extends the TTL only while the record is still exactly ours (compare-and-pexpire)
@@ -12,7 +12,9 @@ Rules (see DESIGN "Ownership"):
 * No sweeper ever deletes an owner key: a machine that dies simply stops refreshing and
   its records expire.
 
-All comparisons happen inside Lua scripts, so each decision is atomic in the store.
+All comparisons happen inside Lua scripts, so each decision is atomic in the store. A
+host's epoch, owner and reclaim keys share its hash tag (``directory.keys``), so each
+script sees one slot in Redis Cluster too; refresh and reassert batch per slot there.
 """
 
 from __future__ import annotations
@@ -22,17 +24,16 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from directory._scripts import KeyArgs, LuaScript, run_batches
+from directory._scripts import KeyArgs, LuaScript, by_slot, run_batches
 from directory.errors import CorruptRecord, StoreError, Superseded
 from directory.models import OwnerRecord, TakeoverNotice, decode, encode
-from directory.store import translate_errors
+from directory.store import mget, translate_errors
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-    import redis.asyncio
-
     from directory.keys import Keys
+    from directory.store import StoreClient
 
 __all__ = ["BATCH_SIZE", "OwnershipStore", "Reasserted"]
 
@@ -46,6 +47,7 @@ _PUBSUB_POLL = 1.0
 _log = structlog.get_logger("directory.ownership")
 
 # KEYS: epoch, owner. ARGV: owner head, owner tail, ttl_ms, channel, notice head, notice tail.
+# The channel is not a key: in Redis Cluster a PUBLISH reaches every node's subscribers.
 # The heads/tails are msgspec's own encoding split around the epoch, so the record written
 # here is byte-for-byte the one Python encodes (refresh and release compare bytes).
 _CLAIM = LuaScript(
@@ -169,7 +171,7 @@ def _split_at_epoch(encoded: bytes) -> tuple[bytes, bytes]:
     return encoded[:at], encoded[at + 1 :]
 
 
-def _batches(items: Sequence[Any], size: int = BATCH_SIZE) -> list[Sequence[Any]]:
+def _chunks(items: Sequence[Any], size: int = BATCH_SIZE) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -182,9 +184,14 @@ def _check_ttl(ttl_ms: int) -> None:
 class OwnershipStore:
     """Owner records of hosts in the store, under the names of ``keys``."""
 
-    def __init__(self, redis: redis.asyncio.Redis, keys: Keys) -> None:
+    def __init__(self, redis: StoreClient, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
+
+    def _batches(self, owned: Sequence[tuple[str, int]]) -> list[Sequence[tuple[str, int]]]:
+        """``owned`` cut into script batches: per slot in cluster mode, then by size."""
+        groups = by_slot(self._redis, owned, lambda item: self._keys.owner(item[0]))
+        return [chunk for group in groups for chunk in _chunks(group)]
 
     async def claim(self, host_id: str, machine_id: str, ttl_ms: int) -> int:
         """Take ownership of ``host_id`` for a new connection; returns its fencing epoch.
@@ -225,10 +232,11 @@ class OwnershipStore:
     ) -> list[str]:
         """Extend the TTL of every ``(host_id, epoch)`` still ours; returns the hosts lost.
 
-        All batches of :data:`BATCH_SIZE` go out in one pipelined round trip.
+        All batches of :data:`BATCH_SIZE` (per slot in cluster mode) go out in one
+        pipelined round trip (per node).
         """
         _check_ttl(ttl_ms)
-        chunks = _batches(owned)
+        chunks = self._batches(owned)
         batches: list[KeyArgs] = [
             (
                 [self._keys.owner(host_id) for host_id, _ in chunk],
@@ -254,7 +262,7 @@ class OwnershipStore:
         """
         _check_ttl(ttl_ms)
         owner_head, owner_tail = _split_at_epoch(encode(OwnerRecord(machine_id, 0)))
-        chunks = _batches(owned)
+        chunks = self._batches(owned)
         batches: list[KeyArgs] = []
         for chunk in chunks:
             keys: list[str] = []
@@ -300,7 +308,7 @@ class OwnershipStore:
             return {}
         keys = [self._keys.owner(h) for h in host_ids]
         with translate_errors(f"read owners of {len(host_ids)} hosts"):
-            raws = await self._redis.mget(keys)
+            raws = await mget(self._redis, keys)
         return {
             host_id: None if raw is None else decode(OwnerRecord, raw, where=key)
             for host_id, key, raw in zip(host_ids, keys, raws, strict=True)

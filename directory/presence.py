@@ -18,8 +18,8 @@ several machines apply entries side by side):
 * ``HostRemoved`` is a tombstone that absorbs everything: a host id is never reused, so
   nothing that arrives after it can bring the host back.
 
-Stored (:class:`PresenceStore`) in the hash ``p:presence`` (host id -> JSON) together with
-``p:presence:position`` (the newest applied entry id), written by one Lua script that
+Stored (:class:`PresenceStore`) in the hash ``p:{presence}`` (host id -> JSON) together with
+``p:{presence}:position`` (the newest applied entry id), written by one Lua script that
 compares every record it read (by SHA1) before writing any (compare-and-set): a writer
 that raced another re-reads and folds again, so no event is lost between two machines.
 """
@@ -43,10 +43,9 @@ from directory.store import translate_errors
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
-    import redis.asyncio
-
     from directory.events import AnyEvent
     from directory.keys import Keys
+    from directory.store import StoreClient
 
 __all__ = ["Presence", "PresenceStore", "fold", "fold_all", "join", "lift"]
 
@@ -299,7 +298,7 @@ def _newest(entry_ids: Iterable[str]) -> str | None:
 class PresenceStore:
     """The presence projection in the store: read it, apply events to it, replace it."""
 
-    def __init__(self, redis: redis.asyncio.Redis, keys: Keys, *, stats: Stats = STATS) -> None:
+    def __init__(self, redis: StoreClient, keys: Keys, *, stats: Stats = STATS) -> None:
         self._redis = redis
         self._hash = keys.presence()
         self._position = keys.presence_position()

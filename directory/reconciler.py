@@ -36,12 +36,11 @@ from directory.store import translate_errors
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    import redis.asyncio
-
     from directory.events import EventLog
     from directory.keys import Keys
     from directory.ownership import OwnershipStore
     from directory.presence import Presence, PresenceStore
+    from directory.store import StoreClient
 
 __all__ = ["Lease", "PresenceReconciler", "ReconcileResult"]
 
@@ -83,9 +82,7 @@ return 0
 class Lease:
     """A named lease: at most one ``holder`` at a time, expiring ``ttl`` s after renewal."""
 
-    def __init__(
-        self, redis: redis.asyncio.Redis, keys: Keys, name: str, holder: str, ttl: float
-    ) -> None:
+    def __init__(self, redis: StoreClient, keys: Keys, name: str, holder: str, ttl: float) -> None:
         self._redis = redis
         self._key = keys.lease(name)
         self.holder = holder
@@ -120,7 +117,7 @@ class PresenceReconciler:
     def __init__(  # noqa: PLR0913 - collaborators and knobs, all named
         self,
         *,
-        redis: redis.asyncio.Redis,
+        redis: StoreClient,
         keys: Keys,
         ownership: OwnershipStore,
         presence: PresenceStore,

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import redis.asyncio as redis_async
 
+from directory.keys import Keys
 from loadtest.common import (
     BIN,
     Processes,
@@ -483,7 +484,7 @@ class Fleet:
         """(machine, epoch) holding each host, from the owner keys; {} if the store fails."""
         client = redis_async.Redis.from_url(self.store.url, socket_timeout=2)
         try:
-            keys = [f"{self.prefix}:owner:{h['id']}" for h in self.hosts]
+            keys = [Keys(self.prefix).owner(h["id"]) for h in self.hosts]
             raws = await client.mget(keys)
         except (redis_async.RedisError, OSError):
             return {}

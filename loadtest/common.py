@@ -469,9 +469,12 @@ _owner_decoder = msgspec.json.Decoder(_Owner)
 
 async def owner_machines(client, prefix: str, host_ids: list[str], chunk: int = 5000) -> list:
     """The machine id holding each host (None when no owner key), one MGET per ``chunk``."""
+    from directory.keys import Keys
+
     machines: list[str | None] = []
     for start in range(0, len(host_ids), chunk):
-        keys = [f"{prefix}:owner:{h}" for h in host_ids[start : start + chunk]]
+        names = Keys(prefix)
+        keys = [names.owner(h) for h in host_ids[start : start + chunk]]
         raws = await client.mget(keys)
         machines += [None if raw is None else _owner_decoder.decode(raw).machine_id for raw in raws]
     return machines

@@ -53,6 +53,9 @@ class ServeConfig(TunnelLimits, frozen=True, kw_only=True):
     listen: str = "127.0.0.1:8080"
     base_domain: str = "localhost"
     redis_url: str | None = None
+    # Speak Redis Cluster to the nodes of redis_url; verify a rediss:// store with redis_ca.
+    redis_cluster: bool = False
+    redis_ca: str | None = None
     machine_id: str = ""
     data_dir: str = ".relay"
     route_mode: Literal["fly-replay", "forward"] = "fly-replay"
@@ -143,12 +146,30 @@ class ServeConfig(TunnelLimits, frozen=True, kw_only=True):
                 raise ConfigError(
                     f"--redis-url must be redis://, rediss:// or unix:// (got {scheme!r})"
                 )
+        self._check_store_options()
         from relay.dns_options import check_dns_config  # noqa: PLC0415 - keep `relay agent` lean
 
         check_dns_config(msgspec.structs.replace(self, base_domain=base))
         return msgspec.structs.replace(
             self, machine_id=machine_id, base_domain=base, advertise=advertise
         )
+
+    def _check_store_options(self) -> None:
+        """--redis-cluster and --redis-ca need a store URL they apply to."""
+        scheme = None if self.redis_url is None else urlsplit(self.redis_url).scheme
+        if self.redis_cluster and scheme not in {"redis", "rediss"}:
+            raise ConfigError(
+                "--redis-cluster needs --redis-url redis:// or rediss:// naming a node of the "
+                "cluster (the embedded store and unix sockets are single servers)"
+            )
+        if self.redis_ca is not None:
+            if scheme != "rediss":
+                raise ConfigError(
+                    f"--redis-ca {self.redis_ca} verifies a TLS store: it needs a rediss:// "
+                    "--redis-url"
+                )
+            if not Path(self.redis_ca).is_file():
+                raise ConfigError(f"--redis-ca {self.redis_ca}: no such file")
 
     @property
     def data_path(self) -> Path:

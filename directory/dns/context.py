@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    import redis.asyncio
     from structlog.typing import FilteringBoundLogger
 
     from directory.dns.provider import DnsProvider
@@ -19,6 +18,7 @@ if TYPE_CHECKING:
     from directory.keys import Keys
     from directory.ownership import OwnershipStore
     from directory.presence import PresenceStore
+    from directory.store import StoreClient
 
 __all__ = ["DnsContext"]
 
@@ -28,7 +28,7 @@ class DnsContext:
     """Settings, store, projections, providers (by zone), writer, metrics and log."""
 
     settings: DnsSettings
-    redis: redis.asyncio.Redis
+    redis: StoreClient
     keys: Keys
     ownership: OwnershipStore
     presence: PresenceStore | None

@@ -20,17 +20,16 @@ import structlog
 from directory.dns.records import DnsRecord, desired_records, keeps_records
 from directory.errors import CorruptRecord
 from directory.models import HostRecord, decode
-from directory.store import translate_errors
+from directory.store import mget, translate_errors
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    import redis.asyncio
 
     from directory.dns.settings import DnsSettings
     from directory.keys import Keys
     from directory.ownership import OwnershipStore
     from directory.presence import PresenceStore
+    from directory.store import StoreClient
 
 __all__ = ["HostInput", "Liveness", "read_hosts", "read_liveness", "wanted"]
 
@@ -59,7 +58,7 @@ def _text(value: bytes | str) -> str:
 
 
 async def read_hosts(
-    redis: redis.asyncio.Redis, keys: Keys, host_ids: Sequence[str] | None = None
+    redis: StoreClient, keys: Keys, host_ids: Sequence[str] | None = None
 ) -> tuple[dict[str, HostInput], bool]:
     """The hosts with these ids (every registered host when None), and whether all read.
 
@@ -74,7 +73,7 @@ async def read_hosts(
         found: dict[str, HostInput] = {}
         for start in range(0, len(host_ids), _MGET_BATCH):
             chunk = host_ids[start : start + _MGET_BATCH]
-            raws = await redis.mget([keys.host(h) for h in chunk])
+            raws = await mget(redis, [keys.host(h) for h in chunk])
             for host_id, raw in zip(chunk, raws, strict=True):
                 if raw is None:
                     continue

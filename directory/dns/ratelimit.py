@@ -21,7 +21,7 @@ from directory._scripts import LuaScript
 from directory.store import translate_errors
 
 if TYPE_CHECKING:
-    import redis.asyncio
+    from directory.store import StoreClient
 
 __all__ = ["MemoryRateLimiter", "RateLimiter", "RedisRateLimiter", "bucket_shape"]
 
@@ -96,7 +96,7 @@ class RedisRateLimiter:
 
     def __init__(
         self,
-        redis: redis.asyncio.Redis,
+        redis: StoreClient,
         bucket_key: str,
         pause_key: str,
         *,

@@ -36,7 +36,6 @@ from directory.store import translate_errors
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    import redis.asyncio
     from structlog.typing import FilteringBoundLogger
 
     from directory.dns.provider import DnsProvider
@@ -47,6 +46,7 @@ if TYPE_CHECKING:
     from directory.keys import Keys
     from directory.ownership import OwnershipStore
     from directory.presence import PresenceStore
+    from directory.store import StoreClient
 
 __all__ = ["DNS_GROUP", "DnsService", "HostDnsStatus", "ZoneRecord"]
 
@@ -84,7 +84,7 @@ class DnsService:
         self,
         *,
         settings: DnsSettings,
-        redis: redis.asyncio.Redis,
+        redis: StoreClient,
         keys: Keys,
         ownership: OwnershipStore,
         presence: PresenceStore | None,

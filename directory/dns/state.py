@@ -1,18 +1,21 @@
 """What the DNS work keeps in the store: per-host status and cache, dirty set, locks, lease.
 
-Layout (``p`` is the deployment's key prefix)::
+Layout (``p`` is the deployment's key prefix; the hash tags are explained in
+:mod:`directory.keys`)::
 
-    p:dns:host:<host_id>   hash     state, records (JSON, what we last wrote or saw at the
-                                    provider: the cached actual state), last_error,
-                                    last_error_at, updated_at, failures and retry_at (a
-                                    failing host waits before its next converge)
-    p:dns:hosts            set      host ids that have such a hash (removed hosts included
-                                    until their records are gone)
-    p:dns:dirty            set      host ids to converge (events only add here)
-    p:dns:lock:<host_id>   string   a worker converging the host now (PX)
-    p:dns:lease            string   the machine running sweeps and scheduled syncs (PX)
-    p:dns:rate             hash     the shared token bucket (:mod:`directory.dns.ratelimit`)
-    p:dns:rate-pause       string   set while a provider's 429 holds everyone (PX)
+    p:{h:<host_id>}:dns       hash     state, records (JSON, what we last wrote or saw at the
+                                       provider: the cached actual state), last_error,
+                                       last_error_at, updated_at, failures and retry_at (a
+                                       failing host waits before its next converge)
+    p:{h:<host_id>}:dns-lock  string   a worker converging the host now (PX)
+    p:{dns}:hosts             set      host ids that have such a hash (removed hosts
+                                       included until their records are gone)
+    p:{dns}:dirty             set      host ids to converge (events only add here)
+    p:{dns}:lease             string   the machine running sweeps and scheduled syncs (PX)
+    p:{dns}:rate              hash     the shared token bucket (directory.dns.ratelimit)
+    p:{dns}:rate-pause        string   set while a provider's 429 holds everyone (PX)
+
+The scripts over many hosts (defer, unlock) run once per hash slot in Redis Cluster.
 
 The cache is what makes churn free: a converge compares the wanted records with the
 cached ones and calls the provider only when they differ. A hash without ``records``
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Literal, cast
 
 import msgspec
 
-from directory._scripts import LuaScript
+from directory._scripts import LuaScript, by_slot, run_batches
 from directory.dns.records import DnsRecord
 from directory.errors import CorruptRecord
 from directory.store import translate_errors
@@ -34,9 +37,8 @@ from directory.store import translate_errors
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    import redis.asyncio
-
     from directory.keys import Keys
+    from directory.store import StoreClient
 
 __all__ = ["DnsKeys", "DnsState", "DnsStateStore", "HostDnsState"]
 
@@ -93,41 +95,39 @@ return 0
 
 
 class DnsKeys:
-    """Key names of the DNS work, under the deployment's prefix."""
+    """Key names of the DNS work (named in :mod:`directory.keys`, like every key)."""
 
     def __init__(self, keys: Keys) -> None:
         self.prefix = keys.prefix
-
-    def _key(self, *parts: str) -> str:
-        return ":".join((self.prefix, "dns", *parts))
+        self._keys = keys
 
     def host(self, host_id: str) -> str:
         """A host's DNS status and cached records."""
-        return self._key("host", host_id)
+        return self._keys.host_dns(host_id)
 
     def hosts(self) -> str:
         """Host ids with a DNS hash."""
-        return self._key("hosts")
+        return self._keys.dns("hosts")
 
     def dirty(self) -> str:
         """Host ids waiting to be converged."""
-        return self._key("dirty")
+        return self._keys.dns("dirty")
 
     def lock(self, host_id: str) -> str:
         """A worker's hold on one host while converging it."""
-        return self._key("lock", host_id)
+        return self._keys.host_dns_lock(host_id)
 
     def lease(self) -> str:
         """The lease of the machine that sweeps and syncs on schedule."""
-        return self._key("lease")
+        return self._keys.dns("lease")
 
     def rate(self) -> str:
         """The shared token bucket."""
-        return self._key("rate")
+        return self._keys.dns("rate")
 
     def rate_pause(self) -> str:
         """Set while a 429 pauses every machine."""
-        return self._key("rate-pause")
+        return self._keys.dns("rate-pause")
 
 
 class HostDnsState(msgspec.Struct, frozen=True, kw_only=True):
@@ -178,7 +178,7 @@ def _parse(key: str, raw: dict[bytes, bytes]) -> HostDnsState | None:
 class DnsStateStore:
     """The DNS keys of one deployment in the store."""
 
-    def __init__(self, redis: redis.asyncio.Redis, keys: Keys) -> None:
+    def __init__(self, redis: StoreClient, keys: Keys) -> None:
         self._redis = redis
         self.keys = DnsKeys(keys)
 
@@ -240,13 +240,12 @@ class DnsStateStore:
         A host that keeps failing (a conflict, a provider outage) would otherwise cost API
         calls on every sweep; the full sync still looks at it on its own schedule.
         """
-        if host_ids:
-            with translate_errors(f"defer {len(host_ids)} failing hosts"):
-                await _DEFER(
-                    self._redis,
-                    [self.keys.host(h) for h in host_ids],
-                    [repr(time.time()), repr(base), repr(cap)],
-                )
+        args = [repr(time.time()), repr(base), repr(cap)]
+        groups = by_slot(self._redis, host_ids, self.keys.host)
+        with translate_errors(f"defer {len(host_ids)} failing hosts"):
+            await run_batches(
+                self._redis, _DEFER, [([self.keys.host(h) for h in g], args) for g in groups]
+            )
 
     async def invalidate(self, host_ids: Sequence[str]) -> None:
         """Drop the cached records (keep the status): the next converge reads the provider."""
@@ -264,7 +263,8 @@ class DnsStateStore:
             return
         with translate_errors(f"forget DNS state of {len(host_ids)} hosts"):
             pipe = self._redis.pipeline(transaction=False)
-            pipe.delete(*(self.keys.host(h) for h in host_ids))
+            for host_id in host_ids:  # one DEL each: in a cluster each has its own slot
+                pipe.delete(self.keys.host(host_id))
             pipe.srem(self.keys.hosts(), *host_ids)
             await pipe.execute()
 
@@ -305,9 +305,11 @@ class DnsStateStore:
 
     async def unlock(self, host_ids: Sequence[str], holder: str) -> None:
         """Release our locks (never another worker's)."""
-        if host_ids:
-            with translate_errors("unlock hosts"):
-                await _RELEASE(self._redis, [self.keys.lock(h) for h in host_ids], [holder])
+        groups = by_slot(self._redis, host_ids, self.keys.lock)
+        with translate_errors("unlock hosts"):
+            await run_batches(
+                self._redis, _RELEASE, [([self.keys.lock(h) for h in g], [holder]) for g in groups]
+            )
 
     async def hold_lease(self, holder: str, ttl_ms: int) -> bool:
         """Take or extend the lease of the machine that sweeps and syncs on schedule."""

@@ -60,6 +60,10 @@ _HELP = {
     "listen": "address to listen on ([::]:PORT for IPv4 and IPv6)",
     "base_domain": "hosts are served at <slug>.<base-domain>",
     "redis_url": "Redis/Valkey URL (also REDIS_URL); default: an embedded Valkey under --data-dir",
+    "redis_cluster": "speak Redis Cluster to the nodes of --redis-url (one node's URL is "
+    "enough: the others are discovered); every key of one host lives in one hash slot",
+    "redis_ca": "CA certificate file (PEM) that verifies a rediss:// store; default: the "
+    "system's trusted CAs",
     "machine_id": "this machine's id (also FLY_MACHINE_ID); default: generated",
     "data_dir": "data directory (admin token, embedded store)",
     "route_mode": "how requests for tunnels held by another machine travel",

@@ -26,13 +26,13 @@ from relay.dns_options import build_providers, dns_settings
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    import redis.asyncio
     from opentelemetry.metrics import Meter
     from structlog.typing import FilteringBoundLogger
 
     from directory.events import AnyEvent
     from directory.ownership import OwnershipStore
     from directory.presence import PresenceStore
+    from directory.store import StoreClient
     from relay.config import ServeConfig
 
 __all__ = ["build_dns_service"]
@@ -41,7 +41,7 @@ __all__ = ["build_dns_service"]
 def build_dns_service(
     cfg: ServeConfig,
     *,
-    redis: redis.asyncio.Redis,
+    redis: StoreClient,
     ownership: OwnershipStore,
     presence: PresenceStore,
     meter: Meter,

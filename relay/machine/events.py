@@ -44,11 +44,11 @@ from relay.wire.protocol import CloseCode
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-    import redis.asyncio
     from opentelemetry.metrics import Meter
 
     from directory.events import AnyEvent, EventLog
     from directory.keys import Keys
+    from directory.store import StoreClient
     from relay.config import ServeConfig
     from relay.machine.tunnels import Tunnel
 
@@ -246,7 +246,7 @@ class EventEmitter:
 class EventServices:
     """Everything ``relay serve`` runs for events: emitter, presence consumer, reconciler."""
 
-    def __init__(self, cfg: ServeConfig, redis: redis.asyncio.Redis, keys: Keys) -> None:
+    def __init__(self, cfg: ServeConfig, redis: StoreClient, keys: Keys) -> None:
         self._cfg = cfg
         self.log = RedisEventLog(redis, keys, maxlen=cfg.events_maxlen)
         self.presence = PresenceStore(redis, keys)

@@ -12,7 +12,6 @@ from relay.machine.route_cache import RouteCache
 
 if TYPE_CHECKING:
     import aiohttp
-    import redis.asyncio as redis
     from structlog.typing import FilteringBoundLogger
 
     from directory.dns.service import DnsService
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
     from directory.machines import MachineRegistry
     from directory.ownership import OwnershipStore
     from directory.presence import PresenceStore
+    from directory.store import StoreClient
     from relay.config import ServeConfig
     from relay.machine.access_log import AccessLog
     from relay.machine.events import EventEmitter
@@ -41,7 +41,7 @@ class Upkeep:
     delay a refresh past the owner TTL (the machine would lose every tunnel it holds).
     """
 
-    redis: redis.Redis
+    redis: StoreClient
     ownership: OwnershipStore
     machines: MachineRegistry
 
@@ -51,7 +51,7 @@ class RelayState:
     """The relay machine's shared state (one per process)."""
 
     config: ServeConfig
-    redis: redis.Redis
+    redis: StoreClient
     hosts: HostRegistry
     ownership: OwnershipStore
     tunnels: LocalTunnels

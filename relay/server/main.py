@@ -270,10 +270,19 @@ async def _build_state(
 ) -> tuple[RelayState, EventServices]:
     """Connect to the store (main pool and the upkeep's own) and gather the machine's state."""
     # Requests wait on this pool: --store-timeout bounds each call (one retry within it).
-    redis = await connect(redis_url, timeout=cfg.store_timeout, retries=1)
+    cluster, ca_file = cfg.redis_cluster, cfg.redis_ca
+    redis = await connect(
+        redis_url, timeout=cfg.store_timeout, retries=1, cluster=cluster, ca_file=ca_file
+    )
     keys = Keys(cfg.key_prefix)
     # Upkeep's batched scripts get the default, longer deadline (well within an owner TTL).
-    upkeep_redis = await connect(redis_url, max_connections=_UPKEEP_CONNECTIONS, retries=1)
+    upkeep_redis = await connect(
+        redis_url,
+        max_connections=_UPKEEP_CONNECTIONS,
+        retries=1,
+        cluster=cluster,
+        ca_file=ca_file,
+    )
     upkeep = Upkeep(
         upkeep_redis, OwnershipStore(upkeep_redis, keys), MachineRegistry(upkeep_redis, keys)
     )

@@ -26,7 +26,7 @@ from directory.presence import PresenceStore
 from directory.store import connect
 from tests.dns.pdns import start_pdns
 from tests.e2e.harness import Cluster
-from tests.servers import start_valkey
+from tests.servers import start_valkey, start_valkey_cluster
 
 ZONE = "dns.test"
 TEST_ZONE = "tests.dns.test"
@@ -54,9 +54,26 @@ def pdns_zone(pdns):
     return pdns
 
 
+@pytest.fixture(scope="session")
+def dns_valkey_cluster(tmp_path_factory):
+    url, stop = start_valkey_cluster(tmp_path_factory.mktemp("valkey-cluster-dns"))
+    yield url
+    stop()
+
+
 @pytest.fixture
-async def redis_client(dns_valkey):
-    client = await connect(dns_valkey)
+def dns_store(request) -> tuple[str, bool]:
+    """``(url, is_cluster)``: one Valkey, unless parametrized with ``"cluster"``
+    (``pytest.mark.parametrize("dns_store", ["single", "cluster"], indirect=True)``)."""
+    if getattr(request, "param", "single") == "cluster":
+        return request.getfixturevalue("dns_valkey_cluster"), True
+    return request.getfixturevalue("dns_valkey"), False
+
+
+@pytest.fixture
+async def redis_client(dns_store):
+    url, cluster = dns_store
+    client = await connect(url, cluster=cluster)
     yield client
     await client.aclose()
 

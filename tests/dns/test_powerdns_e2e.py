@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from directory.dns.state import DnsKeys
 from directory.keys import Keys
 from directory.store import connect
 from relay.wire.protocol import PROTOCOL_VERSION, FrameCodec, Hello, Limits, Welcome
@@ -108,8 +109,8 @@ async def test_a_hundred_reconnects_of_a_live_host_make_zero_api_writes(
             dns = groups.get("dns")
             if dns is None or dns["pending"] or dns.get("lag"):
                 return False
-            busy = await redis.keys(f"{keys.prefix}:dns:lock:*")
-            return not busy and await redis.scard(f"{keys.prefix}:dns:dirty") == 0
+            busy = await redis.keys(DnsKeys(keys).lock("*"))
+            return not busy and await redis.scard(DnsKeys(keys).dirty()) == 0
 
         await wait_until(settled, timeout=15, what="the dns consumer caught up")
         connected = [e for e in await redis.xrange(keys.events()) if e[1][b"k"] == b"connected"]

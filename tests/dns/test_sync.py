@@ -12,6 +12,9 @@ from directory.dns.records import DnsRecord
 from directory.errors import DnsConflict, DnsDisabled, DnsRecordNotFound, DnsUnavailable
 from tests.dns.conftest import ZONE
 
+# The DNS keys (per-host state and locks, the shared bucket) on one server and a cluster.
+pytestmark = pytest.mark.parametrize("dns_store", ["single", "cluster"], indirect=True)
+
 
 @pytest.fixture
 def memory():

@@ -21,6 +21,9 @@ from directory.events import (
 from tests.dns.conftest import TEST_ZONE, ZONE
 from tests.servers import wait_for
 
+# The DNS keys (per-host state and locks, the shared bucket) on one server and a cluster.
+pytestmark = pytest.mark.parametrize("dns_store", ["single", "cluster"], indirect=True)
+
 
 @pytest.fixture
 def memory():

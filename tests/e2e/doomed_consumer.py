@@ -1,6 +1,6 @@
 """A presence consumer that dies mid-batch: run as a real process, then SIGKILLed.
 
-``python -m tests.e2e.doomed_consumer REDIS_URL PREFIX N`` appends N ``Connected`` events
+``python -m tests.e2e.doomed_consumer REDIS_URL PREFIX N single|cluster`` appends N ``Connected`` events
 for hosts ``h_doomed_<i>``, joins the ``presence`` group as ``doomed``, applies the first
 half of the batch it reads, prints ``HALF <ids>`` and hangs, holding every entry of the
 batch unacknowledged until it is killed.
@@ -18,8 +18,8 @@ from directory.presence import PresenceStore
 from directory.store import connect
 
 
-async def main(url: str, prefix: str, n: int) -> None:
-    redis = await connect(url)
+async def main(url: str, prefix: str, n: int, *, cluster: bool) -> None:
+    redis = await connect(url, cluster=cluster)
     keys = Keys(prefix)
     store = PresenceStore(redis, keys)
     await RedisEventLog(redis, keys).append_many(
@@ -48,4 +48,4 @@ async def main(url: str, prefix: str, n: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), cluster=sys.argv[4] == "cluster"))

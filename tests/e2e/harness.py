@@ -14,9 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
+
+from directory.keys import Keys
+from directory.store import StoreClient, connect
 
 RELAY = str(Path(sys.executable).with_name("relay"))
 ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef0123"
+# Runs a test once more with its relays on a three-master Valkey cluster (--redis-cluster).
+on_both_stores = pytest.mark.parametrize("store", ["single", "cluster"], indirect=True)
 METRICS_TOKEN = "e2e-metrics-token-0123456789abcdef"
 
 
@@ -120,7 +126,17 @@ class Cluster:
     tmp: Path
     redis_url: str
     prefix: str
+    redis_cluster: bool = False  # the store is a Redis Cluster: relays get --redis-cluster
     procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def keys(self) -> Keys:
+        """The key names of this test's relays."""
+        return Keys(self.prefix)
+
+    async def store(self) -> StoreClient:
+        """A client on the relays' store (a cluster client when it is one); close it."""
+        return await connect(self.redis_url, cluster=self.redis_cluster)
 
     def env(self, **extra: str) -> dict[str, str]:
         # OTEL_* too: a developer's collector settings must not turn tracing on in tests.
@@ -161,6 +177,7 @@ class Cluster:
             "3",
             "--reconnect-grace",
             "0.5",
+            *(["--redis-cluster"] if self.redis_cluster else []),
             *args,
         ]
         if ipv6:

@@ -1,4 +1,7 @@
-"""End-to-end: the store goes away and comes back (with and without its data)."""
+"""End-to-end: the store goes away and comes back (with and without its data).
+
+Single server only: these tests stop, wipe and restart the embedded store process.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import pytest
 import redis.asyncio as redis_async
 
 from directory.embedded import EmbeddedValkey
+from directory.keys import Keys
 from tests.e2e.harness import RELAY, Cluster, Proc, Relay, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -20,7 +24,7 @@ pytestmark = pytest.mark.e2e
 async def owner_of(url: str, prefix: str, host_id: str) -> bytes | None:
     client = redis_async.Redis.from_url(url)
     try:
-        return await client.get(f"{prefix}:owner:{host_id}")
+        return await client.get(Keys(prefix).owner(host_id))
     finally:
         await client.aclose()
 

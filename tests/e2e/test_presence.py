@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis.asyncio as redis_async
 
-from tests.e2e.harness import RELAY, wait_until
+from tests.e2e.harness import RELAY, on_both_stores, wait_until
 from tests.e2e.tcpproxy import BlackholeProxy
 
 pytestmark = pytest.mark.e2e
@@ -65,6 +65,7 @@ async def connected(cluster, upstream, relay=None, name="web"):
 # --- the tests --------------------------------------------------------------------------
 
 
+@on_both_stores
 async def test_connect_shows_online_within_a_second_with_all_details(cluster, upstream):
     relay, host, agent = await connected(cluster, upstream)
     await wait_until(lambda: '"agent.connected"' in agent.log(), what="agent connected")
@@ -114,6 +115,7 @@ async def test_a_blackholed_agent_goes_offline_as_missed_pong_then_comes_back(cl
         await proxy.stop()
 
 
+@on_both_stores
 async def test_replacement_reports_replaced_and_never_shows_the_host_offline(cluster, upstream):
     relay, host, first = await connected(cluster, upstream)
     before = await wait_status(relay, host["id"], lambda s: s["online"], what="online")
@@ -168,6 +170,8 @@ async def test_a_killed_relay_is_noticed_as_owner_expired(cluster, upstream):
 async def test_a_machine_cut_off_from_the_store_is_online_again_under_a_new_epoch(
     cluster, upstream, valkey_url
 ):
+    # Single server only: the cut-off machine reaches the store through a blackhole proxy
+    # to its unix socket.
     # The reconciler (on the machine that still reaches the store) rightly reports the
     # cut-off machine's host as owner_expired; once the machine is back it still holds the
     # tunnel, and presence must say so again, without the agent reconnecting.
@@ -207,7 +211,7 @@ async def test_a_machine_cut_off_from_the_store_is_online_again_under_a_new_epoc
         assert '"tunnel.reclaimed"' in cutoff.proc.log()
         client = redis_async.Redis.from_url(valkey_url)
         try:
-            owner = json.loads(await client.get(f"{cluster.prefix}:owner:{host['id']}"))
+            owner = json.loads(await client.get(cluster.keys.owner(host["id"])))
         finally:
             await client.aclose()
         assert (owner["machine_id"], owner["epoch"]) == ("cutoff", back["epoch"])
@@ -217,17 +221,17 @@ async def test_a_machine_cut_off_from_the_store_is_online_again_under_a_new_epoc
         await proxy.stop()
 
 
-async def test_a_consumer_killed_mid_batch_has_its_entries_reclaimed_and_applied_once(
-    cluster, valkey_url
-):
+@on_both_stores
+async def test_a_consumer_killed_mid_batch_has_its_entries_reclaimed_and_applied_once(cluster):
     n = 20
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "tests.e2e.doomed_consumer",
-        valkey_url,
+        cluster.redis_url,
         cluster.prefix,
         str(n),
+        "cluster" if cluster.redis_cluster else "single",
         stdout=asyncio.subprocess.PIPE,
         cwd=os.getcwd(),
     )
@@ -242,14 +246,14 @@ async def test_a_consumer_killed_mid_batch_has_its_entries_reclaimed_and_applied
     finally:
         proc.kill()
         await proc.wait()
-    client = redis_async.Redis.from_url(valkey_url)
+    client = await cluster.store()
     try:
-        stream = f"{cluster.prefix}:events"
+        stream = cluster.keys.events()
         assert (await client.xpending(stream, "presence"))["pending"] == n  # held by the dead
         relay = await cluster.relay("--events-claim-idle", "0.5")
 
         async def applied():
-            raw = await client.hgetall(f"{cluster.prefix}:presence")
+            raw = await client.hgetall(cluster.keys.presence())
             states = {k.decode(): json.loads(v) for k, v in raw.items()}
             done = [states.get(f"h_doomed_{i}", {}).get("online") for i in range(n)]
             pending = (await client.xpending(stream, "presence"))["pending"]
@@ -263,29 +267,27 @@ async def test_a_consumer_killed_mid_batch_has_its_entries_reclaimed_and_applied
                 1_000_000.0 + i,
                 "m-doomed",
             )
-        assert await client.xlen(f"{cluster.prefix}:events:dead") == 0
+        assert await client.xlen(cluster.keys.dead_letters()) == 0
         assert await relay.metric("relay_events_reclaimed_total", group="presence") >= n
         assert '"events.reclaimed"' in relay.proc.log()
     finally:
         await client.aclose()
 
 
-async def test_a_poison_entry_is_dead_lettered_while_other_events_flow(
-    cluster, upstream, valkey_url
-):
+async def test_a_poison_entry_is_dead_lettered_while_other_events_flow(cluster, upstream):
     relay = await cluster.relay()
-    client = redis_async.Redis.from_url(valkey_url)
+    client = await cluster.store()
     try:
-        await client.xadd(f"{cluster.prefix}:events", {"k": "connected", "e": b"\x00poison"})
+        await client.xadd(cluster.keys.events(), {"k": "connected", "e": b"\x00poison"})
         _, host, _ = await connected(cluster, upstream, relay=relay)
         await wait_status(relay, host["id"], lambda s: s["online"], what="others flow")
         await wait_until(
             lambda: '"events.dead_lettered"' in relay.proc.log(), what="dead letter logged"
         )
-        ((_, parked),) = await client.xrange(f"{cluster.prefix}:events:dead")
+        ((_, parked),) = await client.xrange(cluster.keys.dead_letters())
         assert parked[b"e"] == b"\x00poison" and parked[b"group"] == b"presence"
         assert await relay.metric("relay_events_dead_lettered_total", group="presence") == 1
-        assert (await client.xpending(f"{cluster.prefix}:events", "presence"))["pending"] == 0
+        assert (await client.xpending(cluster.keys.events(), "presence"))["pending"] == 0
     finally:
         await client.aclose()
 
@@ -334,12 +336,13 @@ async def test_removing_a_host_records_removed_and_its_status_goes_away(cluster,
     await wait_until(both, what="host_removed, then Disconnected(removed)")
 
 
-async def test_directory_rebuild_cli_restores_a_damaged_projection(cluster, upstream, valkey_url):
+@on_both_stores
+async def test_directory_rebuild_cli_restores_a_damaged_projection(cluster, upstream):
     relay, host, _ = await connected(cluster, upstream)
     good = await wait_status(relay, host["id"], lambda s: s["online"], what="online")
-    client = redis_async.Redis.from_url(valkey_url)
+    client = await cluster.store()
     try:
-        await client.hdel(f"{cluster.prefix}:presence", host["id"])
+        await client.hdel(cluster.keys.presence(), host["id"])
         assert not (await status(relay, host["id"]))["online"]
 
         async def cli(*args):

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from relay.wire.protocol import PROTOCOL_VERSION, FrameCodec, Hello, Limits, Welcome
-from tests.e2e.harness import ADMIN_TOKEN, METRICS_TOKEN, wait_until
+from tests.e2e.harness import ADMIN_TOKEN, METRICS_TOKEN, on_both_stores, wait_until
 from tests.e2e.upstream import pattern_bytes
 
 pytestmark = pytest.mark.e2e
@@ -28,6 +28,7 @@ async def connected(cluster, upstream, slug=None, *agent_args):
     return relay, host, agent
 
 
+@on_both_stores
 async def test_get_reaches_the_local_service(cluster, upstream):
     relay, host, _ = await connected(cluster, upstream)
     async with relay.client(host["slug"]) as c:
@@ -149,6 +150,7 @@ async def test_client_disconnect_cancels_the_upstream_request(cluster, upstream)
     await asyncio.wait_for(upstream.state.slow_cancelled.wait(), 10)
 
 
+@on_both_stores
 async def test_websocket_echo_text_binary_and_close_codes(cluster, upstream):
     relay, host, _ = await connected(cluster, upstream)
     headers = {"Host": f"{host['slug']}.localhost:{relay.port}"}
@@ -187,6 +189,7 @@ async def test_refused_websocket_upgrade_passes_the_upstream_answer(cluster, ups
     assert info.value.status == 403
 
 
+@on_both_stores
 async def test_second_agent_replaces_the_first_without_flapping(cluster, upstream):
     relay, host, first = await connected(cluster, upstream)
     epoch_before = (await relay.host(host["id"]))["epoch"]
@@ -220,6 +223,7 @@ async def test_bad_token_is_refused_and_the_agent_exits_nonzero(cluster, upstrea
     assert "token" in agent.log() and "refused" in agent.log()
 
 
+@on_both_stores
 async def test_removed_host_closes_its_tunnel_4003_and_stops_the_agent(cluster, upstream):
     relay, host, agent = await connected(cluster, upstream)
     async with relay.api() as api:
@@ -269,6 +273,7 @@ async def test_unknown_slug_is_404_and_offline_host_is_503_with_retry_after(clus
     assert r.json()["error"]["code"] == "host_offline"
 
 
+@on_both_stores
 async def test_admin_api_contract(cluster):
     relay = await cluster.relay()
     async with httpx.AsyncClient(base_url=relay.url) as anon:

@@ -1,4 +1,8 @@
-"""The relay's event outbox against a real Valkey that goes away and comes back."""
+"""The relay's event outbox against a real Valkey that goes away and comes back.
+
+The outage tests stop and restart their own embedded (single) server; the others run on
+both stores.
+"""
 
 from __future__ import annotations
 

@@ -7,14 +7,25 @@ import contextlib
 import time
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 from structlog.testing import capture_logs
 
 from directory.errors import CorruptRecord, DirectoryError, Superseded
 from directory.models import OwnerRecord, TakeoverNotice, encode
 from directory.ownership import BATCH_SIZE, OwnershipStore, Reasserted
+from directory.store import is_cluster
 from tests.servers import wait_for
 
 TTL = 30_000
+
+
+async def _subscribers(client, channel: str) -> int:
+    """Subscribers of ``channel``; in a cluster, on the node its subscription goes to."""
+    if is_cluster(client):  # a node counts only its own subscribers
+        where = {"target_nodes": client.get_node_from_key(channel)}
+    else:
+        where = {}
+    return dict(await client.pubsub_numsub(channel, **where)).get(channel.encode(), 0)
 
 
 @pytest.fixture
@@ -54,7 +65,7 @@ async def test_newest_claim_wins_and_is_announced(ownership):
         channel = ownership._keys.owner_channel()
 
         async def subscribed():
-            return dict(await ownership._redis.pubsub_numsub(channel)).get(channel.encode())
+            return await _subscribers(ownership._redis, channel)
 
         await wait_for(subscribed, what="the takeover subscription")
         first = await ownership.claim("h_1", "m1", TTL)
@@ -82,7 +93,7 @@ async def test_a_malformed_takeover_notice_is_logged_and_skipped(ownership, redi
             channel = keys.owner_channel()
 
             async def subscribed():
-                return dict(await redis_client.pubsub_numsub(channel)).get(channel.encode())
+                return await _subscribers(redis_client, channel)
 
             await wait_for(subscribed, what="the takeover subscription")
             await redis_client.publish(channel, b"not json")
@@ -160,17 +171,23 @@ async def test_refreshing_1200_hosts_is_one_round_trip(valkey_client, keys, roun
     # Someone else took host 1100 (in the third batch): refresh must name exactly it.
     stolen = owned[1100][0]
     await redis_client.set(keys.owner(stolen), encode(OwnerRecord("m2", 5000)), px=TTL)
-    await redis_client.config_resetstat()
+    cluster = is_cluster(redis_client)
+    everywhere = {"target_nodes": RedisCluster.PRIMARIES} if cluster else {}
+    await redis_client.config_resetstat(**everywhere)
 
     before = round_trips.count
     lost = await ownership.refresh(owned, "m1", 60_000)
-    sent = round_trips.count - before
+    round_trips.check(redis_client, before, 1)
 
     assert lost == [stolen]
-    assert sent == 1
-    stats = await redis_client.info("commandstats")
-    assert stats["cmdstat_evalsha"]["calls"] == -(-len(owned) // BATCH_SIZE) == 3
-    assert "cmdstat_eval" not in stats
+    stats = await redis_client.info("commandstats", **everywhere)
+    per_node = list(stats.values()) if cluster else [stats]
+    calls = sum(s.get("cmdstat_evalsha", {}).get("calls", 0) for s in per_node)
+    if cluster:  # a script names keys of one slot: one call per slot the hosts fall in
+        assert calls == len({redis_client.keyslot(keys.owner(h)) for h, _ in owned})
+    else:
+        assert calls == -(-len(owned) // BATCH_SIZE) == 3
+    assert not any("cmdstat_eval" in s for s in per_node)
     for host_id, _ in owned[::199]:
         assert await redis_client.pttl(keys.owner(host_id)) > 50_000
     assert await redis_client.pttl(keys.owner(stolen)) <= TTL
@@ -264,7 +281,7 @@ async def test_owners_reads_many_hosts_in_one_round_trip(valkey_client, keys, ro
     b = await ownership.claim("h_b", "m2", TTL)
     before = round_trips.count
     owners = await ownership.owners(["h_a", "h_b", "h_none"])
-    assert round_trips.count - before == 1
+    round_trips.check(valkey_client, before, 1)
     assert owners == {"h_a": OwnerRecord("m1", a), "h_b": OwnerRecord("m2", b), "h_none": None}
     assert await ownership.owners([]) == {}
 

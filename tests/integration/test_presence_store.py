@@ -15,7 +15,6 @@ from directory.keys import Keys
 from directory.presence import Presence, PresenceStore, fold_all
 from directory.rebuild import fold_log, rebuild_presence
 from directory.stats import Stats
-from directory.store import connect
 from tests.unit.test_presence_fold import deliveries, histories
 
 
@@ -169,8 +168,8 @@ async def test_rebuild_while_consumers_apply_loses_nothing(redis_client, keys):
         await consumer.close()
 
 
-async def _live_vs_rebuild(url: str, delivered) -> None:
-    client = await connect(url)
+async def _live_vs_rebuild(store, delivered) -> None:
+    client = await store.connect()
     keys = Keys(f"hy{secrets.token_hex(4)}")
     try:
         log = RedisEventLog(client, keys)
@@ -217,11 +216,11 @@ async def _live_vs_rebuild(url: str, delivered) -> None:
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.data())
-def test_rebuild_from_the_log_equals_the_live_state(redis_server, data):
+def test_rebuild_from_the_log_equals_the_live_state(store, data):
     """Shuffled, duplicated appends applied live by racing consumers == a fold of the log."""
     lives = [data.draw(histories(f"h_{i:016x}")) for i in range(2)]
     events = [e for life in lives for e in life.events]
     delivered = data.draw(deliveries(events))
-    asyncio.run(_live_vs_rebuild(redis_server, delivered))
+    asyncio.run(_live_vs_rebuild(store, delivered))
     # ... and the order-tolerant fold makes that the truth of the in-order history.
     assert fold_all(delivered) == fold_all(events)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.cli.main import main
+from relay.cli.main import _build, _parser, main
 from relay.config import AgentConfig, ServeConfig, parse_hostport
 from relay.edge import parse_machines, replay_target
 from relay.errors import ConfigError
@@ -78,3 +78,33 @@ def test_edge_machines_must_be_id_equals_url():
     for bad in (["a"], ["=http://x"], ["a=x"], []):
         with pytest.raises(ConfigError):
             parse_machines(bad)
+
+
+def test_store_options_come_from_flags_and_the_environment(monkeypatch, tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here")
+    args = _parser().parse_args(
+        ["serve", "--redis-url", "rediss://n1:6379", "--redis-cluster", "--redis-ca", str(ca)]
+    )
+    cfg = _build(ServeConfig, args).resolved()
+    assert (cfg.redis_cluster, cfg.redis_ca) == (True, str(ca))
+    monkeypatch.setenv("RELAY_REDIS_CLUSTER", "true")
+    monkeypatch.setenv("RELAY_REDIS_URL", "redis://n1:6379")
+    assert _build(ServeConfig, _parser().parse_args(["serve"])).redis_cluster is True
+    off = _parser().parse_args(["serve", "--redis-cluster", "false"])
+    assert _build(ServeConfig, off).redis_cluster is False
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"redis_cluster": True}, "--redis-cluster needs --redis-url"),
+        ({"redis_cluster": True, "redis_url": "unix:///v.sock"}, "--redis-cluster needs"),
+        ({"redis_ca": "ca.pem"}, "needs a rediss://"),
+        ({"redis_ca": "ca.pem", "redis_url": "redis://h:1"}, "needs a rediss://"),
+        ({"redis_ca": "/nonexistent/ca.pem", "redis_url": "rediss://h:1"}, "no such file"),
+    ],
+)
+def test_store_options_need_a_store_they_apply_to(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        ServeConfig(**kwargs).resolved()
