@@ -80,13 +80,8 @@ class Seen:
     def request_body(self, chunk: bytes) -> None:
         """Request body bytes as they pass (kept only when capturing)."""
         body = self.req_body
-        if body is not None:
-            room = BODY_CAP - len(body)
-            if len(chunk) > room:
-                self.req_truncated = True
-                body += chunk[: max(room, 0)]
-            else:
-                body += chunk
+        if body is not None and _keep(body, chunk):
+            self.req_truncated = True
 
     def response(self, status: int, headers: Headers) -> None:
         """The response head sent to the relay."""
@@ -97,13 +92,8 @@ class Seen:
         """Response body bytes as they pass: counted, and kept when capturing."""
         self.resp_bytes += len(data)
         body = self.resp_body
-        if body is not None:
-            room = BODY_CAP - len(body)
-            if len(data) > room:
-                self.resp_truncated = True
-                body += data[: max(room, 0)]
-            else:
-                body += data
+        if body is not None and _keep(body, data):
+            self.resp_truncated = True
 
     def finish(self, error: str = "") -> None:
         """The exchange ended (``error``: how, when not with a complete response)."""
@@ -197,3 +187,13 @@ class RequestTap:
         """Report a finished request."""
         if self.lines is not None:
             self.lines.request(self, seen)
+
+
+def _keep(body: bytearray, data: bytes) -> bool:
+    """Append what fits under :data:`BODY_CAP`; whether any of ``data`` was cut."""
+    room = BODY_CAP - len(body)
+    if len(data) > room:
+        body += data[: max(room, 0)]
+        return True
+    body += data
+    return False

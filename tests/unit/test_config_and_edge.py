@@ -91,7 +91,7 @@ def test_store_options_come_from_flags_and_the_environment(monkeypatch, tmp_path
     monkeypatch.setenv("RELAY_REDIS_CLUSTER", "true")
     monkeypatch.setenv("RELAY_REDIS_URL", "redis://n1:6379")
     assert _build(ServeConfig, _parser().parse_args(["serve"])).redis_cluster is True
-    off = _parser().parse_args(["serve", "--redis-cluster", "false"])
+    off = _parser().parse_args(["serve", "--no-redis-cluster"])  # the flag beats the variable
     assert _build(ServeConfig, off).redis_cluster is False
 
 
