@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from relay.errors import PeerFailed, peer_errors
 from relay.proxy.headers import (
@@ -96,7 +97,9 @@ async def forward(
 ) -> web.StreamResponse:
     """Carry the request to ``machine`` over the private network, streaming both ways."""
     headers = _outbound_headers(state, request, origin)
-    url = machine.address.rstrip("/") + request.raw_path
+    # encoded: the path goes on byte for byte (yarl would resolve dot segments and
+    # decode escapes, so the upstream would see another path than via the owner).
+    url = URL(machine.address.rstrip("/") + request.raw_path, encoded=True)
     if is_websocket_upgrade(request.headers):
         return await _forward_websocket(state, request, url, headers)
     try:
@@ -152,13 +155,16 @@ async def relay_response(
 
 
 async def _forward_websocket(
-    state: RelayState, request: web.Request, url: str, headers: CIMultiDict[str]
+    state: RelayState, request: web.Request, url: URL, headers: CIMultiDict[str]
 ) -> web.StreamResponse:
     protocols = websocket_protocols(request.headers)
     try:
         with peer_errors("forward a WebSocket"):
             peer = await state.peer_client.ws_connect(
-                url.replace("http", "ws", 1), headers=headers, protocols=protocols, max_msg_size=0
+                url.with_scheme("ws" if url.scheme == "http" else "wss"),
+                headers=headers,
+                protocols=protocols,
+                max_msg_size=0,
             )
     except PeerFailed as exc:
         handshake = exc.__cause__

@@ -170,6 +170,7 @@ class ClientConnection(asyncio.Protocol):
         "_head_bytes",
         "_headers",
         "_in_head",
+        "_pipelined",
         "_read_pauses",
         "_since",
         "_url",
@@ -194,6 +195,7 @@ class ClientConnection(asyncio.Protocol):
         self.exchanges: deque[ClientExchange] = deque()
         self.write_paused = False
         self._read_pauses = 0
+        self._pipelined = False  # reading paused while requests wait behind the first
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._wanted: dict[bytes, str] = {}
@@ -297,6 +299,8 @@ class ClientConnection(asyncio.Protocol):
         if size > self.front.state.config.max_header_bytes:
             raise _Refused(431, "headers_too_large", "request headers exceed the relay's limit")
         parser = self.parser
+        if b"host" not in self._wanted and parser.get_http_version() == "1.1":
+            raise _Refused(400, "bad_request", "an HTTP/1.1 request needs a Host header")
         if self._handoff is None:
             host = self._wanted.get(b"host")
             slug = self.front.slug_of(host)
@@ -315,8 +319,14 @@ class ClientConnection(asyncio.Protocol):
         # Handoff mode: write the head back out for aiohttp.
         self._handoff_chunked = "chunked" in self._wanted.get(b"transfer-encoding", "").lower()
         method = parser.get_method().decode("latin-1")
+        # The Host header decided the route here, so aiohttp gets a path too: an
+        # absolute-form target would route it by the URL's host instead (and reach the
+        # upstream as its path); authority-form (CONNECT) has no place in a relay.
+        target = _origin_form(self._url, method)
+        if target is None:
+            raise _Refused(400, "bad_request", "request target must be a path")
         lines = [f"{name}: {value}\r\n" for name, value in self._headers]
-        head = f"{method} {self._url.decode('latin-1')} HTTP/{parser.get_http_version()}\r\n"
+        head = f"{method} {target} HTTP/{parser.get_http_version()}\r\n"
         self._handoff.append((head + "".join(lines) + "\r\n").encode("latin-1"))
 
     def on_body(self, body: bytes) -> None:
@@ -335,8 +345,10 @@ class ClientConnection(asyncio.Protocol):
         if not self.exchanges:
             return  # answered early and closing
         self.exchanges[-1].client_end()
-        if len(self.exchanges) > 1:
-            # Pipelined requests wait their turn; so does reading more of them.
+        if len(self.exchanges) > 1 and not self._pipelined:
+            # Pipelined requests wait their turn; so does reading more of them (one
+            # pause for all of them, undone when the last one waiting starts).
+            self._pipelined = True
             self.pause_reading()
 
     # -- serving -------------------------------------------------------------------------
@@ -406,7 +418,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self._since = self.front.loop.time()
         if self.exchanges:
-            if self._read_pauses and len(self.exchanges) == 1:
+            if self._pipelined and len(self.exchanges) == 1:
+                self._pipelined = False
                 self.resume_reading()
             self.exchanges[0].start()
         elif self._handoff is not None:

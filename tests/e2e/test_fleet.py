@@ -98,8 +98,9 @@ async def test_forward_mode_carries_everything_over_the_private_network(cluster,
     cluster.agent(relays[0], host["token"], upstream.url)
     await relays[0].wait_online(host["slug"])
     async with relays[1].client(host["slug"]) as c:
-        r = await c.get("/headers")
+        r = await c.get("/headers?q=a%2Fb%2e%7e%20")
     assert r.status_code == 200
+    assert r.json()["raw"] == "/headers?q=a%2Fb%2e%7e%20"  # byte for byte, as via the owner
     seen = {k.lower(): v for k, v in r.json()["headers"].items()}
     assert seen["x-forwarded-for"] == "127.0.0.1"
     assert not any(k.startswith("x-relay-") for k in seen)

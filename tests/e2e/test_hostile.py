@@ -379,3 +379,69 @@ async def test_malformed_requests_and_dead_upstreams_leave_json_lines_and_no_int
         writer.close()
     for line in relay.proc.log().splitlines():
         json.loads(line)  # every line one JSON object, library errors included
+
+
+async def read_response(reader: asyncio.StreamReader) -> bytes:
+    """One response (head and Content-Length body) from a raw connection."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head + await reader.readexactly(length)
+
+
+async def test_pipelined_requests_then_more_on_the_same_connection(cluster, upstream):
+    relay = await cluster.relay()
+    host = await relay.add_host("pipe")
+    cluster.agent(relay, host["token"], upstream.url)
+    await relay.wait_online(host["slug"])
+    ours = f"GET /hello HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n\r\n".encode()
+    unknown = b"GET /x HTTP/1.1\r\nHost: nosuchhost.localhost\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    try:
+        writer.write(ours + unknown + ours + unknown + ours)  # five at once
+        answers = [await read_response(reader) for _ in range(5)]
+        assert [a.split(b" ", 2)[1] for a in answers] == [b"200", b"404", b"200", b"404", b"200"]
+        writer.write(ours)  # reading resumed once the queue drained
+        assert (await read_response(reader)).startswith(b"HTTP/1.1 200 ")
+    finally:
+        writer.close()
+
+
+async def test_absolute_targets_arrive_as_paths_and_connect_or_no_host_get_400(cluster, upstream):
+    relay = await cluster.relay()
+    host = await relay.add_host("forms")
+    cluster.agent(relay, host["token"], upstream.url)
+    await relay.wait_online(host["slug"])
+    slug = host["slug"]
+
+    async def one(request: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        try:
+            writer.write(request)
+            return await read_response(reader)
+        finally:
+            writer.close()
+
+    # The Host header routes; an absolute-form target reaches the upstream as a path,
+    # on the fast path and the handed-off one (a WebSocket upgrade) alike.
+    plain = await one(
+        f"GET http://other.localhost/headers HTTP/1.1\r\nHost: {slug}.localhost\r\n\r\n".encode()
+    )
+    assert plain.startswith(b"HTTP/1.1 200 ")
+    assert b'"raw":"/headers"' in plain.replace(b" ", b"")
+    upgrade = await one(
+        f"GET http://{slug}.localhost/ws HTTP/1.1\r\nHost: {slug}.localhost\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+    )
+    assert upgrade.startswith(b"HTTP/1.1 101 "), upgrade
+    for request in (
+        f"CONNECT {slug}.localhost:80 HTTP/1.1\r\nHost: {slug}.localhost:80\r\n\r\n".encode(),
+        b"GET /api/hosts HTTP/1.1\r\nAccept: */*\r\n\r\n",  # no Host
+    ):
+        answer = await one(request)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        assert b"X-Request-Id: " in answer
+        assert b'"code":"bad_request"' in answer

@@ -38,7 +38,12 @@ def build_app(state: UpstreamState) -> web.Application:
         seen = {k: v for k, v in request.headers.items()}
         state.seen_headers.append(seen)
         return web.json_response(
-            {"headers": seen, "path": request.path_qs, "method": request.method}
+            {
+                "headers": seen,
+                "path": request.path_qs,
+                "raw": request.raw_path,
+                "method": request.method,
+            }
         )
 
     async def echo(request: web.Request) -> web.StreamResponse:
