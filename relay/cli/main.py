@@ -115,7 +115,7 @@ _HELP = {
     "upstream_connections": "most pooled connections to the local service",
     "name": "a label for this tunnel in the agent's output",
     "quiet": "no line per request",
-    "inspect": "HOST:PORT of a local page showing the last requests (off by default)",
+    "inspect": "serve a local page with the last requests at this address (off by default)",
     "inspect_allow_remote": "let --inspect listen on a non-loopback address",
     # relay serve: observability
     "per_host_metrics": "export relay_host_requests_total{host} for each host held here",

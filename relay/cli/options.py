@@ -79,8 +79,10 @@ class Option:
         if isinstance(info, msgspec.inspect.IntType):
             return "BYTES" if self.name in _BYTES else "N"
         name = self.name
-        if "listen" in name:
+        if "listen" in name or name == "inspect":
             return "HOST:PORT"
+        if name.endswith(("_ca", "_dir")):
+            return "FILE" if name.endswith("_ca") else "DIR"
         if name.endswith(("url", "_base", "advertise", "server")) or name == "to":
             return "URL"
         if name.endswith(("token", "secret")):

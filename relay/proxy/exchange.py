@@ -323,6 +323,21 @@ class ClientExchange(FlowStream):
             self.span.end()
             self.span = None
 
+    def refuse(self, status: int, code: str, message: str) -> bool:
+        """The rest of the request was malformed: answer ``status`` and close.
+
+        False when a response has begun: then only cutting the connection is left.
+        """
+        if self._head_sent:
+            return False
+        if self._lookup is not None:
+            self._lookup.cancel()
+        if self.tunnel is not None and not self.state.reset:
+            self.reset(ResetCode.CANCEL, "the client's request was malformed")
+        self.keep_alive = False
+        self._answer_error(status, code, message)
+        return True
+
     def client_writable(self) -> None:
         """The client's socket drained: grant the credit held back meanwhile."""
         if self._unacked and self.tunnel is not None:

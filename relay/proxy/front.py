@@ -441,11 +441,14 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
     def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer a request refused before it reached a tunnel, then close."""
+        """Answer a request refused while it was read (its head or its body), then close."""
         state = self.front.state
-        state.metrics.requests_by_status[status] += 1
         state.metrics.proxy_errors.add(1, {"reason": code})
-        if not self.exchanges:
+        exchanges = self.exchanges
+        if len(exchanges) == 1 and exchanges[0].refuse(status, code, message):
+            return  # answered by the exchange in flight (its body broke off), which closes
+        if not exchanges:
+            state.metrics.requests_by_status[status] += 1
             html = wants_html(self._wanted.get(b"accept", ""))
             body, request_id = error_response(status, code, message, close=True, html=html)
             self.write(body)

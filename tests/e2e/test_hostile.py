@@ -445,3 +445,24 @@ async def test_absolute_targets_arrive_as_paths_and_connect_or_no_host_get_400(c
         assert answer.startswith(b"HTTP/1.1 400 "), answer
         assert b"X-Request-Id: " in answer
         assert b'"code":"bad_request"' in answer
+
+
+async def test_a_malformed_chunked_body_to_a_held_host_gets_400(cluster, upstream):
+    relay = await cluster.relay()
+    host = await relay.add_host("chunks")
+    cluster.agent(relay, host["token"], upstream.url)
+    await relay.wait_online(host["slug"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    try:
+        writer.write(
+            f"POST /echo HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n".encode()
+        )
+        answer = await read_response(reader)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"X-Request-Id: " in answer
+    assert b"Connection: close" in answer
+    async with relay.client(host["slug"]) as c:  # the tunnel serves on
+        assert (await c.get("/hello")).status_code == 200
