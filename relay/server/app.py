@@ -81,4 +81,20 @@ async def one_request(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 async def _not_found(request: web.Request) -> web.Response:
+    """404, or 405 with ``Allow`` when the path exists for other methods.
+
+    The catch-all route matches every method, so aiohttp's own 405 never happens: the
+    other routes are asked here instead (only on this error path).
+    """
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            _match, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        response = json_error(
+            405, "method_not_allowed", f"{request.method} is not allowed on {request.path}"
+        )
+        response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
     return json_error(404, "not_found", f"no route for {request.method} {request.path}")

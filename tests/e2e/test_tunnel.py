@@ -294,6 +294,11 @@ async def test_admin_api_contract(cluster):
         assert bad.json()["error"]["code"] == "invalid_slug"
         assert (await api.post("/api/hosts", content=b"{not json")).status_code == 422
         assert (await api.post("/api/hosts", json={"nom": "x"})).status_code == 422
+        wrong_method = await api.put("/api/hosts", json={})
+        assert wrong_method.status_code == 405
+        assert set(wrong_method.headers["Allow"].split(", ")) >= {"GET", "POST"}
+        assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+        assert (await api.get("/api/nothing-here")).status_code == 404
         listed = (await api.get("/api/hosts")).json()
         assert [h["slug"] for h in listed] == ["mysite01"]
         shown = (await api.get("/api/hosts/mysite01")).json()
