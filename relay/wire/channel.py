@@ -126,6 +126,11 @@ class StreamChannel:
 
     # -- used by the serving task -------------------------------------------------------
 
+    @property
+    def ready(self) -> int:
+        """Frames from the peer waiting to be received."""
+        return len(self._inbox)
+
     async def receive(self) -> Frame:
         """Next frame from the peer; raises the stream's error once it is reset."""
         while not self._inbox:
