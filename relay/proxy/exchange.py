@@ -48,6 +48,7 @@ __all__ = ["ClientExchange", "RequestInfo"]
 
 _INLINE_BODY = 16 * 1024  # small request bodies ride in the head frame
 _NO_BODY_STATUS = frozenset({204, 304})
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class Client(Protocol):
@@ -112,6 +113,7 @@ class ClientExchange(FlowStream):
         "_received",
         "_remaining",
         "_request_done",
+        "_retried",
         "_sent",
         "_status",
         "_timer",
@@ -144,6 +146,7 @@ class ClientExchange(FlowStream):
         self._timer: asyncio.TimerHandle | None = None
         self._head: ReqHead | None = None  # an inline-body head waiting for its body
         self._lookup: asyncio.Task[None] | None = None  # locating a host held elsewhere
+        self._retried = False  # sent again once after its tunnel closed (see on_reset)
         self.span: Span | None = None  # this request's server span (tracing on only)
 
     # -- the request (fed by the client connection) --------------------------------------
@@ -170,7 +173,7 @@ class ClientExchange(FlowStream):
         if tunnel is not None:
             self._open(tunnel)
         elif info.elsewhere:
-            self._lookup = client.loop.create_task(self._locate())
+            self._lookup = client.loop.create_task(self._locate(replay=True))
         else:
             # The tunnel left while this request waited behind a pipelined one.
             self._answer_error(503, "host_offline", "the host's tunnel just closed", retry=5)
@@ -223,14 +226,20 @@ class ClientExchange(FlowStream):
         self._timer = client.loop.call_later(cfg.request_timeout, self._timed_out)
         self._send_head(sid, headers, trace)
 
-    async def _locate(self) -> None:
-        """The host is not held here: a tunnel that lands meanwhile, a replay, 404 or 503."""
+    async def _locate(self, *, replay: bool) -> None:
+        """The host is not held here: a tunnel that lands meanwhile, a replay, 404 or 503.
+
+        Without ``replay`` (forward mode) an owner elsewhere does not count: only a tunnel
+        that comes here within the reconnect grace does.
+        """
         state = self.client.state
         slug = self.info.slug
         origin = self._origin()
 
         async def to_owner(machine_id: str) -> str | None:
-            return machine_id if await live_machine(state, machine_id) is not None else None
+            if not replay or await live_machine(state, machine_id) is None:
+                return None
+            return machine_id
 
         try:
             with within(self.span):  # the lookups are children of this request's span
@@ -501,11 +510,33 @@ class ClientExchange(FlowStream):
         elif isinstance(error, StreamReset) and error.reset_code == ResetCode.TOO_LARGE:
             self._fail_response(413, "too_large", error.reason or "request too large")
         elif isinstance(error, TunnelClosed):
+            if self._send_again():
+                return
             self._fail_response(
                 error.http_status, error.code, "the host's tunnel closed during the request"
             )
         else:
             self._fail_response(502, "upstream_error", "the host's service failed")
+
+    def _send_again(self) -> bool:
+        """Whether the request goes out again on the host's next tunnel (once).
+
+        Only an idempotent request without a body whose tunnel closed before any answer
+        (an agent restarting, a reconnect): the agent may have called the service, which
+        RFC 9110 allows for these methods. Where the host comes back, here within the
+        reconnect grace or elsewhere (a replay), is found as for a request held elsewhere.
+        """
+        info = self.info
+        if self._retried or info.method not in _IDEMPOTENT or info.length or info.chunked:
+            return False
+        self._retried = True
+        self.tunnel = None
+        client = self.client
+        state = client.state
+        state.metrics.proxy_errors.add(1, {"reason": "sent_again"})
+        replay = state.config.route_mode == "fly-replay"
+        self._lookup = client.loop.create_task(self._locate(replay=replay))
+        return True
 
     # -- endings -------------------------------------------------------------------------
 

@@ -384,3 +384,21 @@ async def test_hosts_cli_prints_json_with_the_token_once(cluster):
 
 def test_codec_is_msgpack():
     assert msgspec.msgpack.decode(FrameCodec().message(Hello(1, "a", Limits())))[0][0] == 1
+
+
+async def test_a_get_whose_agent_dies_goes_out_again_on_the_next_tunnel(cluster, upstream):
+    # An agent restarting must not cost the GETs it had in flight: the relay sends such a
+    # request (idempotent, bodiless, no answer yet) once more on the host's next tunnel.
+    relay = await cluster.relay()
+    host = await relay.add_host("retry")
+    first = cluster.agent(relay, host["token"], upstream.url)
+    await relay.wait_online(host["slug"])
+    async with relay.client(host["slug"]) as c:
+        pending = asyncio.ensure_future(c.get("/delay", params={"s": "1", "id": "again"}))
+        await wait_until(lambda: upstream.state.concurrent == 1, what="request upstream")
+        first.signal(signal.SIGKILL)
+        cluster.agent(relay, host["token"], upstream.url)
+        answer = await pending
+        assert answer.status_code == 200
+        assert answer.text == "again"
+    assert await relay.metric("relay_proxy_errors_total", reason="sent_again") == 1
