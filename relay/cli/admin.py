@@ -221,13 +221,34 @@ def _machines(api: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+class _Slugs:
+    """Host ids to slugs for the HOST column: a connection's events name only the id."""
+
+    def __init__(self, api: AdminClient) -> None:
+        payload = api.get("/api/hosts")
+        self.known = {h.id: h.slug for h in api.expect(payload, list[HostRow], "GET /api/hosts")}
+
+    def of(self, event: dict[str, object]) -> str:
+        """The event's host by slug where it is known, else by id ("-": none)."""
+        host_id, slug = event.get("host_id"), event.get("slug")
+        if isinstance(host_id, str) and isinstance(slug, str):
+            self.known[host_id] = slug  # a host registered while following
+        if isinstance(slug, str):
+            return slug
+        if isinstance(host_id, str):
+            return self.known.get(host_id, host_id)
+        return "-"
+
+
 def _events(api: AdminClient, args: argparse.Namespace) -> int:
     people = for_people(args)
+    slugs = _Slugs(api) if people else None
     after: str | None = args.after
     if not args.follow:
         payload, page = _page(api, after, args.limit)
-        if people:
-            sys.stdout.write(render_table(_EVENT_HEADERS, [_event_row(e) for e in page.events]))
+        if slugs is not None:
+            rows = [_event_row(e, slugs) for e in page.events]
+            sys.stdout.write(render_table(_EVENT_HEADERS, rows))
             if page.next and len(page.events) == args.limit:
                 sys.stdout.write(f"more: --after {page.next}\n")
         else:
@@ -239,8 +260,8 @@ def _events(api: AdminClient, args: argparse.Namespace) -> int:
         while True:
             _payload, page = _page(api, after, args.limit)
             for event in page.events:
-                if people:
-                    sys.stdout.write("  ".join(_event_row(event)) + "\n")
+                if slugs is not None:
+                    sys.stdout.write("  ".join(_event_row(event, slugs)) + "\n")
                 else:
                     print_json(event, compact=True)
             sys.stdout.flush()
@@ -265,9 +286,9 @@ def _page(api: AdminClient, after: str | None, limit: int) -> tuple[object, Even
     return payload, page
 
 
-def _event_row(event: dict[str, object]) -> list[str]:
+def _event_row(event: dict[str, object], slugs: _Slugs) -> list[str]:
     """ID, AT, KIND, HOST (slug, else id), and the rest as key=value details."""
-    host = event.get("slug") or event.get("host_id") or "-"
+    host = slugs.of(event)
     details = " ".join(f"{k}={v}" for k, v in event.items() if k not in _NOT_DETAILS)
     at = str(event["at"])
     return [

@@ -86,7 +86,7 @@ async def test_on_a_terminal_hosts_add_shows_the_token_and_the_agent_command(clu
 
 
 async def test_on_a_terminal_lists_are_tables(cluster, relay):
-    await relay.add_host("web", "tablehost")
+    host = await relay.add_host("web", "tablehost")
     code, out, err = await run(cluster, "hosts", "list", "--server", relay.url, tty=True)
     assert code == 0, err
     header, row = out.splitlines()[:2]
@@ -97,9 +97,17 @@ async def test_on_a_terminal_lists_are_tables(cluster, relay):
         "ID", "ADDRESS", "STATE", "TUNNELS", "LAST", "SEEN",
     ]  # fmt: skip
     assert out.splitlines()[1].split()[:4] == [relay.machine_id, relay.url, "running", "0"]
+    # A connection's events carry the host id only: the table names the host by slug.
+    cluster.agent(relay, host["token"], f"http://127.0.0.1:{free_port()}")
+
+    async def online() -> bool:
+        return (await relay.host("tablehost"))["online"]
+
+    await wait_until(online, what="agent connected")
     code, out, _ = await run(cluster, "events", "--server", relay.url, tty=True)
     assert code == 0 and out.splitlines()[0].split() == ["ID", "AT", "KIND", "HOST", "DETAILS"]
     assert any("host_registered" in line and "tablehost" in line for line in out.splitlines())
+    assert any(" connected " in line and "tablehost" in line for line in out.splitlines()), out
 
 
 async def test_machines_and_events_print_the_api_json(cluster, relay):
