@@ -131,6 +131,12 @@ class AgentSession(TunnelConnection):
             await coro
         except StreamError as exc:
             self.log.debug("agent.stream_ended", sid=sid, error=str(exc))
+        except Exception as exc:
+            # A bug in one stream's task ends that stream alone, and the relay hears of it
+            # at once (502) instead of holding the stream until its request timeout.
+            self.log.exception("agent.stream_failed", sid=sid, error=repr(exc))
+            if self.close_code is None:
+                self.queue(Reset(sid, int(ResetCode.INTERNAL), "the agent failed"))
 
     def on_unknown_stream(self, frame: Any) -> None:  # noqa: ANN401 - one of STREAM_FRAMES
         """Late frames for finished streams are ignored; others break the protocol."""
