@@ -79,3 +79,13 @@ def metric_names(expr: str) -> set[str]:
             continue  # a Grafana variable
         names.add(word)
     return names
+
+
+def samples(text: str) -> dict[str, float]:
+    """Every sample line of Prometheus text: ``name{labels}`` -> value."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            found[series] = float(value)
+    return found

@@ -451,16 +451,15 @@ class ClientExchange(FlowStream):
                 extra = f"Content-Length: {len(frame.chunk)}\r\n"
         else:
             headers = response_headers_for_client(frame.headers)
-            length = None if no_body else _content_length(headers)
-            if length is not None:
-                self._remaining = length
-            elif no_body:
-                pass
-            elif self.info.http11:
-                self._out_chunked = True
-                extra = "Transfer-Encoding: chunked\r\n"
-            else:
-                self.keep_alive = False
+            if not no_body:
+                length = _content_length(headers)
+                if length is not None:
+                    self._remaining = length
+                elif self.info.http11:
+                    self._out_chunked = True
+                    extra = "Transfer-Encoding: chunked\r\n"
+                else:
+                    self.keep_alive = False
         if not self.keep_alive:
             extra += "Connection: close\r\n"
         return response_head(frame.status, headers, extra)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.e2e.harness import METRICS_TOKEN, free_port, wait_until
-from tests.promql import alert_expressions, dashboard_expressions, metric_names
+from tests.promql import alert_expressions, dashboard_expressions, metric_names, samples
 
 pytestmark = pytest.mark.e2e
 
@@ -30,16 +30,6 @@ async def scrape(relay) -> str:
         )
     assert r.status_code == 200, r.text
     return r.text
-
-
-def samples(text: str) -> dict[str, float]:
-    """Every sample line: ``name{labels}`` -> value."""
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            found[series] = float(value)
-    return found
 
 
 def sample_names(text: str) -> set[str]:

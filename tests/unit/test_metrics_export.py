@@ -9,15 +9,7 @@ import re
 
 from relay.machine.access_log import FLUSH_INTERVAL, AccessLog
 from relay.machine.metrics import STORE_OPS, Metrics, render_prometheus
-
-
-def series(text: str) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            found[name] = float(value)
-    return found
+from tests.promql import samples
 
 
 def test_every_series_is_relay_prefixed_without_scope_labels_or_target_info():
@@ -35,7 +27,7 @@ def test_every_series_is_relay_prefixed_without_scope_labels_or_target_info():
         assert all(n.startswith("relay_") for n in names), sorted(names)
         assert "otel_scope" not in text
         assert "target_info" not in text
-        got = series(text)
+        got = samples(text)
         assert got['relay_requests_total{status="200"}'] == 4
         assert got["relay_request_bytes_total"] == 1000
         assert got["relay_response_bytes_total"] == 250
@@ -47,7 +39,7 @@ def test_every_series_is_relay_prefixed_without_scope_labels_or_target_info():
         assert "relay_process_resident_memory_bytes" in got
         # A host that leaves takes its series along.
         del hosts["aaaa1111"]
-        got = series(render_prometheus().decode())
+        got = samples(render_prometheus().decode())
         assert not any("aaaa1111" in name for name in got)
         assert got['relay_host_requests_total{host="bbbb2222"}'] == 5
     finally:
