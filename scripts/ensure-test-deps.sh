@@ -3,7 +3,7 @@
 # The DNS end-to-end tests run a real PowerDNS Authoritative server (sqlite3 backend);
 # the browser tests (tests/browser) drive Debian's Chromium through Playwright, which
 # never downloads a browser of its own; the deploy tests check the alerting rules with
-# promtool (Debian's prometheus package).
+# promtool (Debian's prometheus package); the TLS tests need the openssl command.
 # Idempotent: a machine that already has them does nothing and succeeds.
 set -eu
 
@@ -15,6 +15,8 @@ command -v pdns_server >/dev/null 2>&1 || [ -x /usr/sbin/pdns_server ] || missin
 command -v sqlite3 >/dev/null 2>&1 || missing="$missing sqlite3"
 [ -x /usr/bin/chromium ] || missing="$missing chromium"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+# The store's TLS tests make their CA and certificates with the openssl command.
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 
 [ -z "$missing" ] && exit 0
 
