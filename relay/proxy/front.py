@@ -64,6 +64,8 @@ _WANTED: Final = frozenset(
     }
 )
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: Where agents open their tunnels (DESIGN: Tunnel protocol).
+TUNNEL_PATH: Final = b"/tunnel"
 # Descriptors kept free for what serving the connections we have needs (store pool
 # reconnects, upstream and peer connections): past that, new clients are turned away.
 _FD_RESERVE: Final = 64
@@ -81,9 +83,15 @@ class _Refused(Exception):
 class FrontServer:
     """The listening socket and its client connections."""
 
-    def __init__(self, state: RelayState, handoff: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self,
+        state: RelayState,
+        handoff: Callable[[], asyncio.Protocol],
+        tunnels: Callable[[], asyncio.Protocol],
+    ) -> None:
         self.state = state
-        self.handoff_factory = handoff
+        self.handoff_factory = handoff  # aiohttp's application: API, dashboard, slow path
+        self.tunnel_factory = tunnels  # agents' upgrades (relay.server.endpoint)
         self.connections: set[ClientConnection] = set()
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
@@ -167,6 +175,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_handoff",
         "_handoff_chunked",
+        "_handoff_tunnel",
         "_head_bytes",
         "_headers",
         "_in_head",
@@ -206,6 +215,7 @@ class ClientConnection(asyncio.Protocol):
         # Bytes for aiohttp once the connection is handed off (None: still ours).
         self._handoff: list[bytes] | None = None
         self._handoff_chunked = False
+        self._handoff_tunnel = False  # to the tunnel server rather than the application
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -316,6 +326,14 @@ class ClientConnection(asyncio.Protocol):
                     self._start(slug, host or "", elsewhere=True)
                     return
             self._handoff = []
+            # An agent's upgrade: the connection becomes its tunnel (and the requests
+            # pipelined behind it, if any, are that server's to refuse).
+            self._handoff_tunnel = (
+                slug is None
+                and parser.should_upgrade()
+                and parser.get_method() == b"GET"
+                and self._url.partition(b"?")[0] == TUNNEL_PATH
+            )
         # Handoff mode: write the head back out for aiohttp.
         self._handoff_chunked = "chunked" in self._wanted.get(b"transfer-encoding", "").lower()
         method = parser.get_method().decode("latin-1")
@@ -476,7 +494,8 @@ class ClientConnection(asyncio.Protocol):
         self._wanted = {}
         if transport is None or transport.is_closing():
             return
-        handler = self.front.handoff_factory()
+        front = self.front
+        handler = front.tunnel_factory() if self._handoff_tunnel else front.handoff_factory()
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if self._read_pauses:

@@ -15,7 +15,6 @@ from relay.machine.state import STATE, RelayState
 from relay.proxy.app_path import proxy_request
 from relay.proxy.responses import json_error
 from relay.proxy.routing import slug_from_host
-from relay.server.endpoint import tunnel_endpoint
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler
@@ -53,7 +52,7 @@ def build_app(state: RelayState) -> web.Application:
 
     app = web.Application(middlewares=[one_request, front], client_max_size=1 << 20)
     app[STATE] = state
-    app.router.add_get("/tunnel", tunnel_endpoint)
+    app.router.add_get("/tunnel", _not_an_upgrade)
     add_routes(app)
     add_event_routes(app)
     add_dns_routes(app)
@@ -78,6 +77,11 @@ async def one_request(request: web.Request, handler: Handler) -> web.StreamRespo
     elif request.protocol is not None and not isinstance(response, web.WebSocketResponse):
         request.protocol.keep_alive(val=False)
     return response
+
+
+async def _not_an_upgrade(_request: web.Request) -> web.Response:
+    """``GET /tunnel`` without an upgrade (the front hands upgrades to the tunnel server)."""
+    return json_error(400, "bad_handshake", "GET /tunnel takes an agent's WebSocket upgrade")
 
 
 async def _not_found(request: web.Request) -> web.Response:

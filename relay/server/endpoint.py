@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -11,37 +13,86 @@ from aiohttp import web
 from directory.errors import DirectoryError, Superseded
 from relay.errors import MalformedFrame, ProtocolError
 from relay.machine.events import tunnel_connected, tunnel_disconnected
-from relay.machine.state import STATE, RelayState
 from relay.machine.tunnels import Tunnel
 from relay.proxy.responses import json_error
 from relay.wire.protocol import PROTOCOL_VERSION, CloseCode, Frame, FrameCodec, Hello, Welcome
 
-__all__ = ["tunnel_endpoint"]
+if TYPE_CHECKING:
+    from relay.machine.state import RelayState
+
+__all__ = ["tunnel_endpoint", "tunnel_server"]
 
 _TRY_AGAIN_LATER = 1013  # RFC 6455: the server is overloaded or its store is down
 
 
-async def tunnel_endpoint(request: web.Request) -> web.StreamResponse:
-    """Accept one agent's WebSocket and serve its tunnel until either side closes."""
-    state = request.app[STATE]
+def tunnel_server(state: RelayState) -> web.Server:
+    """The low-level aiohttp server for agents' ``GET /tunnel`` upgrades (the front hands them).
+
+    No application, router or middleware: an idle tunnel keeps its handler's whole call
+    chain alive for as long as it lives, so every frame left out of that chain is saved
+    once per tunnel, tens of thousands of times over.
+    """
+    return web.Server(
+        functools.partial(tunnel_endpoint, state),
+        handler_cancellation=True,
+        access_log=None,
+    )
+
+
+async def tunnel_endpoint(state: RelayState, request: web.BaseRequest) -> web.StreamResponse:
+    """Accept one agent's WebSocket and serve its tunnel until either side closes.
+
+    Anything but a tunnel (a refusal, a failed handshake) closes the connection after its
+    answer: the client's next request belongs to the front, not to this server.
+    """
     if state.draining:
-        return json_error(
-            503, "draining", "this relay is draining; connect elsewhere", retry_after=1
+        return _final(
+            json_error(503, "draining", "this relay is draining; connect elsewhere", retry_after=1)
         )
     ws = web.WebSocketResponse(
         max_msg_size=state.config.max_frame, compress=False, autoping=True, autoclose=True
     )
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except web.HTTPException as exc:
+        return _final(
+            json_error(exc.status, "bad_handshake", f"not a WebSocket upgrade: {exc.text}")
+        )
     # The handshake's objects (Hello, loggers, token) die with its frame: this handler's
     # frame lives as long as the tunnel, tens of thousands of times over.
     handshake = await _handshake(state, request, ws)
-    if handshake is not None:
-        await _serve(state, *handshake)
+    if handshake is None:
+        return ws
+    tunnel, early = handshake
+    del handshake
+    started = time.monotonic()
+    handler = asyncio.current_task()
+    if handler is not None:
+        state.handlers.add(handler)
+    announced = False  # a Connected event was emitted, so a Disconnected must follow
+    try:
+        # Welcome goes out alone and first, before any stream can be opened on the tunnel.
+        await tunnel.ws.send_bytes(_welcome(state, tunnel))
+        announced = await _install(state, tunnel)
+        state.pings.add(tunnel)
+        tunnel.log.info("tunnel.connected", agent_version=tunnel.agent_version)
+        await tunnel.read_loop(early)
+    except ConnectionError as exc:
+        tunnel.log.info("tunnel.welcome_failed", error=str(exc))
+    finally:
+        await _ended(state, tunnel, announced=announced, started=started)
+        if handler is not None:
+            state.handlers.discard(handler)
     return ws
 
 
+def _final(response: web.Response) -> web.Response:
+    response.force_close()
+    return response
+
+
 async def _handshake(
-    state: RelayState, request: web.Request, ws: web.WebSocketResponse
+    state: RelayState, request: web.BaseRequest, ws: web.WebSocketResponse
 ) -> tuple[Tunnel, list[Frame]] | None:
     """Authenticate, read the Hello, claim the host; None once the socket was closed.
 
@@ -107,40 +158,24 @@ async def _handshake(
     return tunnel, early
 
 
-async def _serve(state: RelayState, tunnel: Tunnel, early: list[Frame]) -> None:
-    started = time.monotonic()
-    handler = asyncio.current_task()
-    if handler is not None:
-        state.handlers.add(handler)
-    announced = False  # a Connected event was emitted, so a Disconnected must follow
-    try:
-        # Welcome goes out alone and first, before any stream can be opened on the tunnel.
-        await tunnel.ws.send_bytes(_welcome(state, tunnel))
-        announced = await _install(state, tunnel)
-        state.pings.add(tunnel)
-        tunnel.log.info("tunnel.connected", agent_version=tunnel.agent_version)
-        await tunnel.read_loop(early)
-    except ConnectionError as exc:
-        tunnel.log.info("tunnel.welcome_failed", error=str(exc))
-    finally:
-        state.pings.discard(tunnel)
-        state.tunnels.remove(tunnel)
-        await tunnel.close(tunnel.close_code or CloseCode.NORMAL, tunnel.close_reason or "closed")
-        code = tunnel.close_code or CloseCode.NORMAL
-        if code == CloseCode.PROTOCOL_ERROR:
-            state.metrics.protocol_errors.add(1, {"kind": "frame"})
-        state.metrics.tunnel_closes.add(1, {"code": str(code)})
-        if announced:
-            tunnel_disconnected(state.events, state.config.machine_id, tunnel, code)
-        await _release(state, tunnel)
-        if handler is not None:
-            state.handlers.discard(handler)
-        tunnel.log.info(
-            "tunnel.disconnected",
-            close_code=code,
-            reason=tunnel.close_reason,
-            duration_s=round(time.monotonic() - started, 3),
-        )
+async def _ended(state: RelayState, tunnel: Tunnel, *, announced: bool, started: float) -> None:
+    """The tunnel's reading ended: close it, count it, announce it, give the host up."""
+    state.pings.discard(tunnel)
+    state.tunnels.remove(tunnel)
+    await tunnel.close(tunnel.close_code or CloseCode.NORMAL, tunnel.close_reason or "closed")
+    code = tunnel.close_code or CloseCode.NORMAL
+    if code == CloseCode.PROTOCOL_ERROR:
+        state.metrics.protocol_errors.add(1, {"kind": "frame"})
+    state.metrics.tunnel_closes.add(1, {"code": str(code)})
+    if announced:
+        tunnel_disconnected(state.events, state.config.machine_id, tunnel, code)
+    await _release(state, tunnel)
+    tunnel.log.info(
+        "tunnel.disconnected",
+        close_code=code,
+        reason=tunnel.close_reason,
+        duration_s=round(time.monotonic() - started, 3),
+    )
 
 
 async def _install(state: RelayState, tunnel: Tunnel) -> bool:
@@ -199,7 +234,7 @@ async def _receive_hello(
     return hello, rest
 
 
-def _bearer(request: web.Request) -> str | None:
+def _bearer(request: web.BaseRequest) -> str | None:
     value = request.headers.get("Authorization", "")
     scheme, _, token = value.partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None

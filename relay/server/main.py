@@ -36,6 +36,7 @@ from relay.machine.state import RelayState, Upkeep
 from relay.machine.tunnels import LocalTunnels, Tunnel
 from relay.proxy.front import FrontServer
 from relay.server.app import build_app
+from relay.server.endpoint import tunnel_server
 from relay.server.stopping import EXIT_STOPPED_AT_ONCE, StopSignals, drain_notice
 from relay.sockets import listening_socket
 from relay.tracing import configure_tracing, shutdown_tracing
@@ -110,17 +111,8 @@ async def _run(
 ) -> int:
     log = get_logger("relay").bind(machine_id=cfg.machine_id)
     state, events = await _build_state(cfg, redis_url, admin_token, log)
-    runner = web.AppRunner(
-        build_app(state),
-        handler_cancellation=True,
-        access_log=None,
-        auto_decompress=False,
-        keepalive_timeout=cfg.keepalive_timeout,
-    )
-    await runner.setup()
+    front, runner, tunnel_runner = await _servers(state)
     host, port = cfg.host_port
-    assert runner.server is not None  # noqa: S101 - set by setup()
-    front = FrontServer(state, runner.server)
     _watch_machine(state, front, embedded)
     metrics_runner: web.AppRunner | None = None
     try:
@@ -130,6 +122,7 @@ async def _run(
     except OSError as exc:
         await front.close()
         await runner.cleanup()
+        await tunnel_runner.cleanup()
         await _close_clients(state)
         raise StartupError(f"cannot listen: {exc.strerror or exc}") from exc
     signals = StopSignals()
@@ -158,6 +151,7 @@ async def _run(
         state.pings.stop()
         await front.close()
         await runner.cleanup()
+        await tunnel_runner.cleanup()
         if metrics_runner is not None:
             await metrics_runner.cleanup()
         if state.access_log is not None:
@@ -263,6 +257,26 @@ async def _metrics_listener(listen: str) -> web.AppRunner:
         await runner.cleanup()
         raise
     return runner
+
+
+async def _servers(state: RelayState) -> tuple[FrontServer, web.AppRunner, web.ServerRunner]:
+    """The front, and the two aiohttp servers it hands connections to.
+
+    The application (API, dashboard, the slow proxy path) and agents' tunnels.
+    """
+    runner = web.AppRunner(
+        build_app(state),
+        handler_cancellation=True,
+        access_log=None,
+        auto_decompress=False,
+        keepalive_timeout=state.config.keepalive_timeout,
+    )
+    tunnel_runner = web.ServerRunner(tunnel_server(state))
+    await runner.setup()
+    await tunnel_runner.setup()
+    assert runner.server is not None  # noqa: S101 - set by setup()
+    assert tunnel_runner.server is not None  # noqa: S101 - set by setup()
+    return FrontServer(state, runner.server, tunnel_runner.server), runner, tunnel_runner
 
 
 async def _build_state(

@@ -306,7 +306,8 @@ class TunnelConnection:
     async def read_loop(self, early: list[Frame] | None = None) -> None:
         """Read frames until the socket closes; protocol errors close the tunnel (4004).
 
-        ``early``: frames that came in the handshake's message, handled first.
+        ``early``: frames that came in the handshake's message, handled first; the list
+        is emptied then (its caller's frame lives as long as the tunnel).
         """
         ws = self.ws
         decode = self.codec.decode
@@ -315,6 +316,7 @@ class TunnelConnection:
         try:
             if early:
                 self._dispatch(early)
+                early.clear()
             while True:
                 msg = await ws.receive()
                 if msg.type is binary:

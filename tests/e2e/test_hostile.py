@@ -466,3 +466,52 @@ async def test_a_malformed_chunked_body_to_a_held_host_gets_400(cluster, upstrea
     assert b"Connection: close" in answer
     async with relay.client(host["slug"]) as c:  # the tunnel serves on
         assert (await c.get("/hello")).status_code == 200
+
+
+async def test_tunnel_path_answers_what_is_not_a_tunnel_and_closes(cluster):
+    relay = await cluster.relay()
+
+    async def one(request: bytes) -> tuple[bytes, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        try:
+            writer.write(request + b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            answer = await read_response(reader)
+            rest = await asyncio.wait_for(reader.read(), 5)  # closed after the answer
+            return answer, rest
+        finally:
+            writer.close()
+
+    upgrade = (
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    )
+    # A WebSocket version the handshake refuses; no upgrade at all; a method GET alone has.
+    for request, status, code in (
+        (
+            f"GET /tunnel HTTP/1.1\r\nHost: localhost\r\n{upgrade}Sec-WebSocket-Version: 99\r\n\r\n",
+            b"400",
+            b"bad_handshake",
+        ),
+        ("GET /tunnel HTTP/1.1\r\nHost: localhost\r\n\r\n", b"400", b"bad_handshake"),
+        (
+            f"POST /tunnel HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{upgrade}\r\n",
+            b"405",
+            b"method_not_allowed",
+        ),
+    ):
+        answer, rest = await one(request.encode())
+        assert answer.split(b" ", 2)[1] == status, answer
+        assert b"X-Request-Id: " in answer
+        assert b'"code":"' + code + b'"' in answer.replace(b" ", b"")
+        assert rest == b"", rest
+    # And an agent's upgrade still becomes a tunnel.
+    host = await relay.add_host("still")
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(
+            f"ws://127.0.0.1:{relay.port}/tunnel?x=1",
+            headers={"Authorization": f"Bearer {host['token']}"},
+        ) as ws:
+            codec = FrameCodec()
+            await ws.send_bytes(codec.message(Hello(PROTOCOL_VERSION, "test", Limits())))
+            (welcome,) = codec.decode((await ws.receive(timeout=5)).data)
+            assert isinstance(welcome, Welcome)
