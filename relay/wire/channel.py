@@ -126,11 +126,6 @@ class StreamChannel:
 
     # -- used by the serving task -------------------------------------------------------
 
-    @property
-    def ready(self) -> int:
-        """Frames from the peer waiting to be received."""
-        return len(self._inbox)
-
     async def receive(self) -> Frame:
         """Next frame from the peer; raises the stream's error once it is reset."""
         while not self._inbox:
@@ -142,6 +137,10 @@ class StreamChannel:
             finally:
                 self._readable = None
         return self._inbox.popleft()
+
+    def receive_ready(self) -> Frame | None:
+        """The next frame from the peer if one is already here, else None."""
+        return self._inbox.popleft() if self._inbox else None
 
     async def receive_within(self, timeout: float) -> Frame:
         """Like :meth:`receive`, but raise TimeoutError after ``timeout`` seconds.

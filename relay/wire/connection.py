@@ -37,6 +37,7 @@ from relay.wire.protocol import (
     Reset,
     ResetCode,
 )
+from relay.wire.ws_batch import BatchWriter
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -229,18 +230,27 @@ class TunnelConnection:
         Ends when the queue is empty; the next :meth:`queue` starts a new writer.
         """
         limit = min(self.peer_limits.max_frame, _MESSAGE_TARGET)
+        # All the messages of one turn in one write where aiohttp's socket allows it.
+        frames = BatchWriter.of(self.ws)
         try:
             while self._out:
                 batch, self._out, self._out_bytes = self._out, [], 0
                 self._release_senders()
+                messages = []
                 start, size = 0, 0
                 for i, item in enumerate(batch):
                     n = len(item.chunk) + DATA_OVERHEAD if isinstance(item, Data) else len(item)
                     if size + n > limit - 8 and i > start:
-                        await self.ws.send_bytes(self.codec.pack(batch[start:i]))
+                        messages.append(self.codec.pack(batch[start:i]))
                         start, size = i, 0
                     size += n
-                await self.ws.send_bytes(self.codec.pack(batch[start:] if start else batch))
+                messages.append(self.codec.pack(batch[start:] if start else batch))
+                if frames is None:
+                    for message in messages:
+                        await self.ws.send_bytes(message)
+                else:
+                    frames.write_binary(messages)
+                    await frames.drain()
         except (ConnectionError, RuntimeError) as exc:
             # aiohttp raises these when the socket closes under us.
             if self.close_code is None:

@@ -11,30 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import aiohttp
 
 from relay.errors import StreamError
 from relay.wire.protocol import WsClose, WsMsg
+from relay.wire.ws_batch import BatchWriter
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from relay.wire.channel import StreamChannel
-
-
-class Corkable(Protocol):
-    """A TCP socket (uvloop's pseudo-socket will do)."""
-
-    def setsockopt(self, level: int, option: int, value: int, /) -> None:
-        """Set a socket option."""
+    from relay.wire.protocol import Frame
 
 
 __all__ = [
     "CLOSE_GRACE",
-    "Corkable",
     "close_reason",
     "pump_sockets",
     "pump_to_stream",
@@ -45,8 +38,6 @@ __all__ = [
 CLOSE_GRACE: Final = 1.0
 #: aiohttp's code when the socket ended without a close frame (RFC 6455's "abnormal").
 _ABNORMAL: Final = 1006
-#: Socket families with TCP_CORK (a unix socket has nothing to cork).
-_TCP: Final = (socket.AF_INET, socket.AF_INET6)
 # Registered codes an endpoint may send (RFC 6455 7.4.1; 1004-1006 and 1015 never are).
 _SENDABLE: Final = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013})
 
@@ -70,9 +61,6 @@ class Socket(Protocol):
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
         """Close with ``code``."""
 
-    def get_extra_info(self, name: str, default: Any = None) -> Any:  # noqa: ANN401 - aiohttp's
-        """The transport's extra information (``socket``: the TCP socket)."""
-
 
 def sendable_code(code: int | None) -> int:
     """A close code fit to put on the wire (markers like 1005/1006 become 1000)."""
@@ -89,16 +77,12 @@ def close_reason(reason: str) -> bytes:
 async def pump_to_stream(ws: Socket, channel: StreamChannel) -> None:
     """Carry ``ws``'s messages to the tunnel stream and the stream's back to ``ws``.
 
-    Messages that came through the tunnel together leave together: ``ws``'s TCP socket
-    is corked while more of them wait, so the kernel sends them in one segment instead
-    of one per message (a write per message is most of a WebSocket's relaying cost).
+    Messages that came through the tunnel together leave together, in one write (see
+    relay/wire/ws_batch.py): a write per message was most of a WebSocket's relaying cost.
     """
-    sock = ws.get_extra_info("socket")
-    if sock is not None and sock.family not in _TCP:
-        sock = None
     outbound = asyncio.get_running_loop().create_task(_socket_to_stream(ws, channel))
     try:
-        await _stream_to_socket(ws, channel, sock)
+        await _stream_to_socket(ws, channel, BatchWriter.of(ws))
     except StreamError:
         await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"tunnel closed")
     finally:
@@ -128,32 +112,26 @@ async def _socket_to_stream(ws: Socket, channel: StreamChannel) -> None:
                 await channel.send(WsClose(channel.sid, code, ""))
 
 
-async def _stream_to_socket(ws: Socket, channel: StreamChannel, sock: Any) -> None:  # noqa: ANN401 - a socket or uvloop's pseudo-socket
-    corked = False
+async def _stream_to_socket(ws: Socket, channel: StreamChannel, batch: BatchWriter | None) -> None:
     while True:
-        if corked and not channel.ready:
-            corked = _cork(sock, on=False)
-        frame = await channel.receive()
-        if sock is not None and not corked and channel.ready:
-            corked = _cork(sock, on=True)
-        if isinstance(frame, WsMsg):
+        frame: Frame | None = await channel.receive()
+        if isinstance(frame, WsMsg) and batch is not None:
+            burst = []
+            while isinstance(frame, WsMsg):
+                burst.append(frame)
+                frame = channel.receive_ready()
+            size = batch.write(burst)
+            await batch.drain()
+            await channel.consumed(size)
+        elif isinstance(frame, WsMsg):
             if frame.binary:
                 await ws.send_bytes(frame.payload)
             else:
                 await ws.send_str(frame.payload.decode("utf-8", errors="replace"))
             await channel.consumed(len(frame.payload))
-        elif isinstance(frame, WsClose):
+        if isinstance(frame, WsClose):
             await ws.close(code=sendable_code(frame.code), message=close_reason(frame.reason))
             return
-
-
-def _cork(sock: Any, *, on: bool) -> bool:  # noqa: ANN401 - a socket or uvloop's pseudo-socket
-    """Cork or uncork ``sock``; whether it is corked now."""
-    # A socket that is closing refuses options: nothing is lost, the pump ends on its own.
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, int(on))
-        return on
-    return False
 
 
 async def _socket_to_socket(src: Socket, dst: Socket) -> None:

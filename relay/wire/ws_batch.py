@@ -1,0 +1,138 @@
+"""A burst of WebSocket messages written to one socket in one write.
+
+aiohttp writes each message with a transport write of its own, one system call each: that
+was most of what relaying a WebSocket cost, since small messages arrive in bursts (the
+tunnel carries a stream's messages batched). :class:`BatchWriter` frames a burst itself
+(RFC 6455 section 5.2; masked when the socket is a client's) and hands it to aiohttp's
+transport at once.
+
+It reaches into aiohttp's writer for its transport and protocol, which aiohttp does not
+expose; :meth:`BatchWriter.of` answers None when they are not there or when the socket
+compresses (permessage-deflate), and the caller then sends message by message.
+``tests/unit/test_ws_batch.py`` fails if the installed aiohttp stops fitting.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from aiohttp._websocket.helpers import websocket_mask
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_websocket import WebSocketWriter
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from relay.wire.protocol import WsMsg
+
+__all__ = ["BatchWriter"]
+
+_BINARY: Final = 0x82  # FIN + binary opcode
+_TEXT: Final = 0x81  # FIN + text opcode
+_MASKED: Final = 0x80
+_LEN16: Final = struct.Struct("!BBH")
+_LEN64: Final = struct.Struct("!BBQ")
+
+
+class _Socket(Protocol):
+    @property
+    def closed(self) -> bool:
+        """Whether a close was sent or received."""
+
+
+class BatchWriter:
+    """Writes bursts of messages to one aiohttp WebSocket (server or client side)."""
+
+    __slots__ = ("_mask", "_protocol", "_socket", "_transport")
+
+    def __init__(
+        self, socket: _Socket, transport: asyncio.Transport, protocol: BaseProtocol, *, mask: bool
+    ) -> None:
+        self._socket = socket
+        self._transport = transport
+        self._protocol = protocol
+        self._mask = mask
+
+    @classmethod
+    def of(cls, ws: Any) -> BatchWriter | None:  # noqa: ANN401 - either of aiohttp's sockets
+        """A writer for ``ws``; None when messages must go through aiohttp one by one."""
+        writer = getattr(ws, "_writer", None)
+        if not isinstance(writer, WebSocketWriter) or writer.compress:
+            return None
+        protocol = writer.protocol
+        if not isinstance(protocol, BaseProtocol) or writer.transport is None:
+            return None
+        return cls(ws, writer.transport, protocol, mask=writer.use_mask)
+
+    def write(self, messages: list[WsMsg]) -> int:
+        """Write ``messages`` (a stream's burst) in one transport write; their payload bytes.
+
+        Raises ConnectionResetError once the socket is closing, as aiohttp's send does.
+        """
+        self._check_open()
+        keys = os.urandom(4 * len(messages)) if self._mask else b""
+        parts: list[bytes | bytearray] = []
+        size = 0
+        for i, message in enumerate(messages):
+            if message.binary:
+                size += self._frame(parts, _BINARY, message.payload, keys, i)
+            else:
+                size += self._frame(parts, _TEXT, _valid_text(message.payload), keys, i)
+        self._transport.writelines(parts)
+        return size
+
+    def write_binary(self, payloads: list[bytes]) -> None:
+        """Write ``payloads`` as binary messages in one transport write (tunnel messages).
+
+        No payload is copied unless it has to be masked (aiohttp copies it twice then).
+        """
+        self._check_open()
+        keys = os.urandom(4 * len(payloads)) if self._mask else b""
+        parts: list[bytes | bytearray] = []
+        for i, payload in enumerate(payloads):
+            self._frame(parts, _BINARY, payload, keys, i)
+        self._transport.writelines(parts)
+
+    def _check_open(self) -> None:
+        if self._socket.closed or self._transport.is_closing():
+            raise ConnectionResetError("cannot write to a closing WebSocket")
+
+    def _frame(
+        self, parts: list[bytes | bytearray], first: int, payload: bytes, keys: bytes, i: int
+    ) -> int:
+        """Append one frame's header and payload to ``parts``; the payload's length."""
+        n = len(payload)
+        flag = _MASKED if self._mask else 0
+        if n < 126:
+            header = bytes((first, n | flag))
+        elif n < 65536:
+            header = _LEN16.pack(first, 126 | flag, n)
+        else:
+            header = _LEN64.pack(first, 127 | flag, n)
+        if self._mask:
+            # RFC 6455 5.3: a fresh, unpredictable key per frame.
+            key = keys[4 * i : 4 * i + 4]
+            masked = bytearray(payload)
+            websocket_mask(key, masked)
+            parts.append(header + key)
+            parts.append(masked)
+        else:
+            parts.append(header)
+            parts.append(payload)
+        return n
+
+    async def drain(self) -> None:
+        """Wait while the socket's write buffer is over its high-water mark."""
+        if self._protocol.writing_paused:
+            await self._protocol._drain_helper()  # noqa: SLF001 - what aiohttp's own send awaits
+
+
+def _valid_text(payload: bytes) -> bytes:
+    """A text message's payload as valid UTF-8 (a peer's invalid bytes replaced)."""
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return payload.decode("utf-8", errors="replace").encode("utf-8")
+    return payload
