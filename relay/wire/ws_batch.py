@@ -72,7 +72,7 @@ class BatchWriter:
         Raises ConnectionResetError once the socket is closing, as aiohttp's send does.
         """
         self._check_open()
-        keys = os.urandom(4 * len(messages)) if self._mask else b""
+        keys = _keys(len(messages)) if self._mask else b""
         parts: list[bytes | bytearray] = []
         size = 0
         for i, message in enumerate(messages):
@@ -89,7 +89,7 @@ class BatchWriter:
         No payload is copied unless it has to be masked (aiohttp copies it twice then).
         """
         self._check_open()
-        keys = os.urandom(4 * len(payloads)) if self._mask else b""
+        keys = _keys(len(payloads)) if self._mask else b""
         parts: list[bytes | bytearray] = []
         for i, payload in enumerate(payloads):
             self._frame(parts, _BINARY, payload, keys, i)
@@ -127,6 +127,41 @@ class BatchWriter:
         """Wait while the socket's write buffer is over its high-water mark."""
         if self._protocol.writing_paused:
             await self._protocol._drain_helper()  # noqa: SLF001 - what aiohttp's own send awaits
+
+
+class _KeyPool:
+    """Masking keys from the system's strong source, drawn 4 KiB at a time.
+
+    A system call per burst would cost as much as the write it saves on small responses.
+    """
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+        # A forked child must not hand out its parent's keys again.
+        os.register_at_fork(after_in_child=self.clear)
+
+    def clear(self) -> None:
+        """Forget the keys drawn so far."""
+        self._pool = b""
+        self._at = 0
+
+    def take(self, n: int) -> bytes:
+        """``n`` bytes never handed out before."""
+        if self._at + n > len(self._pool):
+            self._pool = os.urandom(max(4096, n))
+            self._at = 0
+        start = self._at
+        self._at = start + n
+        return self._pool[start : start + n]
+
+
+_KEY_POOL: Final = _KeyPool()
+
+
+def _keys(frames: int) -> bytes:
+    """One fresh 4-byte masking key per frame (RFC 6455 5.3), ``frames`` of them."""
+    return _KEY_POOL.take(4 * frames)
 
 
 def _valid_text(payload: bytes) -> bytes:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from relay.wire import ws_batch
 from relay.wire.protocol import WsMsg
 from relay.wire.ws_batch import BatchWriter
 
@@ -154,3 +156,20 @@ async def test_compressing_sockets_are_left_to_aiohttp_and_closed_ones_refuse() 
         await client.close()
         with pytest.raises(ConnectionResetError):
             writer.write_binary([b"late"])
+
+
+def test_masking_keys_never_repeat_across_refills_or_a_fork() -> None:
+    pool = ws_batch._KeyPool()  # noqa: SLF001
+    drawn = [pool.take(4) for _ in range(3000)]  # three refills
+    assert len(set(drawn)) == len(drawn)
+    before = pool.take(4)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports its next key
+        os.write(write, ws_batch._KEY_POOL.take(4) + pool.take(4))  # noqa: SLF001
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 8)
+    os.waitpid(pid, 0)
+    assert child[4:] != pool.take(4)
+    assert before not in (child[:4], child[4:])
