@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from relay.errors import ProtocolError, StreamRefused
 from relay.wire.connection import TunnelConnection, WebSocketLike
@@ -17,7 +20,16 @@ if TYPE_CHECKING:
     from relay.wire.channel import StreamChannel
     from relay.wire.protocol import Limits
 
-__all__ = ["LocalTunnels", "Tunnel"]
+__all__ = ["HeldHost", "LocalTunnels", "Tunnel"]
+
+
+class HeldHost(msgspec.Struct, gc=False, frozen=True):
+    """What a tunnel keeps of its host's record (its token hash stays in the store)."""
+
+    id: str
+    slug: str
+    name: str
+    test: bool
 
 
 class Tunnel(TunnelConnection):
@@ -51,10 +63,12 @@ class Tunnel(TunnelConnection):
         log: FilteringBoundLogger,
     ) -> None:
         super().__init__(ws, local_limits=local_limits, peer_limits=peer_limits, log=log)
-        self.host = host
+        # Per-tunnel bytes count tens of thousands of times over: the record's token hash
+        # and timestamp are not kept, and agents mostly share one version string.
+        self.host = HeldHost(host.id, host.slug, host.name, host.test)
         self.epoch = epoch
         self.remote_addr = remote_addr
-        self.agent_version = agent_version
+        self.agent_version = sys.intern(agent_version)
         self.connected_at = time.time()
         self.next_sid = 1
         self.draining = False
