@@ -93,7 +93,7 @@ def _final(response: web.Response) -> web.Response:
 
 async def _handshake(
     state: RelayState, request: web.BaseRequest, ws: web.WebSocketResponse
-) -> tuple[Tunnel, list[Frame]] | None:
+) -> tuple[Tunnel, list[Frame] | None] | None:
     """Authenticate, read the Hello, claim the host; None once the socket was closed.
 
     Returns the tunnel and the frames that came with the Hello (a ping, say).
@@ -155,7 +155,7 @@ async def _handshake(
         peer_limits=hello.limits.clamped(state.limits),
         log=state.log,
     )
-    return tunnel, early
+    return tunnel, early or None  # an empty list would live as long as the tunnel
 
 
 async def _ended(state: RelayState, tunnel: Tunnel, *, announced: bool, started: float) -> None:

@@ -133,13 +133,15 @@ class Limits(msgspec.Struct, gc=False, array_like=True, frozen=True):
         What an agent announces sizes the relay's own queues and frames; a hostile one
         must not be able to set the relay's memory bound.
         """
-        return Limits(
+        clamped = Limits(
             max_frame=min(self.max_frame, ours.max_frame),
             max_streams=min(self.max_streams, ours.max_streams),
             max_header_bytes=min(self.max_header_bytes, ours.max_header_bytes),
             initial_window=min(self.initial_window, ours.initial_window),
             max_body=self.max_body,
         )
+        # Most agents end up with exactly ours: one shared object, not one per tunnel.
+        return ours if clamped == ours else clamped
 
 
 #: An agent's version string is stored and shown: bounded like every field from an agent.

@@ -149,3 +149,15 @@ def test_oversized_header_block_is_the_streams_business_not_the_messages():
 def test_invalid_frames_are_malformed(bad):
     with pytest.raises(MalformedFrame):
         codec.decode(bad)
+
+
+def test_clamped_limits_never_exceed_ours_and_share_ours_when_equal() -> None:
+    ours = Limits(max_frame=1 << 20, max_streams=100, initial_window=1 << 20)
+    same = Limits(max_frame=1 << 20, max_streams=100, initial_window=1 << 20)
+    assert same.clamped(ours) is ours  # one object for the many agents that match
+    greedy = Limits(max_frame=1 << 30, max_streams=10_000, initial_window=1 << 30)
+    assert greedy.clamped(ours) is ours
+    modest = Limits(max_frame=1 << 16, max_streams=10, initial_window=1 << 16)
+    got = modest.clamped(ours)
+    assert (got.max_frame, got.max_streams, got.initial_window) == (1 << 16, 10, 1 << 16)
+    assert got.max_header_bytes == min(modest.max_header_bytes, ours.max_header_bytes)
