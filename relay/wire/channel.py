@@ -212,6 +212,8 @@ class StreamChannel:
 
     async def send_ws(self, *, binary: bool, payload: bytes) -> None:
         """Send one WebSocket message once some credit is available."""
+        if self._error is not None:
+            raise self._error
         while self.state.send_window <= 0:
             await self._wait_credit(1)
         self.state.send_window -= len(payload)

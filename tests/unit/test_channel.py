@@ -118,3 +118,13 @@ async def test_receive_within_returns_a_frame_that_arrives_in_time():
     ch, _ = make(sink)
     asyncio.get_running_loop().call_later(0.01, ch.deliver, RespHead(1, 200, []))
     assert (await ch.receive_within(5)).status == 200
+
+
+async def test_a_reset_stream_sends_no_more_websocket_messages():
+    sink = Sink()
+    ch, _ = make(sink, send=100)
+    await ch.send_ws(binary=True, payload=b"x")
+    ch.deliver(Reset(1, int(ResetCode.CANCEL), "gone"))
+    with pytest.raises(StreamReset):
+        await ch.send_ws(binary=True, payload=b"y")  # credit left, but the stream is gone
+    assert [f.payload for f in sink.frames] == [b"x"]
