@@ -6,13 +6,18 @@ upstream's GET /ws echo, direct and then through relay + agent, and keeps a wind
 then one more for each echo it receives, for ``--seconds`` (or ``--max-messages``), then
 waits for the outstanding ones. Prints echoed messages/s of each and the ratio.
 
-    python -m loadtest.ws_echo [--seconds 10] [--window 64] [--size 1024]
+Direct and relayed take turns, ``--rounds`` times: this machine's speed drifts by tens of
+percent within a minute, so each relayed run is compared with the direct run just before
+it, and the ratio reported is the median of those.
+
+    python -m loadtest.ws_echo [--seconds 5] [--rounds 3] [--window 64] [--size 1024]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import aiohttp
@@ -53,35 +58,46 @@ async def echo(
 
 
 def measure(
-    seconds: float = 10,
+    seconds: float = 5,
     window: int = 64,
     size: int = 1024,
     max_messages: int = 5_000_000,
+    rounds: int = 3,
     verbose: bool = True,
 ) -> dict:
     """Direct and relayed echo rates, their ratio, relay/agent CPU µs per relayed message."""
+    direct: list[float] = []
+    relayed: list[float] = []
+    direct_n = relayed_n = 0
+    relay_cpu = agent_cpu = 0.0
     with stack() as s:
         direct_url = s.direct_url.replace("http", "ws", 1) + "/ws"
         relay_url = s.relay_url.replace("http", "ws", 1) + "/ws"
         run(echo(relay_url, s.host_header, 1, window, size, max_messages))  # warm-up
-        direct, direct_n = run(echo(direct_url, None, seconds, window, size, max_messages))
-        relay_cpu0, agent_cpu0 = cpu_seconds(s.relay.pid), cpu_seconds(s.agent.pid)
-        relayed, relayed_n = run(
-            echo(relay_url, s.host_header, seconds, window, size, max_messages)
-        )
-        relay_us = (cpu_seconds(s.relay.pid) - relay_cpu0) / relayed_n * 1e6
-        agent_us = (cpu_seconds(s.agent.pid) - agent_cpu0) / relayed_n * 1e6
+        for _ in range(rounds):
+            rate, n = run(echo(direct_url, None, seconds, window, size, max_messages))
+            direct.append(rate)
+            direct_n += n
+            relay_cpu0, agent_cpu0 = cpu_seconds(s.relay.pid), cpu_seconds(s.agent.pid)
+            rate, n = run(echo(relay_url, s.host_header, seconds, window, size, max_messages))
+            relay_cpu += cpu_seconds(s.relay.pid) - relay_cpu0
+            agent_cpu += cpu_seconds(s.agent.pid) - agent_cpu0
+            relayed.append(rate)
+            relayed_n += n
+    ratios = [r / d for r, d in zip(relayed, direct, strict=True)]
     figures = {
         "seconds": seconds,
+        "rounds": rounds,
         "window": window,
         "size": size,
-        "direct_msgs_per_s": direct,
-        "relayed_msgs_per_s": relayed,
+        "direct_msgs_per_s": statistics.median(direct),
+        "relayed_msgs_per_s": statistics.median(relayed),
         "direct_messages": direct_n,
         "relayed_messages": relayed_n,
-        "ratio": relayed / direct,
-        "relay_cpu_us_per_message": relay_us,
-        "agent_cpu_us_per_message": agent_us,
+        "ratios": ratios,
+        "ratio": statistics.median(ratios),
+        "relay_cpu_us_per_message": relay_cpu / relayed_n * 1e6,
+        "agent_cpu_us_per_message": agent_cpu / relayed_n * 1e6,
     }
     if verbose:
         report(figures)
@@ -91,13 +107,16 @@ def measure(
 def report(f: dict) -> None:
     print(
         f"WebSocket echo: {f['size']} B binary messages, {f['window']} in flight,"
-        f" {f['seconds']:g} s each; one client (this process)"
+        f" {f['rounds']} turns of {f['seconds']:g} s each; one client (this process)"
     )
-    print(f"  direct : {f['direct_msgs_per_s']:9.0f} messages/s ({f['direct_messages']} echoed)")
     print(
-        f"  relayed: {f['relayed_msgs_per_s']:9.0f} messages/s ({f['relayed_messages']} echoed)"
-        f"   ratio {f['ratio']:.2f} (goal >= 0.5)"
+        f"  direct : {f['direct_msgs_per_s']:9.0f} messages/s, median ({f['direct_messages']} echoed)"
     )
+    print(
+        f"  relayed: {f['relayed_msgs_per_s']:9.0f} messages/s, median ({f['relayed_messages']} echoed)"
+    )
+    turns = ", ".join(f"{r:.2f}" for r in f["ratios"])
+    print(f"  ratio relayed/direct: {f['ratio']:.2f}, the median of {turns} (goal >= 0.5)")
     print(
         f"  per relayed message (both ways): relay {f['relay_cpu_us_per_message']:.1f} us CPU,"
         f" agent {f['agent_cpu_us_per_message']:.1f} us CPU"
@@ -106,12 +125,13 @@ def report(f: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=10, help="of each run")
+    parser.add_argument("--seconds", type=float, default=5, help="of each run")
+    parser.add_argument("--rounds", type=int, default=3, help="direct/relayed turns")
     parser.add_argument("--window", type=int, default=64, help="messages in flight")
     parser.add_argument("--size", type=int, default=1024, help="bytes per message")
     parser.add_argument("--max-messages", type=int, default=5_000_000, help="per run")
     args = parser.parse_args()
-    measure(args.seconds, args.window, args.size, args.max_messages)
+    measure(args.seconds, args.window, args.size, args.max_messages, args.rounds)
 
 
 if __name__ == "__main__":
