@@ -64,6 +64,8 @@ _WANTED: Final = frozenset(
     }
 )
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: The HTTP versions served (HTTP/2 reaches the relay only through a proxy that speaks 1.1).
+_VERSIONS: Final = frozenset({"1.0", "1.1"})
 #: Where agents open their tunnels (DESIGN: Tunnel protocol).
 TUNNEL_PATH: Final = b"/tunnel"
 # Descriptors kept free for what serving the connections we have needs (store pool
@@ -309,7 +311,12 @@ class ClientConnection(asyncio.Protocol):
         if size > self.front.state.config.max_header_bytes:
             raise _Refused(431, "headers_too_large", "request headers exceed the relay's limit")
         parser = self.parser
-        if b"host" not in self._wanted and parser.get_http_version() == "1.1":
+        version = parser.get_http_version()
+        if version not in _VERSIONS:
+            # llhttp reads "GET /" as HTTP/0.9 and takes any digits: answered in kind, a
+            # client would get a status line it cannot read.
+            raise _Refused(505, "http_version_not_supported", "HTTP/1.0 and HTTP/1.1 only")
+        if b"host" not in self._wanted and version == "1.1":
             raise _Refused(400, "bad_request", "an HTTP/1.1 request needs a Host header")
         if self._handoff is None:
             host = self._wanted.get(b"host")

@@ -515,3 +515,22 @@ async def test_tunnel_path_answers_what_is_not_a_tunnel_and_closes(cluster):
             await ws.send_bytes(codec.message(Hello(PROTOCOL_VERSION, "test", Limits())))
             (welcome,) = codec.decode((await ws.receive(timeout=5)).data)
             assert isinstance(welcome, Welcome)
+
+
+async def test_http_versions_other_than_1_0_and_1_1_get_505(cluster):
+    relay = await cluster.relay()
+    for request in (
+        b"GET /\r\n\r\n",  # HTTP/0.9's request line
+        b"GET / HTTP/0.9\r\nHost: localhost\r\n\r\n",
+        b"GET / HTTP/2.0\r\nHost: localhost\r\n\r\n",
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        try:
+            writer.write(request)
+            answer = await read_response(reader)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 505 "), answer
+        assert b'"code":"http_version_not_supported"' in answer.replace(b" ", b"")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{relay.port}") as c:
+        assert (await c.get("/healthz")).status_code == 200
