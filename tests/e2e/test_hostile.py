@@ -534,3 +534,27 @@ async def test_http_versions_other_than_1_0_and_1_1_get_505(cluster):
         assert b'"code":"http_version_not_supported"' in answer.replace(b" ", b"")
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{relay.port}") as c:
         assert (await c.get("/healthz")).status_code == 200
+
+
+async def test_a_refused_websocket_upgrade_arrives_with_its_status_and_a_framed_body(
+    cluster, upstream
+):
+    relay = await cluster.relay()
+    host = await relay.add_host("refuse")
+    cluster.agent(relay, host["token"], upstream.url)
+    await relay.wait_online(host["slug"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    try:
+        writer.write(
+            f"GET /ws-refuse HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+        )
+        answer = await read_response(reader)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    # The upstream's headers come through; its body cannot (aiohttp's handshake error does
+    # not keep it), so the answer says it has none rather than leave the client waiting.
+    assert b"Content-Type: text/plain" in answer
+    assert answer.endswith(b"Content-Length: 0\r\nConnection: close\r\n\r\n"), answer
