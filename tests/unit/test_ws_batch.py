@@ -12,8 +12,10 @@ import pytest
 from aiohttp import web
 
 from relay.wire import ws_batch
-from relay.wire.protocol import WsMsg
+from relay.wire.channel import StreamChannel
+from relay.wire.protocol import Window, WsClose, WsMsg
 from relay.wire.ws_batch import BatchWriter
+from relay.wire.ws_pump import pump_to_stream
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -99,10 +101,7 @@ async def test_a_clients_masked_burst_reads_back_message_by_message() -> None:
         assert writer is not None
         messages = burst()
         size = writer.write(messages)
-        assert size == sum(
-            len(e.data if m.binary else e.data.encode())
-            for m, e in zip(messages, map(expected, messages), strict=True)
-        )
+        assert size == sum(len(m.payload) for m in messages)  # as received, not as written
         await writer.drain()
         assert pair.server is not None
         got = await read(pair.server, len(messages))
@@ -173,3 +172,39 @@ def test_masking_keys_never_repeat_across_refills_or_a_fork() -> None:
     os.waitpid(pid, 0)
     assert child[4:] != pool.take(4)
     assert before not in (child[:4], child[4:])
+
+
+class Sink:
+    """The tunnel side of a channel: records what the pump sends back."""
+
+    def __init__(self) -> None:
+        self.frames: list[object] = []
+
+    async def send(self, frame: object) -> None:
+        self.frames.append(frame)
+
+
+async def test_a_peers_invalid_text_is_credited_as_the_bytes_it_sent() -> None:
+    # Each invalid byte becomes a 3-byte U+FFFD on the socket: crediting what was written
+    # rather than what arrived would let a hostile peer grow its window without bound.
+    window = 4096
+    async with joined() as (pair, client):
+        assert pair.server is not None
+        sink = Sink()
+        channel = StreamChannel(
+            1,
+            sink,
+            send_window=window,
+            recv_window=window,
+            max_chunk=window,
+            on_close=lambda _sid: None,
+        )
+        pump = asyncio.create_task(pump_to_stream(pair.server, channel))
+        channel.deliver(WsMsg(1, False, b"\xff" * 2048))
+        got = await client.receive(timeout=5)
+        assert got.data == "\ufffd" * 2048
+        channel.deliver(WsClose(1, 1000, ""))
+        await asyncio.wait_for(pump, 5)
+        grants = [f.increment for f in sink.frames if isinstance(f, Window)]
+        assert grants == [2048]
+        assert channel.state.recv_window == window
