@@ -208,3 +208,28 @@ async def test_a_peers_invalid_text_is_credited_as_the_bytes_it_sent() -> None:
         grants = [f.increment for f in sink.frames if isinstance(f, Window)]
         assert grants == [2048]
         assert channel.state.recv_window == window
+
+
+@pytest.mark.parametrize("compress", [0, 15])  # batched, and aiohttp's send per message
+async def test_messages_that_arrive_after_the_socket_closed_end_the_pump_quietly(
+    compress: int,
+) -> None:
+    # The usual race: one side closes while the other's messages are on their way. The
+    # late messages are dropped; the close goes to the stream; nothing is raised (an
+    # exception here is logged as a bug by the agent and resets the stream).
+    async with joined(compress=compress) as (pair, client):
+        assert pair.server is not None
+        assert (BatchWriter.of(pair.server) is None) == bool(compress)
+        sink = Sink()
+        channel = StreamChannel(
+            1, sink, send_window=4096, recv_window=4096, max_chunk=4096, on_close=lambda _s: None
+        )
+        pump = asyncio.create_task(pump_to_stream(pair.server, channel))
+        await client.close()
+        async with asyncio.timeout(5):
+            while not any(isinstance(f, WsClose) for f in sink.frames):
+                await asyncio.sleep(0.01)
+        assert pair.server.closed
+        channel.deliver(WsMsg(1, True, b"late"))
+        await asyncio.wait_for(pump, 5)
+        assert [f for f in sink.frames if isinstance(f, WsClose)] == [WsClose(1, 1000, "")]
