@@ -159,7 +159,9 @@ async def test_compressing_sockets_are_left_to_aiohttp_and_closed_ones_refuse() 
 
 def test_masking_keys_never_repeat_across_refills_or_a_fork() -> None:
     pool = ws_batch._KeyPool()  # noqa: SLF001
-    drawn = [pool.take(4) for _ in range(3000)]  # three refills
+    # Four keys a draw: 4-byte keys alone collide by chance once in ~1,000 runs of this
+    # test (birthday bound); 16 bytes drawn twice would mean the pool handed them out again.
+    drawn = [pool.take(16) for _ in range(800)]  # three refills
     assert len(set(drawn)) == len(drawn)
     before = pool.take(4)
     read, write = os.pipe()
