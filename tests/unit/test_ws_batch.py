@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tomllib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
 from aiohttp import web
+from packaging.requirements import Requirement
 
 from relay.wire import ws_batch
 from relay.wire.channel import StreamChannel
@@ -85,6 +88,18 @@ def expected(message: WsMsg) -> aiohttp.WSMessage:
 
 async def read(ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, n: int) -> list:
     return [await ws.receive(timeout=5) for _ in range(n)]
+
+
+def test_the_declared_aiohttp_floor_has_what_ws_batch_imports() -> None:
+    # aiohttp._websocket (websocket_mask, the writer's attributes) came in 3.11: an older
+    # aiohttp that the requirement let in would stop relay serve and agent at import.
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    wanted = [
+        Requirement(r) for r in tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    ]
+    (spec,) = [r.specifier for r in wanted if r.name == "aiohttp"]
+    assert not spec.contains("3.10.11")
+    assert spec.contains(aiohttp.__version__)
 
 
 async def test_the_installed_aiohttp_fits_both_sides() -> None:
