@@ -67,7 +67,7 @@ _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: The HTTP versions served (HTTP/2 reaches the relay only through a proxy that speaks 1.1).
 _VERSIONS: Final = frozenset({"1.0", "1.1"})
 #: Where agents open their tunnels (DESIGN: Tunnel protocol).
-TUNNEL_PATH: Final = b"/tunnel"
+TUNNEL_PATH: Final = "/tunnel"
 # Descriptors kept free for what serving the connections we have needs (store pool
 # reconnects, upstream and peer connections): past that, new clients are turned away.
 _FD_RESERVE: Final = 64
@@ -333,13 +333,11 @@ class ClientConnection(asyncio.Protocol):
                     self._start(slug, host or "", elsewhere=True)
                     return
             self._handoff = []
-            # An agent's upgrade: the connection becomes its tunnel (and the requests
-            # pipelined behind it, if any, are that server's to refuse).
+            # An agent's upgrade (its path is checked below): the connection becomes its
+            # tunnel (and the requests pipelined behind it, if any, are that server's to
+            # refuse).
             self._handoff_tunnel = (
-                slug is None
-                and parser.should_upgrade()
-                and parser.get_method() == b"GET"
-                and self._url.partition(b"?")[0] == TUNNEL_PATH
+                slug is None and parser.should_upgrade() and parser.get_method() == b"GET"
             )
         # Handoff mode: write the head back out for aiohttp.
         self._handoff_chunked = "chunked" in self._wanted.get(b"transfer-encoding", "").lower()
@@ -350,6 +348,9 @@ class ClientConnection(asyncio.Protocol):
         target = _origin_form(self._url, method)
         if target is None:
             raise _Refused(400, "bad_request", "request target must be a path")
+        if self._handoff_tunnel:
+            # The path as aiohttp routes it: absolute-form too, without query or fragment.
+            self._handoff_tunnel = target.partition("?")[0].partition("#")[0] == TUNNEL_PATH
         lines = [f"{name}: {value}\r\n" for name, value in self._headers]
         head = f"{method} {target} HTTP/{parser.get_http_version()}\r\n"
         self._handoff.append((head + "".join(lines) + "\r\n").encode("latin-1"))

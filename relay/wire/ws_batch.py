@@ -69,6 +69,8 @@ class BatchWriter:
     def write(self, messages: list[WsMsg]) -> int:
         """Write ``messages`` (a stream's burst) in one transport write; their payload bytes.
 
+        The bytes counted are those that came through the tunnel (the credit they took),
+        even where a peer's invalid text grew on the way out.
         Raises ConnectionResetError once the socket is closing, as aiohttp's send does.
         """
         self._check_open()
@@ -76,10 +78,11 @@ class BatchWriter:
         parts: list[bytes | bytearray] = []
         size = 0
         for i, message in enumerate(messages):
+            size += len(message.payload)
             if message.binary:
-                size += self._frame(parts, _BINARY, message.payload, keys, i)
+                self._frame(parts, _BINARY, message.payload, keys, i)
             else:
-                size += self._frame(parts, _TEXT, _valid_text(message.payload), keys, i)
+                self._frame(parts, _TEXT, _valid_text(message.payload), keys, i)
         self._transport.writelines(parts)
         return size
 
@@ -101,8 +104,8 @@ class BatchWriter:
 
     def _frame(
         self, parts: list[bytes | bytearray], first: int, payload: bytes, keys: bytes, i: int
-    ) -> int:
-        """Append one frame's header and payload to ``parts``; the payload's length."""
+    ) -> None:
+        """Append one frame's header and payload to ``parts``."""
         n = len(payload)
         flag = _MASKED if self._mask else 0
         if n < 126:
@@ -121,7 +124,6 @@ class BatchWriter:
         else:
             parts.append(header)
             parts.append(payload)
-        return n
 
     async def drain(self) -> None:
         """Wait while the socket's write buffer is over its high-water mark."""

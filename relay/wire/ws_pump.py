@@ -85,6 +85,10 @@ async def pump_to_stream(ws: Socket, channel: StreamChannel) -> None:
         await _stream_to_socket(ws, channel, BatchWriter.of(ws))
     except StreamError:
         await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"tunnel closed")
+    except ConnectionResetError:
+        # ``ws`` closed while the peer's messages were on their way (its own close, read
+        # by the other direction, is what the stream is told): they have nowhere to go.
+        pass
     finally:
         await _wind_down(outbound)
 

@@ -558,3 +558,24 @@ async def test_a_refused_websocket_upgrade_arrives_with_its_status_and_a_framed_
     # not keep it), so the answer says it has none rather than leave the client waiting.
     assert b"Content-Type: text/plain" in answer
     assert answer.endswith(b"Content-Length: 0\r\nConnection: close\r\n\r\n"), answer
+
+
+async def test_an_agents_upgrade_in_absolute_form_still_becomes_a_tunnel(cluster):
+    # HTTP/1.1 servers must accept absolute-form (RFC 9112 3.2.2), as an agent behind a
+    # forward proxy may send it; it goes where its path says, as any request does.
+    relay = await cluster.relay()
+    host = await relay.add_host("absolute")
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    try:
+        writer.write(
+            (
+                f"GET http://localhost:{relay.port}/tunnel?v=1 HTTP/1.1\r\n"
+                f"Host: localhost:{relay.port}\r\nAuthorization: Bearer {host['token']}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+    finally:
+        writer.close()
