@@ -74,9 +74,15 @@ async def tunnel_endpoint(state: RelayState, request: web.BaseRequest) -> web.St
         # Welcome goes out alone and first, before any stream can be opened on the tunnel.
         await tunnel.ws.send_bytes(_welcome(state, tunnel))
         announced = await _install(state, tunnel)
-        state.pings.add(tunnel)
-        tunnel.log.info("tunnel.connected", agent_version=tunnel.agent_version)
-        await tunnel.read_loop(early)
+        if state.draining:
+            # The drain began while this tunnel was being claimed, and took its list of
+            # tunnels without it: send the agent on now rather than hold it past the drain.
+            tunnel.log.info("tunnel.refused_draining")
+            await tunnel.close(CloseCode.DRAIN, "server draining")
+        else:
+            state.pings.add(tunnel)
+            tunnel.log.info("tunnel.connected", agent_version=tunnel.agent_version)
+            await tunnel.read_loop(early)
     except ConnectionError as exc:
         tunnel.log.info("tunnel.welcome_failed", error=str(exc))
     finally:

@@ -13,9 +13,11 @@ import signal
 import subprocess
 import time
 
+import aiohttp
 import httpx
 import pytest
 
+from relay.wire.protocol import PROTOCOL_VERSION, FrameCodec, Hello, Limits, Welcome
 from tests.e2e.harness import RELAY, Proc, Relay, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -107,3 +109,50 @@ async def test_on_a_terminal_ctrl_c_says_it_is_draining_and_for_how_long(
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         os.close(master)
+
+
+async def test_a_tunnel_claimed_as_the_drain_begins_is_sent_on_at_once(cluster):
+    # The claim is a store write: pausing the store's writes holds this tunnel's handshake
+    # between its last draining check and joining the table, while the drain takes its
+    # list of tunnels. It must still get 4001, not wait out the server's shutdown.
+    if cluster.redis_cluster:
+        pytest.skip("CLIENT PAUSE is per node")
+    relay = await cluster.relay("--drain-timeout", LONG_DRAIN)
+    host = await relay.add_host("late")
+    codec = FrameCodec()
+    store = await cluster.store()
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(
+                f"ws://127.0.0.1:{relay.port}/tunnel",
+                headers={"Authorization": f"Bearer {host['token']}"},
+            )
+            await store.client_pause(5000, all=False)  # writes wait; reads go on
+            try:
+                await ws.send_bytes(codec.message(Hello(PROTOCOL_VERSION, "test", Limits())))
+
+                async def claim_waits() -> bool:
+                    clients = await store.client_list()
+                    return any(c["cmd"] == "evalsha" and "b" in c["flags"] for c in clients)
+
+                await wait_until(claim_waits, timeout=4, what="the claim waiting on the store")
+                relay.proc.signal(signal.SIGTERM)
+
+                async def draining() -> bool:
+                    async with httpx.AsyncClient() as c:
+                        return (await c.get(f"{relay.url}/readyz")).status_code == 503
+
+                await wait_until(draining, timeout=4, what="the drain began")
+            finally:
+                await store.client_unpause()
+            started = time.monotonic()
+            welcome = await ws.receive(timeout=10)
+            assert isinstance(codec.decode(welcome.data)[0], Welcome)
+            closing = await ws.receive(timeout=10)
+            assert closing.type is aiohttp.WSMsgType.CLOSE, closing
+            assert closing.data == 4001
+            assert time.monotonic() - started < 5
+            await ws.close()
+        assert await relay.proc.wait_exit(timeout=15) == 0
+    finally:
+        await store.aclose()
