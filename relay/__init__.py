@@ -3,7 +3,7 @@
 Layout (each package imports only those below it; ``directory`` never imports ``relay``)::
 
     cli/        the `relay` command and the admin API client          (top)
-    server/     `relay serve`: aiohttp app, tunnel endpoint, drain
+    server/     `relay serve`: aiohttp app, tunnel server, drain
     api/        admin routes: hosts, machines, DNS, events; the dashboard (/ui)
     proxy/      the public side: fast front, exchanges, replay/forward, header rules
     machine/    a machine's state: tunnel table, events, loops, metrics, DNS setup
@@ -14,8 +14,9 @@ Layout (each package imports only those below it; ``directory`` never imports ``
 
 A client request for ``<slug>.<base-domain>`` enters at ``proxy.front``; if this
 machine holds the host's tunnel it goes through ``proxy.exchange`` and ``wire`` to the
-agent, whose ``agent.exchange`` calls the service with ``agent.http_client``. Anything
-else is handed to ``server.app`` (aiohttp) for one request.
+agent, whose ``agent.exchange`` calls the service with ``agent.http_client``. An agent's
+``GET /tunnel`` upgrade is handed to ``server.endpoint`` (aiohttp's low-level server);
+anything else to ``server.app`` (aiohttp) for one request.
 """
 
 __version__ = "0.1.0"
