@@ -391,6 +391,23 @@ async def read_response(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
+#: The headers of a WebSocket upgrade request.
+WS_UPGRADE = (
+    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+async def answer_to(port: int, request: bytes) -> bytes:
+    """The response to ``request`` written raw on a new connection to ``port``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        return await read_response(reader)
+    finally:
+        writer.close()
+
+
 async def test_pipelined_requests_then_more_on_the_same_connection(cluster, upstream):
     relay = await cluster.relay()
     host = await relay.add_host("pipe")
@@ -416,32 +433,25 @@ async def test_absolute_targets_arrive_as_paths_and_connect_or_no_host_get_400(c
     await relay.wait_online(host["slug"])
     slug = host["slug"]
 
-    async def one(request: bytes) -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-        try:
-            writer.write(request)
-            return await read_response(reader)
-        finally:
-            writer.close()
-
     # The Host header routes; an absolute-form target reaches the upstream as a path,
     # on the fast path and the handed-off one (a WebSocket upgrade) alike.
-    plain = await one(
-        f"GET http://other.localhost/headers HTTP/1.1\r\nHost: {slug}.localhost\r\n\r\n".encode()
+    plain = await answer_to(
+        relay.port,
+        f"GET http://other.localhost/headers HTTP/1.1\r\nHost: {slug}.localhost\r\n\r\n".encode(),
     )
     assert plain.startswith(b"HTTP/1.1 200 ")
     assert b'"raw":"/headers"' in plain.replace(b" ", b"")
-    upgrade = await one(
+    upgrade = await answer_to(
+        relay.port,
         f"GET http://{slug}.localhost/ws HTTP/1.1\r\nHost: {slug}.localhost\r\n"
-        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+        f"{WS_UPGRADE}\r\n".encode(),
     )
     assert upgrade.startswith(b"HTTP/1.1 101 "), upgrade
     for request in (
         f"CONNECT {slug}.localhost:80 HTTP/1.1\r\nHost: {slug}.localhost:80\r\n\r\n".encode(),
         b"GET /api/hosts HTTP/1.1\r\nAccept: */*\r\n\r\n",  # no Host
     ):
-        answer = await one(request)
+        answer = await answer_to(relay.port, request)
         assert answer.startswith(b"HTTP/1.1 400 "), answer
         assert b"X-Request-Id: " in answer
         assert b'"code":"bad_request"' in answer
@@ -452,15 +462,11 @@ async def test_a_malformed_chunked_body_to_a_held_host_gets_400(cluster, upstrea
     host = await relay.add_host("chunks")
     cluster.agent(relay, host["token"], upstream.url)
     await relay.wait_online(host["slug"])
-    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-    try:
-        writer.write(
-            f"POST /echo HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n".encode()
-        )
-        answer = await read_response(reader)
-    finally:
-        writer.close()
+    answer = await answer_to(
+        relay.port,
+        f"POST /echo HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n".encode(),
+    )
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert b"X-Request-Id: " in answer
     assert b"Connection: close" in answer
@@ -524,12 +530,7 @@ async def test_http_versions_other_than_1_0_and_1_1_get_505(cluster):
         b"GET / HTTP/0.9\r\nHost: localhost\r\n\r\n",
         b"GET / HTTP/2.0\r\nHost: localhost\r\n\r\n",
     ):
-        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-        try:
-            writer.write(request)
-            answer = await read_response(reader)
-        finally:
-            writer.close()
+        answer = await answer_to(relay.port, request)
         assert answer.startswith(b"HTTP/1.1 505 "), answer
         assert b'"code":"http_version_not_supported"' in answer.replace(b" ", b"")
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{relay.port}") as c:
@@ -539,20 +540,11 @@ async def test_http_versions_other_than_1_0_and_1_1_get_505(cluster):
 async def test_a_refused_websocket_upgrade_arrives_with_its_status_and_a_framed_body(
     cluster, upstream
 ):
-    relay = await cluster.relay()
-    host = await relay.add_host("refuse")
-    cluster.agent(relay, host["token"], upstream.url)
-    await relay.wait_online(host["slug"])
-    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-    try:
-        writer.write(
-            f"GET /ws-refuse HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
-        )
-        answer = await read_response(reader)
-    finally:
-        writer.close()
+    relay, host, _ = await connected(cluster, upstream)
+    answer = await answer_to(
+        relay.port,
+        f"GET /ws-refuse HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n{WS_UPGRADE}\r\n".encode(),
+    )
     assert answer.startswith(b"HTTP/1.1 403 "), answer
     # The upstream's headers come through; its body cannot (aiohttp's handshake error does
     # not keep it), so the answer says it has none rather than leave the client waiting.
