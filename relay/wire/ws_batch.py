@@ -73,7 +73,8 @@ class BatchWriter:
         even where a peer's invalid text grew on the way out.
         Raises ConnectionResetError once the socket is closing, as aiohttp's send does.
         """
-        self._check_open()
+        if self._socket.closed or self._transport.is_closing():
+            raise ConnectionResetError("cannot write to a closing WebSocket")
         keys = _keys(len(messages)) if self._mask else b""
         parts: list[bytes | bytearray] = []
         size = 0
@@ -85,22 +86,6 @@ class BatchWriter:
                 self._frame(parts, _TEXT, _valid_text(message.payload), keys, i)
         self._transport.writelines(parts)
         return size
-
-    def write_binary(self, payloads: list[bytes]) -> None:
-        """Write ``payloads`` as binary messages in one transport write (tunnel messages).
-
-        No payload is copied unless it has to be masked (aiohttp copies it twice then).
-        """
-        self._check_open()
-        keys = _keys(len(payloads)) if self._mask else b""
-        parts: list[bytes | bytearray] = []
-        for i, payload in enumerate(payloads):
-            self._frame(parts, _BINARY, payload, keys, i)
-        self._transport.writelines(parts)
-
-    def _check_open(self) -> None:
-        if self._socket.closed or self._transport.is_closing():
-            raise ConnectionResetError("cannot write to a closing WebSocket")
 
     def _frame(
         self, parts: list[bytes | bytearray], first: int, payload: bytes, keys: bytes, i: int
@@ -134,7 +119,7 @@ class BatchWriter:
 class _KeyPool:
     """Masking keys from the system's strong source, drawn 4 KiB at a time.
 
-    A system call per burst would cost as much as the write it saves on small responses.
+    A system call per burst would cost about as much as the writes it saves.
     """
 
     def __init__(self) -> None:
