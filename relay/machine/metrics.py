@@ -128,7 +128,8 @@ class Metrics:
             "relay_tunnel_closes_total", description="Tunnels closed, by close code"
         )
         self.protocol_errors = meter.create_counter(
-            "relay_protocol_errors_total", description="Tunnels closed for protocol errors"
+            "relay_protocol_errors_total",
+            description="Tunnels closed, or tunnel handshakes refused, for protocol errors",
         )
         self.proxy_errors = meter.create_counter(
             "relay_proxy_errors_total", description="Requests that failed inside the relay"

@@ -55,6 +55,9 @@ async def tunnel_endpoint(state: RelayState, request: web.BaseRequest) -> web.St
     try:
         await ws.prepare(request)
     except web.HTTPException as exc:
+        # A client or proxy that does not speak WebSocket as an agent must: say so, count it.
+        state.log.info("tunnel.bad_handshake", remote_addr=request.remote or "", error=exc.text)
+        state.metrics.protocol_errors.add(1, {"kind": "handshake"})
         return _final(
             json_error(exc.status, "bad_handshake", f"not a WebSocket upgrade: {exc.text}")
         )

@@ -409,10 +409,7 @@ async def answer_to(port: int, request: bytes) -> bytes:
 
 
 async def test_pipelined_requests_then_more_on_the_same_connection(cluster, upstream):
-    relay = await cluster.relay()
-    host = await relay.add_host("pipe")
-    cluster.agent(relay, host["token"], upstream.url)
-    await relay.wait_online(host["slug"])
+    relay, host, _ = await connected(cluster, upstream)
     ours = f"GET /hello HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n\r\n".encode()
     unknown = b"GET /x HTTP/1.1\r\nHost: nosuchhost.localhost\r\n\r\n"
     reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
@@ -427,10 +424,7 @@ async def test_pipelined_requests_then_more_on_the_same_connection(cluster, upst
 
 
 async def test_absolute_targets_arrive_as_paths_and_connect_or_no_host_get_400(cluster, upstream):
-    relay = await cluster.relay()
-    host = await relay.add_host("forms")
-    cluster.agent(relay, host["token"], upstream.url)
-    await relay.wait_online(host["slug"])
+    relay, host, _ = await connected(cluster, upstream)
     slug = host["slug"]
 
     # The Host header routes; an absolute-form target reaches the upstream as a path,
@@ -510,6 +504,9 @@ async def test_tunnel_path_answers_what_is_not_a_tunnel_and_closes(cluster):
         assert b"X-Request-Id: " in answer
         assert b'"code":"' + code + b'"' in answer.replace(b" ", b"")
         assert rest == b"", rest
+    # The refused handshake is counted and logged (the 400 without an upgrade is the app's).
+    assert await relay.metric("relay_protocol_errors_total", kind="handshake") == 1
+    assert '"tunnel.bad_handshake"' in relay.proc.log()
     # And an agent's upgrade still becomes a tunnel.
     host = await relay.add_host("still")
     async with aiohttp.ClientSession() as s:

@@ -145,13 +145,12 @@ async def test_a_tunnel_claimed_as_the_drain_begins_is_sent_on_at_once(cluster):
                 await wait_until(draining, timeout=4, what="the drain began")
             finally:
                 await store.client_unpause()
-            started = time.monotonic()
+            # Held out of the drain, it would get nothing until the server's 60 s shutdown.
             welcome = await ws.receive(timeout=10)
             assert isinstance(codec.decode(welcome.data)[0], Welcome)
             closing = await ws.receive(timeout=10)
             assert closing.type is aiohttp.WSMsgType.CLOSE, closing
             assert closing.data == 4001
-            assert time.monotonic() - started < 5
             await ws.close()
         assert await relay.proc.wait_exit(timeout=15) == 0
     finally:
