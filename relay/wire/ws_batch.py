@@ -87,6 +87,19 @@ class BatchWriter:
         self._transport.writelines(parts)
         return size
 
+    def write_message(self, payload: bytes) -> None:
+        """Write one binary message now (the caller checked :attr:`writable`)."""
+        parts: list[bytes | bytearray] = []
+        self._frame(parts, _BINARY, payload, _keys(1) if self._mask else b"", 0)
+        self._transport.writelines(parts)
+
+    @property
+    def writable(self) -> bool:
+        """Whether a write now would neither fail nor grow a buffer over its high mark."""
+        return not (
+            self._protocol.writing_paused or self._transport.is_closing() or self._socket.closed
+        )
+
     def _frame(
         self, parts: list[bytes | bytearray], first: int, payload: bytes, keys: bytes, i: int
     ) -> None:

@@ -1,14 +1,16 @@
-"""The tunnel connection's writer and backpressure, against a scripted WebSocket."""
+"""The tunnel connection's writer and backpressure, against scripted and real WebSockets."""
 
 from __future__ import annotations
 
 import asyncio
 
 import aiohttp
+import pytest
 import structlog
 
 from relay.wire.connection import TunnelConnection
 from relay.wire.protocol import Data, FrameCodec, Limits, Ping
+from tests.unit.ws_pair import joined
 
 LIMITS = Limits(max_frame=4096)
 
@@ -74,3 +76,39 @@ async def test_a_sender_waiting_for_room_is_released_when_the_writer_is_stopped_
     await conn._stop_writer()  # the writer is cancelled before its first step
     await asyncio.wait_for(blocked, 1.0)
     assert conn._writer is None
+
+
+async def frames_per_message(ws, n: int) -> list[int]:
+    """How many frames each of the next ``n`` messages on ``ws`` carried."""
+    codec = FrameCodec.shared(LIMITS.max_frame, LIMITS.max_header_bytes)
+    counts = []
+    for _ in range(n):
+        msg = await ws.receive(timeout=5)
+        counts.append(len(codec.decode(msg.data)))
+    return counts
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+async def test_a_quiet_tunnel_sends_at_once_and_a_busy_one_batches_the_turn(side: str):
+    async with joined() as (pair, client):
+        ours, peer = (client, pair.server) if side == "client" else (pair.server, client)
+        conn = connection(ours)
+        conn.queue(Ping(1.0))  # quiet: out now, alone, with no writer task
+        assert conn._writer is None
+        conn.queue(Ping(2.0))  # same turn, just after a write: these two share a message
+        conn.queue(Ping(3.0))
+        assert await frames_per_message(peer, 2) == [1, 2]
+        await asyncio.sleep(0.005)  # quiet again (the threshold is 1 ms)
+        conn.queue(Ping(4.0))
+        assert await frames_per_message(peer, 1) == [1]
+
+
+async def test_a_paused_socket_leaves_its_frames_to_the_writer():
+    async with joined() as (pair, client):
+        conn = connection(client)
+        protocol = client._writer.protocol
+        protocol.pause_writing()  # as when the socket's buffer is over its high mark
+        conn.queue(Ping(1.0))
+        assert conn._writer is not None
+        protocol.resume_writing()
+        assert await frames_per_message(pair.server, 1) == [1]

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
@@ -19,57 +17,9 @@ from relay.wire.channel import StreamChannel
 from relay.wire.protocol import Window, WsClose, WsMsg
 from relay.wire.ws_batch import BatchWriter
 from relay.wire.ws_pump import pump_to_stream
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+from tests.unit.ws_pair import joined
 
 SIZES = (0, 1, 125, 126, 65535, 65536, 200_000)
-
-
-class Pair:
-    """A server-side and a client-side aiohttp WebSocket joined over loopback."""
-
-    def __init__(self) -> None:
-        self.server: web.WebSocketResponse | None = None
-        self.ready = asyncio.Event()
-        self.done = asyncio.Event()
-
-    async def handler(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=1 << 20)
-        await ws.prepare(request)
-        self.server = ws
-        self.ready.set()
-        await self.done.wait()
-        return ws
-
-
-@contextlib.asynccontextmanager
-async def joined(
-    *, compress: int = 0
-) -> AsyncIterator[tuple[Pair, aiohttp.ClientWebSocketResponse]]:
-    pair = Pair()
-    app = web.Application()
-    app.router.add_get("/ws", pair.handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    async with aiohttp.ClientSession() as session:
-        client = await session.ws_connect(
-            f"ws://127.0.0.1:{port}/ws",
-            compress=compress,
-            max_msg_size=1 << 20,
-            # Nobody reads the server side's close: don't wait for its answer.
-            timeout=aiohttp.ClientWSTimeout(ws_close=0.1),
-        )
-        await asyncio.wait_for(pair.ready.wait(), 5)
-        try:
-            yield pair, client
-        finally:
-            pair.done.set()
-            await client.close()
-            await runner.cleanup()
 
 
 def burst() -> list[WsMsg]:
