@@ -77,6 +77,75 @@ def reset_peak_rss(pid: int) -> bool:
     return True
 
 
+def _machine_jiffies() -> tuple[int, int]:
+    """All CPU time and idle CPU time of the machine so far (/proc/stat, in ticks)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values), values[3] + values[4]  # idle + iowait
+
+
+def _own_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuBudget:
+    """The CPU every process of a run took, and how busy the machine's cores were.
+
+    ``pids``: the stack's processes by name; the load's client is this process
+    (``client="self"``) or the children it waited for meanwhile (``"children"``, wrk).
+    :meth:`ceiling` is the rate all cores could sustain doing only this work, each
+    process keeping its CPU per unit: the best a relayed figure can reach on this
+    machine as built. Cores left idle mean the run waited rather than worked.
+    """
+
+    def __init__(self, pids: dict[str, int], *, client: str) -> None:
+        self.pids = pids
+        self._who = resource.RUSAGE_SELF if client == "self" else resource.RUSAGE_CHILDREN
+        self.seconds: dict[str, float] = dict.fromkeys([*pids, "client"], 0.0)
+        self._busy = 0
+        self._all = 0
+
+    def __enter__(self) -> Self:
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._start["client"] = _own_seconds(self._who)
+        self._jiffies = _machine_jiffies()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        end["client"] = _own_seconds(self._who)
+        for name, t in end.items():
+            self.seconds[name] += t - self._start[name]
+        total, idle = _machine_jiffies()
+        self._all += total - self._jiffies[0]
+        self._busy += (total - self._jiffies[0]) - (idle - self._jiffies[1])
+
+    @property
+    def cores_busy(self) -> float:
+        """Share of the machine's CPU time that was not idle while measured (0-1)."""
+        return self._busy / self._all if self._all else 0.0
+
+    def per_unit(self, units: float, scale: float) -> dict[str, float]:
+        """CPU per unit of work of each process, times ``scale`` (1e6: µs)."""
+        return {name: t / units * scale for name, t in self.seconds.items()}
+
+    def ceiling(self, units: float) -> float:
+        """Units per second if every core did this work and nothing else."""
+        total = sum(self.seconds.values())
+        return units * (os.cpu_count() or 1) / total if total else 0.0
+
+
+def budget_line(cpu: dict[str, float], per: str, rate: str, f: dict, direct: float) -> str:
+    """One line: each process's CPU ``per`` unit ("µs per request"), and the best ``rate``
+    the cores could give at that cost (``f["ceiling"]``) against the ``direct`` one."""
+    parts = " + ".join(f"{name} {v:.2f}" for name, v in cpu.items())
+    return (
+        f"CPU, {per}: {parts} = {sum(cpu.values()):.2f}; at that cost"
+        f" {os.cpu_count()} cores give at most {f['ceiling']:.0f} {rate}"
+        f" ({f['ceiling'] / direct:.2f} of direct); cores {f['cores_busy'] * 100:.0f}% busy"
+    )
+
+
 class PeakRss:
     """Peak RSS growth of some processes over a span: ``with PeakRss(pids) as peak: ...``.
 

@@ -18,7 +18,7 @@ import time
 
 import aiohttp
 
-from loadtest.common import PeakRss, cpu_seconds, run, stack
+from loadtest.common import CpuBudget, PeakRss, budget_line, run, stack
 from loadtest.upstream import CHUNK
 
 KINDS = ("download", "upload")
@@ -76,10 +76,14 @@ def measure(mb: int = 100, only: tuple[str, ...] = KINDS, verbose: bool = True) 
             transfer = TRANSFERS[kind]
             run(transfer(s.relay_url, 1 << 20, s.host_header))  # warm-up: pool, code paths
             direct = run(transfer(s.direct_url, size, None))
-            cpu0 = cpu_seconds(s.relay.pid), cpu_seconds(s.agent.pid)
-            with PeakRss({"relay": s.relay.pid, "agent": s.agent.pid}) as peak:
+            pids = {"relay": s.relay.pid, "agent": s.agent.pid, "upstream": s.upstream.pid}
+            with (
+                CpuBudget(pids, client="self") as budget,
+                PeakRss({"relay": s.relay.pid, "agent": s.agent.pid}) as peak,
+            ):
                 relayed = run(transfer(s.relay_url, size, s.host_header))
-            cpu1 = cpu_seconds(s.relay.pid), cpu_seconds(s.agent.pid)
+            mb_moved = size / 1e6
+            cpu_ms = budget.per_unit(mb_moved, 1e3)
             growth = peak.growth_kib
             figures["rss_source"] = peak.source
             figures[kind] = {
@@ -92,10 +96,13 @@ def measure(mb: int = 100, only: tuple[str, ...] = KINDS, verbose: bool = True) 
                 "agent_peak_growth_mib": growth["agent"] / 1024,
                 # CPU per MB is steadier than MB/s on a shared 2-core machine: it says
                 # whether a change costs work or only waits.
-                "relay_cpu_ms_per_mb": (cpu1[0] - cpu0[0]) * 1e3 / (size / 1e6),
-                "agent_cpu_ms_per_mb": (cpu1[1] - cpu0[1]) * 1e3 / (size / 1e6),
-                "relay_cpu_share": (cpu1[0] - cpu0[0]) / relayed,
-                "agent_cpu_share": (cpu1[1] - cpu0[1]) / relayed,
+                "relay_cpu_ms_per_mb": cpu_ms["relay"],
+                "agent_cpu_ms_per_mb": cpu_ms["agent"],
+                "relay_cpu_share": budget.seconds["relay"] / relayed,
+                "agent_cpu_share": budget.seconds["agent"] / relayed,
+                "cpu_ms_per_mb": cpu_ms,  # every process's, this one as "client"
+                "cores_busy": budget.cores_busy,
+                "ceiling": budget.ceiling(mb_moved),  # MB/s
             }
     if verbose:
         report(figures, only)
@@ -114,6 +121,8 @@ def report(figures: dict, only: tuple[str, ...]) -> None:
             f" (busy {f['relay_cpu_share']:.0%}), agent {f['agent_cpu_ms_per_mb']:.2f} ms"
             f" (busy {f['agent_cpu_share']:.0%})"
         )
+        cpu = f["cpu_ms_per_mb"]
+        print("    " + budget_line(cpu, "ms per MB", "MB/s", f, f["direct_mbps"]))
         print(
             f"    peak RSS growth during the relayed {kind} ({figures['rss_source']}):"
             f" relay +{f['relay_peak_growth_mib']:.1f} MiB"

@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 
-from loadtest.common import ROOT, cpu_seconds, rss_kib, stack
+from loadtest.common import ROOT, CpuBudget, budget_line, rss_kib, stack
 
 
 def wrk(
@@ -78,12 +78,12 @@ def measure(
     with stack() as s:
         wrk(s.relay_url + "/", 2, connections, s.host_header)  # warm-up
         direct_rps, _ = wrk(s.direct_url + "/", seconds, connections)
-        relay_cpu0, agent_cpu0 = cpu_seconds(s.relay.pid), cpu_seconds(s.agent.pid)
         rss0 = rss_kib(s.relay.pid)
-        relayed_rps, relayed_n = wrk(s.relay_url + "/", seconds, connections, s.host_header)
+        pids = {"relay": s.relay.pid, "agent": s.agent.pid, "upstream": s.upstream.pid}
+        with CpuBudget(pids, client="children") as budget:  # the client: wrk
+            relayed_rps, relayed_n = wrk(s.relay_url + "/", seconds, connections, s.host_header)
         rss1 = rss_kib(s.relay.pid)
-        relay_us = (cpu_seconds(s.relay.pid) - relay_cpu0) / relayed_n * 1e6
-        agent_us = (cpu_seconds(s.agent.pid) - agent_cpu0) / relayed_n * 1e6
+        cpu_us = budget.per_unit(relayed_n, 1e6)
         latency = open_loop(
             [["direct", s.direct_url + "/"], ["relayed", s.relay_url + "/", s.host_header]],
             rate,
@@ -98,8 +98,12 @@ def measure(
         "relayed_rps": relayed_rps,
         "ratio": relayed_rps / direct_rps,
         "relayed_requests": relayed_n,
-        "relay_cpu_us_per_request": relay_us,
-        "agent_cpu_us_per_request": agent_us,
+        "relay_cpu_us_per_request": cpu_us["relay"],
+        "agent_cpu_us_per_request": cpu_us["agent"],
+        "cpu_us_per_request": cpu_us,  # every process's, wrk as "client"
+        "cores_busy": budget.cores_busy,
+        "ceiling": budget.ceiling(relayed_n),  # requests/s
+        "ceiling_ratio": budget.ceiling(relayed_n) / direct_rps,
         "relay_rss_before_mib": rss0 / 1024,
         "relay_rss_after_mib": rss1 / 1024,
         "rate": rate,
@@ -130,6 +134,9 @@ def report(f: dict) -> None:
         f" {f['relay_rss_after_mib']:.1f} MiB after its {f['relayed_requests']} requests"
     )
     print(f"  agent CPU: {f['agent_cpu_us_per_request']:7.1f} us/request (goal <= 90)")
+    print(
+        "  " + budget_line(f["cpu_us_per_request"], "µs per request", "req/s", f, f["direct_rps"])
+    )
     lat = f["latency"]
     print(
         f"  open loop at {f['rate']:g} req/s for {f['latency_seconds']:g} s each"

@@ -22,7 +22,7 @@ import time
 
 import aiohttp
 
-from loadtest.common import cpu_seconds, run, stack
+from loadtest.common import CpuBudget, budget_line, run, stack
 
 
 async def echo(
@@ -69,8 +69,9 @@ def measure(
     direct: list[float] = []
     relayed: list[float] = []
     direct_n = relayed_n = 0
-    relay_cpu = agent_cpu = 0.0
     with stack() as s:
+        pids = {"relay": s.relay.pid, "agent": s.agent.pid, "upstream": s.upstream.pid}
+        budget = CpuBudget(pids, client="self")  # summed over the relayed turns
         direct_url = s.direct_url.replace("http", "ws", 1) + "/ws"
         relay_url = s.relay_url.replace("http", "ws", 1) + "/ws"
         run(echo(relay_url, s.host_header, 1, window, size, max_messages))  # warm-up
@@ -78,13 +79,12 @@ def measure(
             rate, n = run(echo(direct_url, None, seconds, window, size, max_messages))
             direct.append(rate)
             direct_n += n
-            relay_cpu0, agent_cpu0 = cpu_seconds(s.relay.pid), cpu_seconds(s.agent.pid)
-            rate, n = run(echo(relay_url, s.host_header, seconds, window, size, max_messages))
-            relay_cpu += cpu_seconds(s.relay.pid) - relay_cpu0
-            agent_cpu += cpu_seconds(s.agent.pid) - agent_cpu0
+            with budget:
+                rate, n = run(echo(relay_url, s.host_header, seconds, window, size, max_messages))
             relayed.append(rate)
             relayed_n += n
     ratios = [r / d for r, d in zip(relayed, direct, strict=True)]
+    cpu_us = budget.per_unit(relayed_n, 1e6)
     figures = {
         "seconds": seconds,
         "rounds": rounds,
@@ -96,8 +96,11 @@ def measure(
         "relayed_messages": relayed_n,
         "ratios": ratios,
         "ratio": statistics.median(ratios),
-        "relay_cpu_us_per_message": relay_cpu / relayed_n * 1e6,
-        "agent_cpu_us_per_message": agent_cpu / relayed_n * 1e6,
+        "relay_cpu_us_per_message": cpu_us["relay"],
+        "agent_cpu_us_per_message": cpu_us["agent"],
+        "cpu_us_per_message": cpu_us,  # every process's, this one as "client"
+        "cores_busy": budget.cores_busy,
+        "ceiling": budget.ceiling(relayed_n),  # messages/s
     }
     if verbose:
         report(figures)
@@ -121,6 +124,8 @@ def report(f: dict) -> None:
         f"  per relayed message (both ways): relay {f['relay_cpu_us_per_message']:.1f} us CPU,"
         f" agent {f['agent_cpu_us_per_message']:.1f} us CPU"
     )
+    direct = f["direct_msgs_per_s"]
+    print("  " + budget_line(f["cpu_us_per_message"], "µs per message", "msg/s", f, direct))
 
 
 def main() -> None:
