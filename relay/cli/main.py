@@ -74,7 +74,7 @@ _HELP = {
     "cluster_secret": "authenticates forwarding between machines; default: one shared in the store",
     "trust_fly_headers": "take the client address and scheme from Fly's proxy headers",
     "ping_misses": "pings an agent may miss before its tunnel is closed",
-    "request_timeout": "seconds a response's headers may take",
+    "request_timeout": "seconds a response's headers may take (else 504)",
     "header_timeout": "seconds a client may take to send a request's whole head (else 408)",
     "keepalive_timeout": "seconds an idle client keep-alive connection stays open",
     "store_timeout": "seconds every store call may take (past it: 503)",

@@ -116,9 +116,9 @@ class ClientExchange(FlowStream):
         "_retried",
         "_sent",
         "_status",
-        "_timer",
         "_unacked",
         "client",
+        "deadline",
         "info",
         "keep_alive",
         "span",
@@ -143,7 +143,9 @@ class ClientExchange(FlowStream):
         self._out_chunked = False
         self._remaining = -1  # response body bytes still due (-1: not length-delimited)
         self._unacked = 0  # response bytes written while the client's socket was full
-        self._timer: asyncio.TimerHandle | None = None
+        # Loop time by which the response head is due (0: none pending). The front's
+        # sweep enforces it: a timer per request cost more than the sweep's one check.
+        self.deadline = 0.0
         self._head: ReqHead | None = None  # an inline-body head waiting for its body
         self._lookup: asyncio.Task[None] | None = None  # locating a host held elsewhere
         self._retried = False  # sent again once after its tunnel closed (see on_reset)
@@ -223,7 +225,7 @@ class ClientExchange(FlowStream):
             return
         FlowStream.__init__(self, tunnel, sid)
         self.tunnel = tunnel
-        self._timer = client.loop.call_later(cfg.request_timeout, self._timed_out)
+        self.deadline = client.loop.time() + cfg.request_timeout
         self._send_head(sid, headers, trace)
 
     async def _locate(self, *, replay: bool) -> None:
@@ -321,7 +323,7 @@ class ClientExchange(FlowStream):
 
     def client_gone(self) -> None:
         """The client disconnected: tell the agent so it aborts the upstream call."""
-        self._cancel_timer()
+        self.deadline = 0.0
         if self._lookup is not None:
             self._lookup.cancel()
         if self.tunnel is not None and not self.state.reset:
@@ -407,7 +409,7 @@ class ClientExchange(FlowStream):
                 self.reset(ResetCode.INTERNAL, "expected a response head")
                 self._fail_response(502, "upstream_error", "the host's agent broke the protocol")
             return
-        self._cancel_timer()
+        self.deadline = 0.0
         status = frame.status
         info = self.info
         no_body = info.method == "HEAD" or status in _NO_BODY_STATUS
@@ -498,7 +500,7 @@ class ClientExchange(FlowStream):
 
     def on_reset(self, error: StreamError) -> None:
         """The agent reset the stream or the tunnel closed."""
-        self._cancel_timer()
+        self.deadline = 0.0
         if self._head_sent:
             self._interrupted(str(error))
             return
@@ -544,18 +546,16 @@ class ClientExchange(FlowStream):
         if self.tunnel is not None:
             super().close()
 
-    def _timed_out(self) -> None:
-        self._timer = None
+    def check_deadline(self, now: float) -> None:
+        """Called by the front's sweep: 504 once the response head is overdue."""
+        if not self.deadline or now < self.deadline:
+            return
+        self.deadline = 0.0
         if self._head_sent or self.state.reset:
             return
         self.reset(ResetCode.TIMEOUT, "response headers timed out")
         timeout = self.client.state.config.request_timeout
         self._fail_response(504, "upstream_timeout", f"no response headers within {timeout:g} s")
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def _interrupted(self, why: str) -> None:
         """Headers are out: cutting the connection is the only honest signal left."""
@@ -632,7 +632,7 @@ class ClientExchange(FlowStream):
 
     def _finish(self) -> None:
         """The response is complete."""
-        self._cancel_timer()
+        self.deadline = 0.0
         if self.tunnel is not None:
             if self._paused:
                 # Request body still waiting for credit: the client is read again (for

@@ -15,8 +15,9 @@ The head already parsed is written back out as bytes for aiohttp to parse again,
 any body bytes that came with it, as uvicorn does for upgrades.
 
 Timeouts a client cannot hold open: the whole request head within ``header_timeout``
-(408), an idle keep-alive connection closes after ``keepalive_timeout``. One sweep per
-server checks them, rather than a timer per request.
+(408), an idle keep-alive connection closes after ``keepalive_timeout``; a response head
+is due within ``request_timeout`` (504). One sweep per server checks them, every quarter
+of the shortest (at most a second), rather than a timer per request.
 """
 
 from __future__ import annotations
@@ -133,13 +134,15 @@ class FrontServer:
     async def _sweep(self) -> None:
         """Close connections past their header or keep-alive deadline."""
         cfg = self.state.config
-        period = min(1.0, cfg.header_timeout / 4, cfg.keepalive_timeout / 4)
+        period = min(
+            1.0, cfg.header_timeout / 4, cfg.keepalive_timeout / 4, cfg.request_timeout / 4
+        )
         while True:
             await asyncio.sleep(period)
             now = self.loop.time()
             self.fds_open = _open_descriptors()
             for conn in list(self.connections):
-                conn.check_deadline(now, cfg.header_timeout, cfg.keepalive_timeout)
+                conn.check_deadlines(now, cfg.header_timeout, cfg.keepalive_timeout)
 
     def admit(self) -> bool:
         """Whether a new connection may be served (False: out of descriptors, logged)."""
@@ -456,9 +459,12 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def check_deadline(self, now: float, header_timeout: float, keepalive_timeout: float) -> None:
-        """Called by the sweep: enforce the header and keep-alive timeouts."""
-        if self._handoff is not None or self.exchanges:
+    def check_deadlines(self, now: float, header_timeout: float, keepalive_timeout: float) -> None:
+        """Called by the sweep: enforce the header, keep-alive and response timeouts."""
+        if self.exchanges:
+            self.exchanges[0].check_deadline(now)  # only the first one is in flight
+            return
+        if self._handoff is not None:
             return
         if self._in_head:
             if now - self._since > header_timeout:

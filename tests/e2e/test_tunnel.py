@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import time
 
 import aiohttp
 import httpx
@@ -151,6 +152,25 @@ async def test_client_disconnect_cancels_the_upstream_request(cluster, upstream)
 
 
 @on_both_stores
+async def test_an_overdue_response_head_is_504_and_the_upstream_call_is_cancelled(
+    cluster, upstream
+):
+    relay = await cluster.relay("--request-timeout", "0.5")
+    host = await relay.add_host("late")
+    cluster.agent(relay, host["token"], upstream.url)
+    await relay.wait_online(host["slug"])
+    async with relay.client(host["slug"]) as c:
+        t0 = time.monotonic()
+        r = await c.get("/delay?s=30")
+        took = time.monotonic() - t0
+        assert r.status_code == 504
+        assert r.json()["error"]["code"] == "upstream_timeout"
+        assert 0.5 <= took < 5  # due at 0.5 s, swept every 0.125 s; the upstream takes 30
+        # The stream's reset reached the agent, which dropped its upstream call.
+        await wait_until(lambda: upstream.state.concurrent == 0, what="upstream call cancelled")
+        assert (await c.get("/hello")).status_code == 200  # the host serves on
+
+
 async def test_websocket_echo_text_binary_and_close_codes(cluster, upstream):
     relay, host, _ = await connected(cluster, upstream)
     headers = {"Host": f"{host['slug']}.localhost:{relay.port}"}
