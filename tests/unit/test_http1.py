@@ -50,6 +50,14 @@ def test_obs_text_values_survive_as_latin1():
         [("X-A:", "1")],
         [("", "1")],
         [("X-\u0100", "1")],
+        [("X-A", "1\rX-B: 2")],
+        [("X-A", "1\r")],
+        [("X-A", "1\r\n")],
+        [("X:A", "1")],
+        [("Transfer-Encoding: chunked", "x")],  # a name that reads as another header
+        [("X-\x01", "1")],
+        [("X\nY", "1")],
+        [("X-A", "ok"), ("X-B", "2\r\nX-C: 3"), ("X-D", "ok")],
     ],
 )
 def test_headers_that_would_break_the_message_are_refused(headers):
@@ -66,6 +74,12 @@ def test_headers_that_would_break_the_message_are_refused(headers):
 def test_bad_request_lines_are_refused(method, target):
     with pytest.raises(HeaderRefused):
         request_head(method, target, [], "")
+
+
+def test_values_with_colons_and_spaces_are_written_as_they_came():
+    headers = [("X-A", "a: b"), ("X-B", " spaced "), ("X-C", ""), ("Date", "Thu, 26 Nov 2026")]
+    head = response_head(200, headers)
+    assert head.endswith(b"X-A: a: b\r\nX-B:  spaced \r\nX-C: \r\nDate: Thu, 26 Nov 2026\r\n\r\n")
 
 
 def test_request_head_is_one_request():
