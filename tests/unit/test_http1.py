@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import httptools
 import pytest
 
@@ -104,3 +106,53 @@ def test_chunks_decode_to_the_same_bytes():
     parser.feed_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
     assert seen.body == b"hello " + b"x" * 300
     assert seen.complete == 1
+
+
+PIECES = [
+    "a",
+    "Z",
+    "-",
+    ":",
+    " ",
+    "\t",
+    "\r",
+    "\n",
+    "\x00",
+    "\x01",
+    "é",
+    "\u0100",
+    "!",
+    "(",
+    "\r\n",
+]
+PIECES += ["X-Y: z", "Transfer-Encoding: chunked", "Content-Length: 0"]
+
+
+def test_random_headers_are_refused_or_read_back_exactly_as_given():
+    """Whatever a peer's headers hold, the head written is refused, or a parser reads back
+    exactly those headers, and one message (never another header or message smuggled in)."""
+    rng = random.Random(6455)
+    written = 0
+    for _ in range(20_000):
+        headers = [
+            (
+                "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 3))),
+                "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 4))),
+            )
+            for _ in range(rng.randint(0, 3))
+        ]
+        try:
+            head = response_head(200, headers, "Content-Length: 0\r\n")
+        except HeaderRefused:
+            continue
+        seen = Collect()
+        parser = httptools.HttpResponseParser(seen)
+        try:
+            parser.feed_data(head)
+        except httptools.HttpParserError:
+            continue  # refused by the reader: no harm done either
+        written += 1
+        got = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in seen.headers]
+        assert got[:-1] == [(n, v.lstrip(" \t")) for n, v in headers], repr(headers)
+        assert seen.complete == 1
+    assert written > 1_000  # the generator also makes headers worth writing
