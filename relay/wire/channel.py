@@ -4,6 +4,11 @@ The tunnel's read loop *delivers* frames here without awaiting (a stream's buffe
 by its window, so delivery never needs backpressure); the serving task *receives* them and
 reports what it *consumed*, which turns into ``Window`` credit for the peer. Sending body
 bytes waits for credit.
+
+A relayed WebSocket's messages skip the task when they can: with a :attr:`writer` set
+and nothing waiting in the inbox, the messages of one tunnel message are written to the
+socket once that message is dispatched (:meth:`StreamChannel.flush_burst`), a loop turn
+sooner than the task would, which is what a window of messages in flight waits on.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from relay.wire.streams import StreamState
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from relay.wire.ws_batch import BatchWriter
+
 __all__ = ["FrameSink", "StreamChannel"]
 
 
@@ -40,11 +47,18 @@ class FrameSink(Protocol):
     async def send(self, frame: Frame) -> None:
         """Send one frame on the tunnel."""
 
+    def queue(self, frame: Frame) -> None:
+        """Queue one small frame on the tunnel without waiting."""
+
+    def flush_after(self, channel: StreamChannel) -> None:
+        """Call ``channel.flush_burst()`` once the tunnel message being read is dispatched."""
+
 
 class StreamChannel:
     """Inbox, credit and lifecycle of one stream."""
 
     __slots__ = (
+        "_burst",
         "_credit",
         "_error",
         "_inbox",
@@ -57,6 +71,7 @@ class StreamChannel:
         "sent_bytes",
         "sid",
         "state",
+        "writer",
     )
 
     def __init__(
@@ -79,6 +94,9 @@ class StreamChannel:
         self._error: StreamError | None = None
         self._on_close = on_close
         self._loop = asyncio.get_running_loop()
+        # Set by the WebSocket pump: where messages go straight to (see the module doc).
+        self.writer: BatchWriter | None = None
+        self._burst: list[WsMsg] | None = None  # this tunnel message's, for the writer
         # Body bytes and WebSocket payloads each way (the relay's byte counters).
         self.sent_bytes = 0
         self.received_bytes = 0
@@ -97,6 +115,12 @@ class StreamChannel:
                 raise StreamStateError(f"stream {self.sid}: message with no credit")
             self.state.recv_window -= len(frame.payload)
             self.received_bytes += len(frame.payload)
+            if self.writer is not None and not self._inbox:
+                if self._burst is None:
+                    self._burst = []
+                    self._sink.flush_after(self)
+                self._burst.append(frame)
+                return
         elif isinstance(frame, Window):
             self.state.on_window(frame.increment)
             _wake(self._credit)
@@ -114,6 +138,29 @@ class StreamChannel:
         elif not isinstance(frame, WsAccept | WsClose | WsOpen):
             raise StreamStateError(f"stream {self.sid}: unexpected {type(frame).__name__}")
         self._inbox.append(frame)
+        _wake(self._readable)
+
+    def flush_burst(self) -> None:
+        """Write the messages delivered for the writer, and hand their credit back.
+
+        A socket that cannot take them now (over its high-water mark, or closing) leaves
+        them to the serving task, ahead of whatever came after them.
+        """
+        burst, self._burst = self._burst, None
+        if not burst or self._error is not None:
+            return
+        writer = self.writer
+        if writer is not None and writer.writable:
+            try:
+                size = writer.write(burst)
+            except ConnectionResetError:
+                pass  # closing after all: the task meets it too and ends the pump
+            else:
+                grant = self.state.on_consumed(size)
+                if grant:
+                    self._sink.queue(Window(self.sid, grant))
+                return
+        self._inbox.extendleft(reversed(burst))
         _wake(self._readable)
 
     def fail(self, error: StreamError) -> None:

@@ -96,6 +96,7 @@ class TunnelConnection:
     # Slots: a relay holds tens of thousands of these; a __dict__ would cost ~1.5 KiB each.
     __slots__ = (
         "_encode",
+        "_flushes",
         "_idle",
         "_last_write",
         "_log",
@@ -161,6 +162,7 @@ class TunnelConnection:
         # Writes a quiet tunnel's frame at once (None when the socket is not aiohttp's).
         self._writes_now = BatchWriter.of(ws)
         self._last_write = 0.0
+        self._flushes: list[StreamChannel] | None = None  # see flush_after
 
     @property
     def log(self) -> FilteringBoundLogger:
@@ -371,12 +373,25 @@ class TunnelConnection:
             if self.ws.closed:
                 await self._stop_writer()
 
+    def flush_after(self, channel: StreamChannel) -> None:
+        """Call ``channel.flush_burst()`` once the message being read is dispatched."""
+        if self._flushes is None:
+            self._flushes = []
+        self._flushes.append(channel)
+
     def _dispatch(self, frames: list[Frame]) -> None:
-        for frame in frames:
-            if isinstance(frame, STREAM_FRAMES):
-                self.dispatch_stream_frame(frame)
-            else:
-                self.on_control_frame(frame)
+        try:
+            for frame in frames:
+                if isinstance(frame, STREAM_FRAMES):
+                    self.dispatch_stream_frame(frame)
+                else:
+                    self.on_control_frame(frame)
+        finally:
+            flushes = self._flushes
+            if flushes is not None:
+                self._flushes = None
+                for channel in flushes:
+                    channel.flush_burst()
 
     def dispatch_stream_frame(self, frame: Any) -> None:  # noqa: ANN401 - one of STREAM_FRAMES
         """Route a stream frame to its channel, or to :meth:`on_unknown_stream`.

@@ -79,10 +79,14 @@ async def pump_to_stream(ws: Socket, channel: StreamChannel) -> None:
 
     Messages that came through the tunnel together leave together, in one write (see
     relay/wire/ws_batch.py): a write per message was most of a WebSocket's relaying cost.
+    They are written as their tunnel message is dispatched when the socket can take them
+    (``channel.writer``), else by this task.
     """
     outbound = asyncio.get_running_loop().create_task(_socket_to_stream(ws, channel))
+    batch = BatchWriter.of(ws)
+    channel.writer = batch
     try:
-        await _stream_to_socket(ws, channel, BatchWriter.of(ws))
+        await _stream_to_socket(ws, channel, batch)
     except StreamError:
         await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"tunnel closed")
     except ConnectionResetError:
@@ -90,6 +94,7 @@ async def pump_to_stream(ws: Socket, channel: StreamChannel) -> None:
         # by the other direction, is what the stream is told): they have nowhere to go.
         pass
     finally:
+        channel.writer = None
         await _wind_down(outbound)
 
 

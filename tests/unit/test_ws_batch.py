@@ -14,7 +14,7 @@ from packaging.requirements import Requirement
 
 from relay.wire import ws_batch
 from relay.wire.channel import StreamChannel
-from relay.wire.protocol import Window, WsClose, WsMsg
+from relay.wire.protocol import Reset, ResetCode, Window, WsClose, WsMsg
 from relay.wire.ws_batch import BatchWriter
 from relay.wire.ws_pump import pump_to_stream
 from tests.unit.ws_pair import joined
@@ -141,13 +141,80 @@ def test_masking_keys_never_repeat_across_refills_or_a_fork() -> None:
 
 
 class Sink:
-    """The tunnel side of a channel: records what the pump sends back."""
+    """The tunnel side of a channel: records what the pump sends back.
+
+    Frames a test delivers one after another count as one tunnel message: its dispatch
+    ends (and the channel's burst is flushed) once the test yields to the loop.
+    """
 
     def __init__(self) -> None:
         self.frames: list[object] = []
 
     async def send(self, frame: object) -> None:
         self.frames.append(frame)
+
+    def queue(self, frame: object) -> None:
+        self.frames.append(frame)
+
+    def flush_after(self, channel: StreamChannel) -> None:
+        asyncio.get_running_loop().call_soon(channel.flush_burst)
+
+
+async def pumping(server: web.WebSocketResponse) -> tuple[Sink, StreamChannel, asyncio.Task]:
+    sink = Sink()
+    channel = StreamChannel(
+        1, sink, send_window=4096, recv_window=4096, max_chunk=4096, on_close=lambda _s: None
+    )
+    pump = asyncio.create_task(pump_to_stream(server, channel))
+    await asyncio.sleep(0)  # the pump has set the channel's writer
+    return sink, channel, pump
+
+
+async def test_a_tunnel_messages_websocket_messages_go_out_in_order_before_its_close() -> None:
+    async with joined() as (pair, client):
+        assert pair.server is not None
+        sink, channel, pump = await pumping(pair.server)
+        assert channel.writer is not None
+        for i in range(3):
+            channel.deliver(WsMsg(1, True, b"m%d" % i))
+        channel.deliver(WsClose(1, 4000, "done"))
+        got = await read(client, 4)
+        assert [m.data for m in got[:3]] == [b"m0", b"m1", b"m2"]
+        assert (got[3].type, got[3].data) == (aiohttp.WSMsgType.CLOSE, 4000)
+        await asyncio.wait_for(pump, 5)
+        assert channel.writer is None
+
+
+async def test_a_socket_over_its_high_mark_leaves_the_burst_to_the_task_ahead_of_the_close() -> (
+    None
+):
+    async with joined() as (pair, client):
+        assert pair.server is not None
+        sink, channel, pump = await pumping(pair.server)
+        protocol = pair.server._writer.protocol  # type: ignore[union-attr]
+        protocol.pause_writing()  # as when the client stops reading
+        for i in range(3):
+            channel.deliver(WsMsg(1, True, b"m%d" % i))
+        channel.deliver(WsClose(1, 4000, "done"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not any(isinstance(f, Window) for f in sink.frames)  # no credit yet
+        protocol.resume_writing()
+        got = await read(client, 4)
+        assert [m.data for m in got[:3]] == [b"m0", b"m1", b"m2"]
+        assert (got[3].type, got[3].data) == (aiohttp.WSMsgType.CLOSE, 4000)
+        await asyncio.wait_for(pump, 5)
+
+
+async def test_a_reset_in_the_same_tunnel_message_drops_the_burst() -> None:
+    async with joined() as (pair, client):
+        assert pair.server is not None
+        sink, channel, pump = await pumping(pair.server)
+        channel.deliver(WsMsg(1, True, b"never"))
+        channel.deliver(Reset(1, int(ResetCode.CANCEL), "gone"))
+        got = await client.receive(timeout=5)
+        assert (got.type, got.data) == (aiohttp.WSMsgType.CLOSE, 1001)  # going away
+        await asyncio.wait_for(pump, 5)
 
 
 async def test_a_peers_invalid_text_is_credited_as_the_bytes_it_sent() -> None:
