@@ -568,3 +568,32 @@ async def test_an_agents_upgrade_in_absolute_form_still_becomes_a_tunnel(cluster
         assert head.startswith(b"HTTP/1.1 101 "), head
     finally:
         writer.close()
+
+
+# "\xb2" (a superscript 2) is a digit to str.isdigit() but not to int(), nor are 5,000
+# digits (int() takes up to 4,300).
+@pytest.mark.parametrize("length", ["\xb2", "1" * 5000])
+async def test_a_content_length_int_cannot_read_costs_the_stream_not_the_tunnel(cluster, length):
+    relay = await cluster.relay()
+    host = await relay.add_host("badlength")
+    async with raw_agent(relay, host["token"]) as ws:
+        await next_frames(ws)
+        await wait_held(relay, host["slug"])
+        async with aiohttp.ClientSession() as s:
+            h = {"Host": f"{host['slug']}.localhost:{relay.port}"}
+            request = asyncio.create_task(s.get(f"{relay.url}/x", headers=h))
+            heads: list = []
+            while not heads:
+                heads = [f for f in await next_frames(ws) if isinstance(f, ReqHead)]
+            bad = RespHead(heads[0].sid, 200, [("Content-Length", length)], end=False)
+            await ws.send_bytes(CODEC.message(bad))
+            response = await request
+            assert response.status == 502
+            assert (await response.json())["error"]["code"] == "upstream_error"
+        # Only that stream failed: the tunnel still answers pings.
+        await ws.send_bytes(CODEC.message(Ping(2.5)))
+        seen: list = []
+        async with asyncio.timeout(5):
+            while not any(isinstance(f, Pong) for f in seen):
+                seen += await next_frames(ws)
+        assert not ws.closed
