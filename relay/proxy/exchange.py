@@ -49,6 +49,7 @@ __all__ = ["ClientExchange", "RequestInfo"]
 _INLINE_BODY = 16 * 1024  # small request bodies ride in the head frame
 _NO_BODY_STATUS = frozenset({204, 304})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+_MAX_LENGTH_DIGITS = 1000  # a Content-Length with more is refused (int() takes 4,300)
 
 
 class Client(Protocol):
@@ -680,7 +681,11 @@ def _content_length(headers: list[tuple[str, str]]) -> int | None:
     for name, value in headers:
         if len(name) == 14 and name.lower() == "content-length":
             text = value.strip()
-            if not text.isdigit() or (found is not None and int(text) != found):
+            # ASCII digits only: str.isdigit() also takes "\xb2" (a superscript), which
+            # int() refuses, as it does more than 4,300 digits.
+            if not (text.isascii() and text.isdigit()) or len(text) > _MAX_LENGTH_DIGITS:
+                raise HeaderRefused("invalid Content-Length")
+            if found is not None and int(text) != found:
                 raise HeaderRefused("invalid Content-Length")
             found = int(text)
     return found

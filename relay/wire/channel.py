@@ -17,7 +17,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
-from relay.errors import StreamError, StreamReset, StreamStateError
+from relay.errors import FlowControlError, StreamError, StreamReset, StreamStateError
 from relay.wire.protocol import (
     Data,
     Frame,
@@ -39,6 +39,11 @@ if TYPE_CHECKING:
     from relay.wire.ws_batch import BatchWriter
 
 __all__ = ["FrameSink", "StreamChannel"]
+
+# Frames may wait unread up to one per this many bytes of the stream's window: credit
+# counts payload bytes only, so empty or tiny messages would queue without bound (each
+# costs ~100 bytes here) for a consumer that stopped reading.
+_BYTES_PER_WAITING_FRAME = 64
 
 
 class FrameSink(Protocol):
@@ -63,6 +68,7 @@ class StreamChannel:
         "_error",
         "_inbox",
         "_loop",
+        "_max_waiting",
         "_on_close",
         "_readable",
         "_sink",
@@ -89,6 +95,7 @@ class StreamChannel:
         self.max_chunk = max_chunk
         self._sink = sink
         self._inbox: deque[Frame] = deque()
+        self._max_waiting = max(1024, recv_window // _BYTES_PER_WAITING_FRAME)
         self._readable: asyncio.Future[None] | None = None
         self._credit: asyncio.Future[None] | None = None
         self._error: StreamError | None = None
@@ -137,6 +144,12 @@ class StreamChannel:
             self.received_bytes += len(frame.chunk)
         elif not isinstance(frame, WsAccept | WsClose | WsOpen):
             raise StreamStateError(f"stream {self.sid}: unexpected {type(frame).__name__}")
+        self._enqueue(frame)
+
+    def _enqueue(self, frame: Frame) -> None:
+        """Put ``frame`` in the inbox for the serving task; FlowControlError past the bound."""
+        if len(self._inbox) >= self._max_waiting:
+            raise FlowControlError(f"stream {self.sid}: {len(self._inbox)} frames wait unread")
         self._inbox.append(frame)
         _wake(self._readable)
 

@@ -19,8 +19,13 @@ from relay.wire.protocol import (
     Ping,
     Pong,
     ReqHead,
+    Reset,
+    ResetCode,
     RespHead,
     Welcome,
+    WsAccept,
+    WsMsg,
+    WsOpen,
 )
 from tests.e2e.harness import RELAY, Proc, Relay, free_port, wait_until
 from tests.e2e.test_tunnel import connected
@@ -568,3 +573,81 @@ async def test_an_agents_upgrade_in_absolute_form_still_becomes_a_tunnel(cluster
         assert head.startswith(b"HTTP/1.1 101 "), head
     finally:
         writer.close()
+
+
+# "\xb2" (a superscript 2) is a digit to str.isdigit() but not to int(), nor are 5,000
+# digits (int() takes up to 4,300).
+@pytest.mark.parametrize("length", ["\xb2", "1" * 5000])
+async def test_a_content_length_int_cannot_read_costs_the_stream_not_the_tunnel(cluster, length):
+    relay = await cluster.relay()
+    host = await relay.add_host("badlength")
+    async with raw_agent(relay, host["token"]) as ws:
+        await next_frames(ws)
+        await wait_held(relay, host["slug"])
+        async with aiohttp.ClientSession() as s:
+            h = {"Host": f"{host['slug']}.localhost:{relay.port}"}
+            request = asyncio.create_task(s.get(f"{relay.url}/x", headers=h))
+            heads: list = []
+            while not heads:
+                heads = [f for f in await next_frames(ws) if isinstance(f, ReqHead)]
+            bad = RespHead(heads[0].sid, 200, [("Content-Length", length)], end=False)
+            await ws.send_bytes(CODEC.message(bad))
+            response = await request
+            assert response.status == 502
+            assert (await response.json())["error"]["code"] == "upstream_error"
+        # Only that stream failed: the tunnel still answers pings.
+        await ws.send_bytes(CODEC.message(Ping(2.5)))
+        seen: list = []
+        async with asyncio.timeout(5):
+            while not any(isinstance(f, Pong) for f in seen):
+                seen += await next_frames(ws)
+        assert not ws.closed
+
+
+async def test_empty_websocket_messages_to_a_client_that_never_reads_reset_their_stream(cluster):
+    """Credit counts payload bytes, so empty messages cost none: the frames waiting for a
+    client that stopped reading are bounded by count too (the stream is reset past it)."""
+    relay = await cluster.relay()
+    host = await relay.add_host("emptyflood")
+    async with raw_agent(relay, host["token"]) as ws:
+        await next_frames(ws)
+        await wait_held(relay, host["slug"])
+        rss_before = relay.proc.rss_kib()
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        try:
+            writer.write(
+                f"GET /ws HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n{WS_UPGRADE}\r\n".encode()
+            )
+            opens: list = []
+            while not opens:
+                opens = [f for f in await next_frames(ws) if isinstance(f, WsOpen)]
+            sid = opens[0].sid
+            await ws.send_bytes(CODEC.message(WsAccept(sid)))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 101 "), head
+            # From here on the client reads nothing. 100,000 empty messages a tunnel
+            # message, up to 3 million of them (~300 MB of queued frames on the relay).
+            flood = CODEC.pack([WsMsg(sid, True, b"")] * 100_000)
+            resets: list = []
+            for _ in range(30):
+                await ws.send_bytes(flood)
+                with contextlib.suppress(TimeoutError):
+                    while not resets:  # what the relay sent meanwhile
+                        frames = await next_frames(ws, timeout=0.05)
+                        resets = [f for f in frames if isinstance(f, Reset)]
+                if resets:
+                    break
+            assert resets, "the stream was never reset"
+            (reset,) = resets
+            assert (reset.sid, reset.code) == (sid, ResetCode.FLOW_CONTROL)
+            grown_mib = (relay.proc.rss_kib() - rss_before) / 1024
+            assert grown_mib < 60, grown_mib
+        finally:
+            writer.close()
+        # Only that stream went: the tunnel still answers pings.
+        await ws.send_bytes(CODEC.message(Ping(3.5)))
+        seen: list = []
+        async with asyncio.timeout(5):
+            while not any(isinstance(f, Pong) for f in seen):
+                seen += await next_frames(ws)
+        assert not ws.closed
