@@ -72,6 +72,7 @@ TUNNEL_PATH: Final = "/tunnel"
 # Descriptors kept free for what serving the connections we have needs (store pool
 # reconnects, upstream and peer connections): past that, new clients are turned away.
 _FD_RESERVE: Final = 64
+_SWEEP_MIN: Final = 0.05  # seconds between sweeps at the least (see FrontServer._sweep)
 
 
 class _Refused(Exception):
@@ -132,17 +133,27 @@ class FrontServer:
         return slug
 
     async def _sweep(self) -> None:
-        """Close connections past their header or keep-alive deadline."""
+        """Close connections past their header, keep-alive or response deadline."""
         cfg = self.state.config
-        period = min(
-            1.0, cfg.header_timeout / 4, cfg.keepalive_timeout / 4, cfg.request_timeout / 4
-        )
+        shortest = min(cfg.header_timeout, cfg.keepalive_timeout, cfg.request_timeout)
+        # A quarter of the shortest timeout, within [50 ms, 1 s]: each sweep visits every
+        # connection and counts the open descriptors.
+        period = max(_SWEEP_MIN, min(1.0, shortest / 4))
+        state = self.state
         while True:
             await asyncio.sleep(period)
             now = self.loop.time()
             self.fds_open = _open_descriptors()
             for conn in list(self.connections):
-                conn.check_deadlines(now, cfg.header_timeout, cfg.keepalive_timeout)
+                try:
+                    conn.check_deadlines(now, cfg.header_timeout, cfg.keepalive_timeout)
+                except Exception as exc:
+                    # A bug answering one connection must not end the sweep, and with it
+                    # every timeout of this process: that connection goes, loudly.
+                    state.metrics.proxy_errors.add(1, {"reason": "internal_error"})
+                    state.log.exception("proxy.sweep_error", error=repr(exc))
+                    if conn.transport is not None:
+                        conn.transport.abort()
 
     def admit(self) -> bool:
         """Whether a new connection may be served (False: out of descriptors, logged)."""
