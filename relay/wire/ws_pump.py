@@ -139,6 +139,10 @@ async def _stream_to_socket(ws: Socket, channel: StreamChannel, batch: BatchWrit
                 await ws.send_str(frame.payload.decode("utf-8", errors="replace"))
             await channel.consumed(len(frame.payload))
         if isinstance(frame, WsClose):
+            # Nothing but the close goes to the socket now: aiohttp's client socket says
+            # it is open until its reading task has let go, and a message the peer sent
+            # after its close would be written straight through ahead of the close frame.
+            channel.writer = None
             await ws.close(code=sendable_code(frame.code), message=close_reason(frame.reason))
             return
 

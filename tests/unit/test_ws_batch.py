@@ -160,12 +160,14 @@ class Sink:
         asyncio.get_running_loop().call_soon(channel.flush_burst)
 
 
-async def pumping(server: web.WebSocketResponse) -> tuple[Sink, StreamChannel, asyncio.Task]:
+async def pumping(
+    ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> tuple[Sink, StreamChannel, asyncio.Task]:
     sink = Sink()
     channel = StreamChannel(
         1, sink, send_window=4096, recv_window=4096, max_chunk=4096, on_close=lambda _s: None
     )
-    pump = asyncio.create_task(pump_to_stream(server, channel))
+    pump = asyncio.create_task(pump_to_stream(ws, channel))
     await asyncio.sleep(0)  # the pump has set the channel's writer
     return sink, channel, pump
 
@@ -203,6 +205,24 @@ async def test_a_socket_over_its_high_mark_leaves_the_burst_to_the_task_ahead_of
         got = await read(client, 4)
         assert [m.data for m in got[:3]] == [b"m0", b"m1", b"m2"]
         assert (got[3].type, got[3].data) == (aiohttp.WSMsgType.CLOSE, 4000)
+        await asyncio.wait_for(pump, 5)
+
+
+async def test_a_message_after_the_close_never_reaches_the_socket() -> None:
+    # The agent's side: aiohttp's client socket stays "open" while close() waits for the
+    # pump's reading task to let go; a message sent after the close must not slip out.
+    async with joined() as (pair, client):
+        assert pair.server is not None
+        sink, channel, pump = await pumping(client)  # type: ignore[arg-type]
+        channel.deliver(WsClose(1, 4000, "done"))
+        async with asyncio.timeout(5):
+            while not client._closing:  # the pump is inside close(), not yet closed
+                await asyncio.sleep(0)
+        assert not client.closed
+        channel.deliver(WsMsg(1, True, b"late"))
+        got = await pair.server.receive(timeout=5)
+        assert (got.type, got.data) == (aiohttp.WSMsgType.CLOSE, 4000)
+        await pair.server.close()
         await asyncio.wait_for(pump, 5)
 
 
