@@ -9,8 +9,10 @@ new events until Ctrl-C (exit 0); as JSON it prints one event per line.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -20,9 +22,10 @@ from relay.cli.client import AdminClient, add_admin_options
 from relay.cli.output import age, for_people, print_json, render_fields, render_table
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
+    from types import FrameType
 
-__all__ = ["add_admin_commands", "run_admin_command"]
+__all__ = ["CtrlC", "add_admin_commands", "run_admin_command"]
 
 # How often `relay events --follow` asks for new events when it has caught up.
 _FOLLOW_POLL_S = 1.0
@@ -256,9 +259,12 @@ def _events(api: AdminClient, args: argparse.Namespace) -> int:
         return 0
     if people:
         sys.stdout.write("  ".join(h.upper() for h in _EVENT_HEADERS) + "\n")
+    ctrl_c = CtrlC()
+    previous = signal.signal(signal.SIGINT, ctrl_c)
     try:
         while True:
-            _payload, page = _page(api, after, args.limit)
+            with ctrl_c.deferred():
+                _payload, page = _page(api, after, args.limit)
             for event in page.events:
                 if slugs is not None:
                     sys.stdout.write("  ".join(_event_row(event, slugs)) + "\n")
@@ -270,6 +276,41 @@ def _events(api: AdminClient, args: argparse.Namespace) -> int:
                 time.sleep(_FOLLOW_POLL_S)
     except KeyboardInterrupt:
         return 0  # Ctrl-C is how a follow ends
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class CtrlC:
+    """A SIGINT handler that holds Ctrl-C back while an API call runs, then raises it.
+
+    Raised inside httpx, a KeyboardInterrupt can land between httpcore taking its pool's
+    lock and the ``with`` that would release it; httpcore's clean-up then waits on that
+    lock for ever (encode/httpcore#990), and one Ctrl-C left `relay events --follow`
+    hanging. A second Ctrl-C during the call interrupts it anyway.
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._in_call = False
+
+    def __call__(self, _signum: int, _frame: FrameType | None) -> None:
+        """The signal handler."""
+        first = not self.pressed
+        self.pressed = True
+        if self._in_call and first:
+            return
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Run the block with Ctrl-C held back; raise it once the block is done."""
+        self._in_call = True
+        try:
+            yield
+        finally:
+            self._in_call = False
+        if self.pressed:
+            raise KeyboardInterrupt
 
 
 _EVENT_HEADERS = ["id", "at", "kind", "host", "details"]
