@@ -67,6 +67,16 @@ async def next_frames(ws, timeout: float = 5.0) -> list:
     return CODEC.decode(msg.data)
 
 
+async def assert_tunnel_answers_pings(ws, t: float) -> None:
+    """The raw agent's tunnel is still up: a ping gets its pong (other frames may come)."""
+    await ws.send_bytes(CODEC.message(Ping(t)))
+    seen: list = []
+    async with asyncio.timeout(5):
+        while Pong(t) not in seen:
+            seen += await next_frames(ws)
+    assert not ws.closed
+
+
 async def test_oversized_request_headers_get_431_and_the_tunnel_lives(cluster, upstream):
     relay, host, agent = await connected(cluster, upstream)
     headers = {"Host": f"{host['slug']}.localhost:{relay.port}"}
@@ -141,12 +151,7 @@ async def test_response_heads_cannot_bypass_the_window_and_only_their_stream_res
                 response = await request
                 await response.read()
         # The stream was reset (we hear it), the tunnel still answers pings.
-        await ws.send_bytes(CODEC.message(Ping(1.5)))
-        seen = []
-        async with asyncio.timeout(5):
-            while not any(isinstance(f, Pong) for f in seen):
-                seen += await next_frames(ws)
-        assert not ws.closed
+        await assert_tunnel_answers_pings(ws, 1.5)
         grown_mib = (relay.proc.rss_kib() - rss_before) / 1024
     assert grown_mib < 40, grown_mib
     # A second head on a stream cuts that stream (its client sees a cut connection).
@@ -596,12 +601,7 @@ async def test_a_content_length_int_cannot_read_costs_the_stream_not_the_tunnel(
             assert response.status == 502
             assert (await response.json())["error"]["code"] == "upstream_error"
         # Only that stream failed: the tunnel still answers pings.
-        await ws.send_bytes(CODEC.message(Ping(2.5)))
-        seen: list = []
-        async with asyncio.timeout(5):
-            while not any(isinstance(f, Pong) for f in seen):
-                seen += await next_frames(ws)
-        assert not ws.closed
+        await assert_tunnel_answers_pings(ws, 2.5)
 
 
 async def test_empty_websocket_messages_to_a_client_that_never_reads_reset_their_stream(cluster):
@@ -645,9 +645,4 @@ async def test_empty_websocket_messages_to_a_client_that_never_reads_reset_their
         finally:
             writer.close()
         # Only that stream went: the tunnel still answers pings.
-        await ws.send_bytes(CODEC.message(Ping(3.5)))
-        seen: list = []
-        async with asyncio.timeout(5):
-            while not any(isinstance(f, Pong) for f in seen):
-                seen += await next_frames(ws)
-        assert not ws.closed
+        await assert_tunnel_answers_pings(ws, 3.5)
