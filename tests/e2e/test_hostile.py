@@ -52,6 +52,17 @@ async def raw_agent(relay, token: str, limits: Limits | None = None, agent_versi
         yield ws
 
 
+@contextlib.asynccontextmanager
+async def held_by_raw_agent(cluster, name: str):
+    """A relay, a host named ``name``, and a raw agent holding its tunnel (Welcome read)."""
+    relay = await cluster.relay()
+    host = await relay.add_host(name)
+    async with raw_agent(relay, host["token"]) as ws:
+        await next_frames(ws)
+        await wait_held(relay, host["slug"])
+        yield relay, host, ws
+
+
 async def wait_held(relay, slug: str) -> None:
     """Wait until the relay shows the host online (a raw agent answers no probe)."""
 
@@ -133,11 +144,7 @@ async def test_agent_limits_are_clamped_and_a_reader_that_never_reads_bounds_the
 
 
 async def test_response_heads_cannot_bypass_the_window_and_only_their_stream_resets(cluster):
-    relay = await cluster.relay()
-    host = await relay.add_host("floody")
-    async with raw_agent(relay, host["token"]) as ws:
-        await next_frames(ws)
-        await wait_held(relay, host["slug"])
+    async with held_by_raw_agent(cluster, "floody") as (relay, host, ws):
         rss_before = relay.proc.rss_kib()
         async with aiohttp.ClientSession() as s:
             h = {"Host": f"{host['slug']}.localhost:{relay.port}"}
@@ -584,11 +591,7 @@ async def test_an_agents_upgrade_in_absolute_form_still_becomes_a_tunnel(cluster
 # digits (int() takes up to 4,300).
 @pytest.mark.parametrize("length", ["\xb2", "1" * 5000])
 async def test_a_content_length_int_cannot_read_costs_the_stream_not_the_tunnel(cluster, length):
-    relay = await cluster.relay()
-    host = await relay.add_host("badlength")
-    async with raw_agent(relay, host["token"]) as ws:
-        await next_frames(ws)
-        await wait_held(relay, host["slug"])
+    async with held_by_raw_agent(cluster, "badlength") as (relay, host, ws):
         async with aiohttp.ClientSession() as s:
             h = {"Host": f"{host['slug']}.localhost:{relay.port}"}
             request = asyncio.create_task(s.get(f"{relay.url}/x", headers=h))
@@ -607,11 +610,7 @@ async def test_a_content_length_int_cannot_read_costs_the_stream_not_the_tunnel(
 async def test_empty_websocket_messages_to_a_client_that_never_reads_reset_their_stream(cluster):
     """Credit counts payload bytes, so empty messages cost none: the frames waiting for a
     client that stopped reading are bounded by count too (the stream is reset past it)."""
-    relay = await cluster.relay()
-    host = await relay.add_host("emptyflood")
-    async with raw_agent(relay, host["token"]) as ws:
-        await next_frames(ws)
-        await wait_held(relay, host["slug"])
+    async with held_by_raw_agent(cluster, "emptyflood") as (relay, host, ws):
         rss_before = relay.proc.rss_kib()
         reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
         try:
