@@ -173,6 +173,8 @@ class StreamChannel:
                 if grant:
                     self._sink.queue(Window(self.sid, grant))
                 return
+        # Past the inbox's frame bound by at most this one tunnel message: the next
+        # frame delivered meets the bound (_enqueue) and resets the stream.
         self._inbox.extendleft(reversed(burst))
         _wake(self._readable)
 
