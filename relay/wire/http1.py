@@ -1,9 +1,10 @@
 """HTTP/1.1 message heads as bytes (pure): what the hot path writes to sockets.
 
 Parsing is never done here (httptools, llhttp's C parser, does it); this module only
-*writes* heads, and refuses header names and values that could break the framing of
-what it writes (CR, LF, NUL, a name that is not a token): whatever an agent or a
-client sends, the bytes we write stay one well-formed message.
+*writes* heads, and refuses header names and values that are not valid HTTP/1.1 (a
+control character other than HTAB in a value, a name that is not a token, a target with
+a space or control character): whatever an agent or a client sends, the bytes we write
+stay one well-formed message that strict parsers read.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ __all__ = [
 ]
 
 _TOKEN_INVALID: Final = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
-_VALUE_INVALID: Final = re.compile(r"[\r\n\x00]")
-# Header names joined by LF: tokens (a name's own LF is caught by the line count).
+# RFC 9110 5.5: what header lines may hold besides their own CRLF (visible characters,
+# obs-text, SP, HTAB); deleting these bytes from a valid block of lines leaves its CRLFs.
+_FIELD_BYTES: Final = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_TARGET_INVALID: Final = re.compile(r"[\x00-\x20\x7f]")
+# Header names joined by LF: tokens (a name's own LF is caught by the CRLF check).
 _NAMES: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
 
 _STATUS_LINES: Final = {
@@ -45,21 +49,24 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def _lines(headers: list[tuple[str, str]]) -> str:
+def _lines(headers: list[tuple[str, str]]) -> bytes:
     """``headers`` as header lines; :class:`HeaderRefused` if any would break the message.
 
-    Names are checked as tokens in one pass over them all; then every CR and LF of the
-    lines must be a line's own end, so no value carries one (nor a NUL).
+    Names are checked as tokens in one pass over them all; then, with every allowed byte
+    deleted, only the lines' own CRLFs may be left: no value carries CR, LF, nor any
+    other control character but HTAB.
     """
     if not headers:
-        return ""
+        return b""
     if _NAMES.fullmatch("\n".join([name for name, _ in headers])) is None:
         raise HeaderRefused("header name is not an HTTP token")
-    text = "".join([f"{name}: {value}\r\n" for name, value in headers])
-    n = len(headers)
-    if text.count("\n") != n or text.count("\r") != n or "\x00" in text:
-        raise HeaderRefused("header name or value carries CR, LF or NUL")
-    return text
+    try:
+        data = "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise HeaderRefused("header outside latin-1") from exc
+    if data.translate(None, _FIELD_BYTES) != b"\r\n" * len(headers):
+        raise HeaderRefused("header name or value carries a control character")
+    return data
 
 
 def response_head(status: int, headers: list[tuple[str, str]], extra: str = "") -> bytes:
@@ -67,11 +74,7 @@ def response_head(status: int, headers: list[tuple[str, str]], extra: str = "") 
 
     Raises :class:`HeaderRefused` for a header that would break the message.
     """
-    text = _lines(headers) + extra + "\r\n"
-    try:
-        return status_line(status) + text.encode("latin-1")
-    except UnicodeEncodeError as exc:
-        raise HeaderRefused("header outside latin-1") from exc
+    return status_line(status) + _lines(headers) + f"{extra}\r\n".encode("latin-1")
 
 
 def request_head(method: str, target: str, headers: list[tuple[str, str]], extra: str) -> bytes:
@@ -80,17 +83,13 @@ def request_head(method: str, target: str, headers: list[tuple[str, str]], extra
     Raises :class:`HeaderRefused` for a header or target that would break the message.
     """
     lines = _lines(headers)
-    if (
-        _TOKEN_INVALID.search(method)
-        or not method
-        or _VALUE_INVALID.search(target)
-        or (" " in target or not target)
-    ):
+    if _TOKEN_INVALID.search(method) or not method or _TARGET_INVALID.search(target) or not target:
         raise HeaderRefused("request line is not valid HTTP/1.1")
     try:
-        return f"{method} {target} HTTP/1.1\r\n{lines}{extra}\r\n".encode("latin-1")
+        line = f"{method} {target} HTTP/1.1\r\n".encode("latin-1")
     except UnicodeEncodeError as exc:
-        raise HeaderRefused("header outside latin-1") from exc
+        raise HeaderRefused("request target outside latin-1") from exc
+    return line + lines + f"{extra}\r\n".encode("latin-1")
 
 
 def chunk(data: bytes) -> bytes:

@@ -588,17 +588,29 @@ async def test_an_agents_upgrade_in_absolute_form_still_becomes_a_tunnel(cluster
 
 
 # "\xb2" (a superscript 2) is a digit to str.isdigit() but not to int(), nor are 5,000
-# digits (int() takes up to 4,300).
-@pytest.mark.parametrize("length", ["\xb2", "1" * 5000])
-async def test_a_content_length_int_cannot_read_costs_the_stream_not_the_tunnel(cluster, length):
-    async with held_by_raw_agent(cluster, "badlength") as (relay, host, ws):
+# digits (int() takes up to 4,300); control characters other than HTAB are not allowed in
+# a field value (RFC 9110 5.5), and lenient parsers may split a line on \x0b or \x0c.
+@pytest.mark.parametrize(
+    "header",
+    [
+        ("Content-Length", "\xb2"),
+        ("Content-Length", "1" * 5000),
+        ("X-Note", "a\x0bX-Injected: 1"),
+        ("X-Note", "a\x0c"),
+        ("X-Note", "del\x7f"),
+    ],
+)
+async def test_a_response_head_the_relay_cannot_write_costs_the_stream_not_the_tunnel(
+    cluster, header
+):
+    async with held_by_raw_agent(cluster, "badhead") as (relay, host, ws):
         async with aiohttp.ClientSession() as s:
             h = {"Host": f"{host['slug']}.localhost:{relay.port}"}
             request = asyncio.create_task(s.get(f"{relay.url}/x", headers=h))
             heads: list = []
             while not heads:
                 heads = [f for f in await next_frames(ws) if isinstance(f, ReqHead)]
-            bad = RespHead(heads[0].sid, 200, [("Content-Length", length)], end=False)
+            bad = RespHead(heads[0].sid, 200, [header], end=False)
             await ws.send_bytes(CODEC.message(bad))
             response = await request
             assert response.status == 502
