@@ -31,6 +31,7 @@ from relay.tracing import (
     record_status,
     request_span,
 )
+from relay.wire.http1 import HeaderRefused, check_fields
 from relay.wire.protocol import Body, Data, ReqHead, ResetCode, RespHead, header_bytes
 
 if TYPE_CHECKING:
@@ -305,16 +306,18 @@ async def _send_response(
     *,
     head_only: bool,
 ) -> web.StreamResponse:
-    if head.end and not head_only:
+    small = head.end and not head_only
+    headers = response_headers_for_client(head.headers, keep_length=not small)
+    try:
+        check_fields(headers)
+    except HeaderRefused as exc:
+        await channel.reset(ResetCode.INTERNAL, "response header refused")
+        state.metrics.proxy_errors.add(1, {"reason": "upstream_error"})
+        return json_error(502, "upstream_error", f"bad response header from the host: {exc}")
+    if small:
         # Whole small body in the head frame: a plain response, length set by aiohttp.
-        return web.Response(
-            status=head.status,
-            body=head.chunk,
-            headers=CIMultiDict(response_headers_for_client(head.headers, keep_length=False)),
-        )
-    response = web.StreamResponse(
-        status=head.status, headers=CIMultiDict(response_headers_for_client(head.headers))
-    )
+        return web.Response(status=head.status, body=head.chunk, headers=CIMultiDict(headers))
+    response = web.StreamResponse(status=head.status, headers=CIMultiDict(headers))
     await response.prepare(request)
     request[TRAFFIC].status = head.status
     try:

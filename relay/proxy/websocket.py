@@ -17,6 +17,7 @@ from relay.proxy.headers import (
 from relay.proxy.responses import error_answer, json_error
 from relay.proxy.traffic import TRAFFIC
 from relay.tracing import carry_current
+from relay.wire.http1 import HeaderRefused, check_fields
 from relay.wire.protocol import ResetCode, RespHead, WsAccept, WsOpen
 from relay.wire.ws_pump import pump_to_stream
 
@@ -53,10 +54,18 @@ async def proxy_websocket(
             return json_error(504, "upstream_timeout", "the host did not accept the WebSocket")
         if isinstance(answer, RespHead):
             # The upstream refused the upgrade: pass its answer on as a plain response.
+            headers = response_headers_for_client(answer.headers, keep_length=False)
+            try:
+                check_fields(headers)
+            except HeaderRefused as exc:
+                await channel.reset(ResetCode.INTERNAL, "response header refused")
+                state.metrics.proxy_errors.add(1, {"reason": "upstream_error"})
+                return json_error(
+                    502, "upstream_error", f"bad response header from the host: {exc}"
+                )
             refused = web.Response(status=answer.status, body=answer.chunk)
-            for name, value in response_headers_for_client(answer.headers):
-                if name.lower() != "content-length":
-                    refused.headers.add(name, value)
+            for name, value in headers:
+                refused.headers.add(name, value)
             return refused
         if not isinstance(answer, WsAccept):
             await channel.reset(ResetCode.INTERNAL, "unexpected answer to WsOpen")

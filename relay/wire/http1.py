@@ -15,6 +15,7 @@ from typing import Final
 
 __all__ = [
     "HeaderRefused",
+    "check_fields",
     "chunk",
     "request_head",
     "response_head",
@@ -67,6 +68,14 @@ def _lines(headers: list[tuple[str, str]]) -> bytes:
     if data.translate(None, _FIELD_BYTES) != b"\r\n" * len(headers):
         raise HeaderRefused("header name or value carries a control character")
     return data
+
+
+def check_fields(headers: list[tuple[str, str]]) -> None:
+    """Raise :class:`HeaderRefused` unless ``headers`` can be written as HTTP/1.1 safely.
+
+    For heads another writer (aiohttp's) writes, which refuses only CR and LF.
+    """
+    _lines(headers)
 
 
 def response_head(status: int, headers: list[tuple[str, str]], extra: str = "") -> bytes:

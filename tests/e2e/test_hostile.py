@@ -619,6 +619,26 @@ async def test_a_response_head_the_relay_cannot_write_costs_the_stream_not_the_t
         await assert_tunnel_answers_pings(ws, 2.5)
 
 
+# Requests aiohttp's side of the relay serves (an upgrade other than WebSocket, a refused
+# WebSocket): aiohttp would write a value's \x0b as it came.
+@pytest.mark.parametrize("upgrade", ["Upgrade: h2c\r\nConnection: Upgrade\r\n", WS_UPGRADE])
+async def test_a_bad_response_header_on_aiohttps_path_costs_the_stream_not_the_tunnel(
+    cluster, upgrade
+):
+    async with held_by_raw_agent(cluster, "badheadslow") as (relay, host, ws):
+        request = f"GET /x HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n{upgrade}\r\n"
+        answer = asyncio.create_task(answer_to(relay.port, request.encode()))
+        opened: list = []
+        while not opened:
+            opened = [f for f in await next_frames(ws) if isinstance(f, ReqHead | WsOpen)]
+        bad = RespHead(opened[0].sid, 403, [("X-Note", "a\x0bX-Injected: 1")], end=True)
+        await ws.send_bytes(CODEC.message(bad))
+        response = await answer
+        assert response.startswith(b"HTTP/1.1 502 "), response
+        assert b"upstream_error" in response and b"X-Injected" not in response
+        await assert_tunnel_answers_pings(ws, 3.5)
+
+
 async def test_empty_websocket_messages_to_a_client_that_never_reads_reset_their_stream(cluster):
     """Credit counts payload bytes, so empty messages cost none: the frames waiting for a
     client that stopped reading are bounded by count too (the stream is reset past it)."""
