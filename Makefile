@@ -22,7 +22,7 @@ test: install lint
 	$(BIN)/python -m pytest -q
 
 bench: install  # one table of the performance goals; `make bench BENCH_ARGS=--quick` for a smoke run
-	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@command -v wrk >/dev/null && command -v haproxy >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk haproxy)
 	@sh scripts/ensure-test-deps.sh  # PowerDNS for the DNS rows (apt, once)
 	$(BIN)/python -m loadtest.bench $(BENCH_ARGS)
 

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from loadtest import byte_forwarders
 from loadtest.common import ROOT
 
 if TYPE_CHECKING:
@@ -131,6 +132,16 @@ def ceiling_row(what: str, f: dict, direct: float, rate: str) -> Row:
     )
 
 
+def reference_row(
+    what: str, ratio: float | None, rate: float | None, direct: float, unit: str
+) -> Row:
+    """The ``what`` ratio through two C byte forwarders in the same run (reported)."""
+    figure = "HAProxy is not installed"
+    if ratio is not None and rate is not None:
+        figure = f"{ratio:.2f} ({rate:.0f} / {direct:.0f} {unit})"
+    return Row(f"{what}: through {byte_forwarders.WHAT} instead", figure, "reference", "-")
+
+
 def rows_small_get(f: dict) -> list[Row]:
     lat, rate = f["latency"], f["rate"]
     d, r = lat["direct"], lat["relayed"]
@@ -149,6 +160,9 @@ def rows_small_get(f: dict) -> list[Row]:
             verdict(f["ratio"] >= 0.5),
         ),
         ceiling_row("small GET", f, f["direct_rps"], "req/s"),
+        reference_row(
+            "small GET", f["reference_ratio"], f["reference_rps"], f["direct_rps"], "req/s"
+        ),
         Row(
             "small GET relay CPU per request",
             f"{f['relay_cpu_us_per_request']:.1f} µs",
@@ -193,6 +207,9 @@ def rows_transfer(f: dict) -> list[Row]:
         )
         rows.append(ceiling_row(kind, x, x["direct_mbps"], "MB/s"))
         rows.append(
+            reference_row(kind, x["reference_ratio"], x["reference_mbps"], x["direct_mbps"], "MB/s")
+        )
+        rows.append(
             Row(
                 f"{kind}: relay / agent CPU per MB",
                 f"{x['relay_cpu_ms_per_mb']:.2f} / {x['agent_cpu_ms_per_mb']:.2f} ms",
@@ -223,6 +240,13 @@ def rows_ws_echo(f: dict) -> list[Row]:
             verdict(f["ratio"] >= 0.5),
         ),
         ceiling_row("WS echo", f, f["direct_msgs_per_s"], "msg/s"),
+        reference_row(
+            "WS echo",
+            f["reference_ratio"],
+            f["reference_msgs_per_s"],
+            f["direct_msgs_per_s"],
+            "msg/s",
+        ),
     ]
 
 

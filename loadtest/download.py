@@ -7,6 +7,8 @@ discards it). Prints MB/s (10^6 B/s) of each and the relayed/direct ratio, and t
 RSS growth of the relay and of the agent during each relayed transfer: VmHWM after the
 transfer minus VmRSS before it, VmHWM having been reset through /proc/<pid>/clear_refs
 (or, where that is not allowed, VmRSS sampled every 10 ms; the report says which).
+For reference, each transfer also runs through two C byte forwarders
+(loadtest.byte_forwarders).
 
 python -m loadtest.download [--mb 100] [--only download,upload]
 """
@@ -18,6 +20,7 @@ import time
 
 import aiohttp
 
+from loadtest import byte_forwarders
 from loadtest.common import CpuBudget, PeakRss, budget_line, run, stack
 from loadtest.upstream import CHUNK
 
@@ -72,6 +75,7 @@ def measure(mb: int = 100, only: tuple[str, ...] = KINDS, verbose: bool = True) 
     size = mb * 1024 * 1024
     figures: dict = {"mb": mb}
     with stack() as s:
+        forwarded = byte_forwarders.start(s, s.up_port) if byte_forwarders.available() else None
         for kind in only:
             transfer = TRANSFERS[kind]
             run(transfer(s.relay_url, 1 << 20, s.host_header))  # warm-up: pool, code paths
@@ -82,6 +86,7 @@ def measure(mb: int = 100, only: tuple[str, ...] = KINDS, verbose: bool = True) 
                 PeakRss({"relay": s.relay.pid, "agent": s.agent.pid}) as peak,
             ):
                 relayed = run(transfer(s.relay_url, size, s.host_header))
+            reference = run(transfer(forwarded, size, None)) if forwarded else None
             mb_moved = size / 1e6
             cpu_ms = budget.per_unit(mb_moved, 1e3)
             growth = peak.growth_kib
@@ -103,6 +108,9 @@ def measure(mb: int = 100, only: tuple[str, ...] = KINDS, verbose: bool = True) 
                 "cpu_ms_per_mb": cpu_ms,  # every process's, this one as "client"
                 "cores_busy": budget.cores_busy,
                 "ceiling": budget.ceiling(mb_moved),  # MB/s
+                # Through two C byte forwarders (None without HAProxy).
+                "reference_mbps": size / reference / 1e6 if reference else None,
+                "reference_ratio": direct / reference if reference else None,
             }
     if verbose:
         report(figures, only)
@@ -123,6 +131,11 @@ def report(figures: dict, only: tuple[str, ...]) -> None:
         )
         cpu = f["cpu_ms_per_mb"]
         print("    " + budget_line(cpu, "ms per MB", "MB/s", f, f["direct_mbps"]))
+        if f["reference_ratio"]:
+            print(
+                f"    reference: {f['reference_mbps']:8.1f} MB/s through {byte_forwarders.WHAT},"
+                f" ratio {f['reference_ratio']:.2f}"
+            )
         print(
             f"    peak RSS growth during the relayed {kind} ({figures['rss_source']}):"
             f" relay +{f['relay_peak_growth_mib']:.1f} MiB"

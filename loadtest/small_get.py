@@ -4,7 +4,8 @@ Two parts on one stack (the same upstream process serves the direct and relayed 
 
 1. closed loop, wrk -t1 -c32: requests/s direct and relayed and their ratio; relay and
    agent CPU µs per proxied request (process CPU time over the relayed run); the relay's
-   RSS before and after the relayed load (memory that sustained traffic leaves behind).
+   RSS before and after the relayed load (memory that sustained traffic leaves behind);
+   and, for reference, requests/s through two C byte forwarders (loadtest.byte_forwarders).
 2. open loop at a fixed rate (default 500 req/s): p50/p99 latency direct and relayed, and
    what the relay adds (relayed minus direct). The client is loadtest/open_loop.py in its
    own process; direct and relayed take turns (--rounds) in that one client.
@@ -22,6 +23,7 @@ import shutil
 import subprocess
 import sys
 
+from loadtest import byte_forwarders
 from loadtest.common import ROOT, CpuBudget, budget_line, rss_kib, stack
 
 
@@ -84,6 +86,11 @@ def measure(
             relayed_rps, relayed_n = wrk(s.relay_url + "/", seconds, connections, s.host_header)
         rss1 = rss_kib(s.relay.pid)
         cpu_us = budget.per_unit(relayed_n, 1e6)
+        reference_rps = None
+        if byte_forwarders.available():
+            forwarded = byte_forwarders.start(s, s.up_port)
+            wrk(forwarded + "/", 2, connections)  # warm-up
+            reference_rps, _ = wrk(forwarded + "/", seconds, connections)
         latency = open_loop(
             [["direct", s.direct_url + "/"], ["relayed", s.relay_url + "/", s.host_header]],
             rate,
@@ -104,6 +111,8 @@ def measure(
         "cores_busy": budget.cores_busy,
         "ceiling": budget.ceiling(relayed_n),  # requests/s
         "ceiling_ratio": budget.ceiling(relayed_n) / direct_rps,
+        "reference_rps": reference_rps,  # through two C byte forwarders; None without HAProxy
+        "reference_ratio": reference_rps / direct_rps if reference_rps else None,
         "relay_rss_before_mib": rss0 / 1024,
         "relay_rss_after_mib": rss1 / 1024,
         "rate": rate,
@@ -137,6 +146,11 @@ def report(f: dict) -> None:
     print(
         "  " + budget_line(f["cpu_us_per_request"], "µs per request", "req/s", f, f["direct_rps"])
     )
+    if f["reference_rps"]:
+        print(
+            f"  reference: {f['reference_rps']:9.0f} req/s through {byte_forwarders.WHAT},"
+            f" ratio {f['reference_ratio']:.2f}"
+        )
     lat = f["latency"]
     print(
         f"  open loop at {f['rate']:g} req/s for {f['latency_seconds']:g} s each"

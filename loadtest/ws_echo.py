@@ -8,7 +8,8 @@ waits for the outstanding ones. Prints echoed messages/s of each and the ratio.
 
 Direct and relayed take turns, ``--rounds`` times: this machine's speed drifts by tens of
 percent within a minute, so each relayed run is compared with the direct run just before
-it, and the ratio reported is the median of those.
+it, and the ratio reported is the median of those. Each turn also runs through two C
+byte forwarders (loadtest.byte_forwarders), for reference.
 
     python -m loadtest.ws_echo [--seconds 5] [--rounds 3] [--window 64] [--size 1024]
 """
@@ -22,6 +23,7 @@ import time
 
 import aiohttp
 
+from loadtest import byte_forwarders
 from loadtest.common import CpuBudget, budget_line, run, stack
 
 
@@ -68,6 +70,7 @@ def measure(
     """Direct and relayed echo rates, their ratio, relay/agent CPU µs per relayed message."""
     direct: list[float] = []
     relayed: list[float] = []
+    reference: list[float] = []
     direct_n = relayed_n = 0
     with stack() as s:
         pids = {"relay": s.relay.pid, "agent": s.agent.pid, "upstream": s.upstream.pid}
@@ -75,6 +78,10 @@ def measure(
         direct_url = s.direct_url.replace("http", "ws", 1) + "/ws"
         relay_url = s.relay_url.replace("http", "ws", 1) + "/ws"
         run(echo(relay_url, s.host_header, 1, window, size, max_messages))  # warm-up
+        forwarded_url = None
+        if byte_forwarders.available():
+            forwarded = byte_forwarders.start(s, s.up_port)
+            forwarded_url = forwarded.replace("http", "ws", 1) + "/ws"
         for _ in range(rounds):
             rate, n = run(echo(direct_url, None, seconds, window, size, max_messages))
             direct.append(rate)
@@ -83,7 +90,11 @@ def measure(
                 rate, n = run(echo(relay_url, s.host_header, seconds, window, size, max_messages))
             relayed.append(rate)
             relayed_n += n
+            if forwarded_url:
+                rate, _ = run(echo(forwarded_url, None, seconds, window, size, max_messages))
+                reference.append(rate)
     ratios = [r / d for r, d in zip(relayed, direct, strict=True)]
+    reference_ratios = [r / d for r, d in zip(reference, direct, strict=False)]
     cpu_us = budget.per_unit(relayed_n, 1e6)
     figures = {
         "seconds": seconds,
@@ -101,6 +112,10 @@ def measure(
         "cpu_us_per_message": cpu_us,  # every process's, this one as "client"
         "cores_busy": budget.cores_busy,
         "ceiling": budget.ceiling(relayed_n),  # messages/s
+        # Through two C byte forwarders, each turn (empty without HAProxy).
+        "reference_ratios": reference_ratios,
+        "reference_ratio": statistics.median(reference_ratios) if reference else None,
+        "reference_msgs_per_s": statistics.median(reference) if reference else None,
     }
     if verbose:
         report(figures)
@@ -126,6 +141,12 @@ def report(f: dict) -> None:
     )
     direct = f["direct_msgs_per_s"]
     print("  " + budget_line(f["cpu_us_per_message"], "µs per message", "msg/s", f, direct))
+    if f["reference_ratio"]:
+        turns = ", ".join(f"{r:.2f}" for r in f["reference_ratios"])
+        print(
+            f"  reference: {f['reference_msgs_per_s']:9.0f} messages/s through"
+            f" {byte_forwarders.WHAT}, ratio {f['reference_ratio']:.2f} (turns: {turns})"
+        )
 
 
 def main() -> None:
