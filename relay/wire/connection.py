@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import aiohttp
 import msgspec
@@ -252,9 +252,10 @@ class TunnelConnection:
         Ends when the queue is empty; the next :meth:`queue` starts a new writer.
         """
         limit = min(self.peer_limits.max_frame, _MESSAGE_TARGET)
-        # aiohttp's send, not relay.wire.ws_batch: writing a turn's messages in one go
-        # made bulk transfers bimodal (every other 200 MB download ran at ~460 MB/s
-        # instead of ~620, with more CPU per MB on both sides) in interleaved A/B runs.
+        # One message per write: writing a turn's messages in one go made bulk transfers
+        # bimodal (every other 200 MB download ran at ~460 MB/s instead of ~620, with
+        # more CPU per MB on both sides) in interleaved A/B runs.
+        send = self.ws.send_bytes if self._writes_now is None else self._send_message
         self._last_write = self.loop.time()
         try:
             while self._out:
@@ -264,10 +265,10 @@ class TunnelConnection:
                 for i, item in enumerate(batch):
                     n = len(item.chunk) + DATA_OVERHEAD if isinstance(item, Data) else len(item)
                     if size + n > limit - 8 and i > start:
-                        await self.ws.send_bytes(self.codec.pack(batch[start:i]))
+                        await send(self.codec.pack(batch[start:i]))
                         start, size = i, 0
                     size += n
-                await self.ws.send_bytes(self.codec.pack(batch[start:] if start else batch))
+                await send(self.codec.pack(batch[start:] if start else batch))
         except (ConnectionError, RuntimeError) as exc:
             # aiohttp raises these when the socket closes under us.
             if self.close_code is None:
@@ -279,6 +280,19 @@ class TunnelConnection:
         finally:
             self._writer = None
             self._release_senders()
+
+    async def _send_message(self, data: bytes) -> None:
+        """Write one message in one system call, then wait while the buffer is over its mark.
+
+        The frame header goes out with the payload, and the wait is for the socket's
+        write buffer to drop below its high-water mark.
+        """
+        # aiohttp writes a message over 16 KiB as two writes, header then payload: with
+        # TCP_NODELAY the peer got a packet of 4-10 bytes of its own (and maybe a
+        # wake-up) for every bulk message.
+        writer = cast("BatchWriter", self._writes_now)  # only chosen when there is one
+        writer.write_message(data)
+        await writer.drain()
 
     async def flush(self, timeout: float = 1.0) -> None:
         """Wait up to ``timeout`` until everything queued has been handed to the socket."""

@@ -88,7 +88,12 @@ class BatchWriter:
         return size
 
     def write_message(self, payload: bytes) -> None:
-        """Write one binary message now (the caller checked :attr:`writable`)."""
+        """Write one binary message now, header and payload in one transport write.
+
+        Raises ConnectionResetError once the socket is closing, as aiohttp's send does.
+        """
+        if self._socket.closed or self._transport.is_closing():
+            raise ConnectionResetError("cannot write to a closing WebSocket")
         parts: list[bytes | bytearray] = []
         self._frame(parts, _BINARY, payload, _keys(1) if self._mask else b"", 0)
         self._transport.writelines(parts)

@@ -11,10 +11,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from packaging.requirements import Requirement
+from structlog import get_logger
 
 from relay.wire import ws_batch
 from relay.wire.channel import StreamChannel
-from relay.wire.protocol import Reset, ResetCode, Window, WsClose, WsMsg
+from relay.wire.connection import TunnelConnection
+from relay.wire.protocol import Data, FrameCodec, Limits, Reset, ResetCode, Window, WsClose, WsMsg
 from relay.wire.ws_batch import BatchWriter
 from relay.wire.ws_pump import pump_to_stream
 from tests.unit.ws_pair import joined
@@ -119,6 +121,62 @@ async def test_compressing_sockets_are_left_to_aiohttp_and_closed_ones_refuse() 
         await client.close()
         with pytest.raises(ConnectionResetError):
             writer.write([WsMsg(1, True, b"late")])
+        with pytest.raises(ConnectionResetError):
+            writer.write_message(b"late")
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+async def test_single_messages_read_back_on_both_sides(side: str) -> None:
+    async with joined() as (pair, client):
+        assert pair.server is not None
+        sender, receiver = (client, pair.server) if side == "client" else (pair.server, client)
+        writer = BatchWriter.of(sender)
+        assert writer is not None
+        payloads = [bytes(range(256)) * (n // 256) + bytes(n % 256) for n in SIZES]
+        for payload in payloads:
+            writer.write_message(payload)
+        await writer.drain()
+        got = await read(receiver, len(payloads))
+        assert [(m.type, m.data) for m in got] == [(aiohttp.WSMsgType.BINARY, p) for p in payloads]
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+async def test_a_tunnels_bulk_message_is_one_transport_write(side: str) -> None:
+    """Header and payload together: aiohttp's own send writes a message over 16 KiB as a
+    separate 2-14 byte header (a packet and a wake-up of its own for the peer)."""
+    async with joined() as (pair, client):
+        assert pair.server is not None
+        sender, receiver = (client, pair.server) if side == "client" else (pair.server, client)
+        limits = Limits(max_frame=1 << 20)
+        conn = TunnelConnection(sender, local_limits=limits, peer_limits=limits, log=get_logger())
+        transport = sender._writer.transport  # noqa: SLF001 - observe the writes
+        writes: list[int] = []  # bytes per transport call (writelines or write)
+        original_lines, original_write = transport.writelines, transport.write
+        inside = False
+
+        def spy_lines(parts: list[bytes]) -> None:
+            nonlocal inside
+            writes.append(sum(len(p) for p in parts))
+            inside = True  # asyncio's own writelines joins and calls write
+            try:
+                original_lines(parts)
+            finally:
+                inside = False
+
+        def spy_write(data: bytes) -> None:
+            if not inside:
+                writes.append(len(data))
+            original_write(data)
+
+        transport.writelines = spy_lines  # type: ignore[method-assign]
+        transport.write = spy_write  # type: ignore[method-assign]
+        conn._last_write = conn.loop.time()  # noqa: SLF001 - busy: the writer task sends
+        conn.queue(Data(1, b"x" * 100_000))
+        await conn.flush()
+        assert len(writes) == 1 and writes[0] > 100_000
+        (message,) = await read(receiver, 1)
+        (frame,) = FrameCodec.shared(limits.max_frame, limits.max_header_bytes).decode(message.data)
+        assert frame == Data(1, b"x" * 100_000)
 
 
 def test_masking_keys_never_repeat_across_refills_or_a_fork() -> None:
