@@ -200,7 +200,8 @@ def rows_transfer(f: dict) -> list[Row]:
         rows.append(
             Row(
                 f"{f['mb']} MB {kind} relayed/direct throughput",
-                f"{x['ratio']:.2f} ({x['relayed_mbps']:.0f} / {x['direct_mbps']:.0f} MB/s)",
+                f"{x['ratio']:.2f} (median of {f['rounds']} turns;"
+                f" {x['relayed_mbps']:.0f} / {x['direct_mbps']:.0f} MB/s)",
                 ">= 0.5",
                 verdict(x["ratio"] >= 0.5),
             )

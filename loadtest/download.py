@@ -1,21 +1,22 @@
 """100 MB download and upload through the tunnel vs direct: throughput and peak RSS.
 
 One stack (upstream + relay + agent); the same client streams each transfer direct to the
-upstream, then through the relay: GET /download?size=N (read chunk by chunk) and POST
+upstream, then through the relay, taking turns (``--rounds``, medians reported): GET /download?size=N (read chunk by chunk) and POST
 /upload with a Content-Length body produced 64 KiB at a time (the upstream reads and
 discards it). Prints MB/s (10^6 B/s) of each and the relayed/direct ratio, and the peak
-RSS growth of the relay and of the agent during each relayed transfer: VmHWM after the
+RSS growth of the relay and of the agent during the relayed transfers: VmHWM after the
 transfer minus VmRSS before it, VmHWM having been reset through /proc/<pid>/clear_refs
 (or, where that is not allowed, VmRSS sampled every 10 ms; the report says which).
 For reference, each transfer also runs through two C byte forwarders
 (loadtest.byte_forwarders).
 
-python -m loadtest.download [--mb 100] [--only download,upload]
+python -m loadtest.download [--mb 100] [--rounds 5] [--only download,upload]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import aiohttp
@@ -69,48 +70,69 @@ async def upload(base_url: str, size: int, host: str | None) -> float:
 TRANSFERS = {"download": download, "upload": upload}
 
 
-def measure(mb: int = 100, only: tuple[str, ...] = KINDS, verbose: bool = True) -> dict:
+def measure(
+    mb: int = 100, only: tuple[str, ...] = KINDS, rounds: int = 5, verbose: bool = True
+) -> dict:
     """Figures of each transfer in ``only``: ``{kind: {direct_mbps, relayed_mbps, ratio,
-    relay_peak_growth_mib, agent_peak_growth_mib}, "mb": mb, "rss_source": ...}``."""
+    relay_peak_growth_mib, agent_peak_growth_mib, ...}, "mb": mb, "rss_source": ...}``.
+
+    Direct, relayed and (with HAProxy) the reference take turns ``rounds`` times: this
+    machine's speed drifts by tens of percent within seconds, so each relayed transfer
+    is compared with the direct one just before it; rates and ratios are medians.
+    """
     size = mb * 1024 * 1024
-    figures: dict = {"mb": mb}
+    figures: dict = {"mb": mb, "rounds": rounds}
     with stack() as s:
         forwarded = byte_forwarders.start(s, s.up_port) if byte_forwarders.available() else None
+        pids = {"relay": s.relay.pid, "agent": s.agent.pid, "upstream": s.upstream.pid}
         for kind in only:
             transfer = TRANSFERS[kind]
             run(transfer(s.relay_url, 1 << 20, s.host_header))  # warm-up: pool, code paths
-            direct = run(transfer(s.direct_url, size, None))
-            pids = {"relay": s.relay.pid, "agent": s.agent.pid, "upstream": s.upstream.pid}
-            with (
-                CpuBudget(pids, client="self") as budget,
-                PeakRss({"relay": s.relay.pid, "agent": s.agent.pid}) as peak,
-            ):
-                relayed = run(transfer(s.relay_url, size, s.host_header))
-            reference = run(transfer(forwarded, size, None)) if forwarded else None
-            mb_moved = size / 1e6
+            budget = CpuBudget(pids, client="self")  # summed over the relayed turns
+            direct: list[float] = []
+            relayed: list[float] = []
+            reference: list[float] = []
+            growth = {"relay": 0, "agent": 0}
+            base: dict[str, int] = {}
+            for _ in range(rounds):
+                direct.append(run(transfer(s.direct_url, size, None)))
+                with budget, PeakRss({"relay": s.relay.pid, "agent": s.agent.pid}) as peak:
+                    relayed.append(run(transfer(s.relay_url, size, s.host_header)))
+                # Growth from before the first turn: what one turn leaves behind counts.
+                base = base or dict(peak.base)
+                growth = {k: max(v, peak.peak[k] - base[k]) for k, v in growth.items()}
+                figures["rss_source"] = peak.source
+                if forwarded:
+                    reference.append(run(transfer(forwarded, size, None)))
+            mb_moved = size / 1e6 * rounds
             cpu_ms = budget.per_unit(mb_moved, 1e3)
-            growth = peak.growth_kib
-            figures["rss_source"] = peak.source
+            seconds = sum(relayed)
+            ratios = [d / r for d, r in zip(direct, relayed, strict=True)]
+            reference_ratios = [d / r for d, r in zip(direct, reference, strict=False)]
             figures[kind] = {
-                "direct_mbps": size / direct / 1e6,
-                "relayed_mbps": size / relayed / 1e6,
-                "ratio": direct / relayed,
-                "relay_rss_before_mib": peak.base["relay"] / 1024,
-                "agent_rss_before_mib": peak.base["agent"] / 1024,
+                "direct_mbps": statistics.median(size / t / 1e6 for t in direct),
+                "relayed_mbps": statistics.median(size / t / 1e6 for t in relayed),
+                "ratios": ratios,
+                "ratio": statistics.median(ratios),
+                "relay_rss_before_mib": base["relay"] / 1024,
+                "agent_rss_before_mib": base["agent"] / 1024,
                 "relay_peak_growth_mib": growth["relay"] / 1024,
                 "agent_peak_growth_mib": growth["agent"] / 1024,
                 # CPU per MB is steadier than MB/s on a shared 2-core machine: it says
                 # whether a change costs work or only waits.
                 "relay_cpu_ms_per_mb": cpu_ms["relay"],
                 "agent_cpu_ms_per_mb": cpu_ms["agent"],
-                "relay_cpu_share": budget.seconds["relay"] / relayed,
-                "agent_cpu_share": budget.seconds["agent"] / relayed,
+                "relay_cpu_share": budget.seconds["relay"] / seconds,
+                "agent_cpu_share": budget.seconds["agent"] / seconds,
                 "cpu_ms_per_mb": cpu_ms,  # every process's, this one as "client"
                 "cores_busy": budget.cores_busy,
                 "ceiling": budget.ceiling(mb_moved),  # MB/s
                 # Through two C byte forwarders (None without HAProxy).
-                "reference_mbps": size / reference / 1e6 if reference else None,
-                "reference_ratio": direct / reference if reference else None,
+                "reference_ratios": reference_ratios,
+                "reference_mbps": (
+                    statistics.median(size / t / 1e6 for t in reference) if reference else None
+                ),
+                "reference_ratio": statistics.median(reference_ratios) if reference else None,
             }
     if verbose:
         report(figures, only)
@@ -118,12 +140,19 @@ def measure(mb: int = 100, only: tuple[str, ...] = KINDS, verbose: bool = True) 
 
 
 def report(figures: dict, only: tuple[str, ...]) -> None:
-    print(f"{figures['mb']} MB transfers, one client, streamed both ways")
+    print(
+        f"{figures['mb']} MB transfers, one client, streamed both ways;"
+        f" {figures['rounds']} turns, medians"
+    )
     for kind in only:
         f = figures[kind]
         print(f"  {kind}")
         print(f"    direct : {f['direct_mbps']:8.1f} MB/s")
-        print(f"    relayed: {f['relayed_mbps']:8.1f} MB/s   ratio {f['ratio']:.2f} (goal >= 0.5)")
+        turns = ", ".join(f"{r:.2f}" for r in f["ratios"])
+        print(
+            f"    relayed: {f['relayed_mbps']:8.1f} MB/s   ratio {f['ratio']:.2f} (goal >= 0.5),"
+            f" the median of {turns}"
+        )
         print(
             f"    CPU per MB relayed: relay {f['relay_cpu_ms_per_mb']:.2f} ms"
             f" (busy {f['relay_cpu_share']:.0%}), agent {f['agent_cpu_ms_per_mb']:.2f} ms"
@@ -137,7 +166,7 @@ def report(figures: dict, only: tuple[str, ...]) -> None:
                 f" ratio {f['reference_ratio']:.2f}"
             )
         print(
-            f"    peak RSS growth during the relayed {kind} ({figures['rss_source']}):"
+            f"    peak RSS growth during the relayed {kind}s ({figures['rss_source']}):"
             f" relay +{f['relay_peak_growth_mib']:.1f} MiB"
             f" (from {f['relay_rss_before_mib']:.1f}),"
             f" agent +{f['agent_peak_growth_mib']:.1f} MiB"
@@ -148,13 +177,14 @@ def report(figures: dict, only: tuple[str, ...]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mb", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5, help="direct/relayed turns")
     parser.add_argument("--only", default=",".join(KINDS), help="download,upload")
     args = parser.parse_args()
     only = tuple(k for k in args.only.split(",") if k)
     unknown = set(only) - set(KINDS)
     if unknown:
         parser.error(f"unknown transfer(s): {', '.join(sorted(unknown))}")
-    measure(args.mb, only)
+    measure(args.mb, only, args.rounds)
 
 
 if __name__ == "__main__":
