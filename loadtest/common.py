@@ -250,8 +250,13 @@ def api(method: str, url: str, body: dict | None = None) -> dict:
 
 
 def bench_env(log_level: str = "warning") -> dict[str, str]:
-    """Our environment without RELAY_*/REDIS_URL/FLY_*, plus the bench admin token."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "REDIS_URL", "FLY_"))}
+    """Our environment without RELAY_*/REDIS_URL/FLY_* (but RELAY_COMPILED: compare the
+    interpreted hot path with RELAY_COMPILED=0), plus the bench admin token."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k == "RELAY_COMPILED" or not k.startswith(("RELAY_", "REDIS_URL", "FLY_"))
+    }
     env["RELAY_ADMIN_TOKEN"] = ADMIN
     env["RELAY_LOG_FORMAT"] = "json"
     env["RELAY_LOG_LEVEL"] = log_level

@@ -11,6 +11,7 @@ Layout (each package imports only those below it; ``directory`` never imports ``
     wire/       what relay and agent share: frames, codec, streams, the tunnel socket
     edge.py     `relay edge`, the local stand-in for Fly's proxy
     config.py   options of serve and agent;  errors.py, logs.py, tracing.py  (bottom)
+    hot_path.py the modules a proxied request runs through, compiled with mypyc if built
 
 A client request for ``<slug>.<base-domain>`` enters at ``proxy.front``; if this
 machine holds the host's tunnel it goes through ``proxy.exchange`` and ``wire`` to the
@@ -19,4 +20,8 @@ agent, whose ``agent.exchange`` calls the service with ``agent.http_client``. An
 anything else to ``server.app`` (aiohttp) for one request.
 """
 
+from relay import hot_path
+
 __version__ = "0.1.0"
+
+hot_path.install()  # before any module it may load compiled

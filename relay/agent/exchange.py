@@ -55,13 +55,13 @@ class UpstreamExchange(FlowStream):
     __slots__ = (
         "_attempts",
         "_body",
+        "_body_inline",
         "_body_sent",
         "_chunked",
         "_conn",
         "_done",
         "_head_sent",
         "_held_head",
-        "_inline",
         "_request_done",
         "_seen",
         "_span",
@@ -88,7 +88,7 @@ class UpstreamExchange(FlowStream):
         self._chunked = head.body == Body.CHUNKED
         self._unacked = 0
         self._head_sent = False
-        self._inline: list[bytes] | None = None
+        self._body_inline: list[bytes] | None = None
         self._held_head: tuple[int, list[tuple[str, str]]] = (0, [])
         self._done = False
         self._attempts = 0
@@ -205,7 +205,7 @@ class UpstreamExchange(FlowStream):
             return
         length = _content_length(headers)
         if length is not None and length <= _INLINE_RESPONSE:
-            self._inline = []
+            self._body_inline = []
             self._held_head = (status, headers)
             return
         self._send_head(RespHead(self.sid, status, headers))
@@ -216,8 +216,8 @@ class UpstreamExchange(FlowStream):
             return
         if self._seen is not None:
             self._seen.response_body(data)
-        if self._inline is not None:
-            self._inline.append(data)
+        if self._body_inline is not None:
+            self._body_inline.append(data)
         elif not self.send_body(data):
             return  # paused in on_blocked until credit comes back
 
@@ -230,9 +230,11 @@ class UpstreamExchange(FlowStream):
             # ...unless our request body was cut short: the upstream would read the rest
             # of it as the next request.
             conn.abort()
-        if self._inline is not None:
+        if self._body_inline is not None:
             status, headers = self._held_head
-            self._send_head(RespHead(self.sid, status, headers, b"".join(self._inline), end=True))
+            self._send_head(
+                RespHead(self.sid, status, headers, b"".join(self._body_inline), end=True)
+            )
             return
         if self._head_sent:
             self.send_body(b"", end=True)

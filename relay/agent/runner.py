@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from relay import __version__
+from relay import __version__, hot_path
 from relay.agent.output import TunnelView
 from relay.agent.session import SILENCE, AgentSession, HandshakeClosed, handshake
 from relay.agent.upstream import Upstream
@@ -222,7 +222,12 @@ class Agent:
         )
         self.session = session
         self.connected.set()
-        log.info("agent.connected", machine_id=welcome.machine_id, url=welcome.url)
+        log.info(
+            "agent.connected",
+            machine_id=welcome.machine_id,
+            url=welcome.url,
+            hot_path=hot_path.STATE,
+        )
         view = self.view
         view.slug, view.name, view.url = welcome.slug, welcome.name, welcome.url
         view.machine = welcome.machine_id

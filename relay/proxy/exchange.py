@@ -104,11 +104,11 @@ class ClientExchange(FlowStream):
 
     __slots__ = (
         "_body",
+        "_body_inline",
         "_client_ip",
         "_error_id",
         "_head",
         "_head_sent",
-        "_inline",
         "_lookup",
         "_out_chunked",
         "_received",
@@ -133,7 +133,7 @@ class ClientExchange(FlowStream):
         self.tunnel: Tunnel | None = None
         self.keep_alive = info.keep_alive
         self._body: list[bytes] = []  # body bytes held until the head frame goes out
-        self._inline = False
+        self._body_inline = False
         self._request_done = False
         self._received = 0  # request body bytes from the client
         self._sent = 0  # response body bytes to the client
@@ -282,7 +282,7 @@ class ClientExchange(FlowStream):
             self.client.write_continue()
         if length is not None and length <= _INLINE_BODY:
             # Small body: the head frame goes out with it, once it is all here.
-            self._inline = True
+            self._body_inline = True
             self._head = ReqHead(sid, info.method, info.target, headers, Body.SIZED, length, trace)
             if self._request_done:
                 self._send_inline()
@@ -305,7 +305,7 @@ class ClientExchange(FlowStream):
         if max_body and self._received > max_body:
             self._too_large(max_body)
             return
-        if self.tunnel is None or self._inline:
+        if self.tunnel is None or self._body_inline:
             self._body.append(data)
         else:
             self.send_body(data)
@@ -317,7 +317,7 @@ class ClientExchange(FlowStream):
         self._request_done = True
         if self.tunnel is None or self.state_reset:
             return
-        if self._inline:
+        if self._body_inline:
             self._send_inline()
         else:
             self.send_body(b"", end=True)
@@ -363,7 +363,7 @@ class ClientExchange(FlowStream):
 
     def _send_inline(self) -> None:
         head = self._head
-        assert head is not None  # noqa: S101 - set with _inline
+        assert head is not None  # noqa: S101 - set with _body_inline
         body = b"".join(self._body)
         self._body = []
         self.send(

@@ -21,6 +21,7 @@ from directory.machines import MachineRegistry
 from directory.ownership import OwnershipStore
 from directory.store import connect
 from directory.supervisor import SupervisedValkey
+from relay import hot_path
 from relay.api.hosts import metrics_response
 from relay.config import parse_hostport
 from relay.errors import StartupError, TunnelClosed
@@ -133,7 +134,9 @@ async def _run(
         state.dns.start()
     loops = _start_loops(state, log)
     _banner(state, admin_token, generated=generated)
-    log.info("relay.started", listen=cfg.listen, base_domain=cfg.base_domain)
+    log.info(
+        "relay.started", listen=cfg.listen, base_domain=cfg.base_domain, hot_path=hot_path.STATE
+    )
     status = 0
     try:
         await signals.drain.wait()

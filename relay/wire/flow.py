@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from relay.errors import StreamError, StreamReset, StreamStateError
 from relay.wire.protocol import Data, Frame, ReqHead, Reset, ResetCode, RespHead, Window
 from relay.wire.streams import StreamState
@@ -31,6 +33,8 @@ __all__ = ["SLACK", "FlowStream"]
 SLACK = 256 * 1024
 
 
+# Subclassed by the relay's and the agent's exchanges, and by tests (relay.hot_path).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class FlowStream:
     """One stream served by callbacks; subclasses react to the peer's frames."""
 

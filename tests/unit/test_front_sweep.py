@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import structlog
 from structlog.testing import capture_logs
 
-from relay.proxy.front import FrontServer
+from relay.proxy.front import ClientConnection, FrontServer
 
 
 class Counter:
@@ -19,30 +19,22 @@ class Counter:
         self.added.append(attributes)
 
 
-class Transport:
-    def __init__(self, front: FrontServer, conn: object) -> None:
+class Transport(asyncio.Transport):
+    def __init__(self, front: FrontServer, conn: ClientConnection) -> None:
+        super().__init__()
         self.front, self.conn = front, conn
 
     def abort(self) -> None:
         self.front.connections.discard(self.conn)  # as connection_lost does
 
 
-class Broken:
-    """A connection whose deadline check hits a bug."""
-
-    def __init__(self, front: FrontServer) -> None:
-        self.transport = Transport(front, self)
-
-    def check_deadlines(self, now: float, header_timeout: float, keepalive: float) -> None:
-        raise RuntimeError("a bug in a deadline check")
-
-
-class Fine:
-    def __init__(self) -> None:
-        self.checks = 0
-
-    def check_deadlines(self, now: float, header_timeout: float, keepalive: float) -> None:
-        self.checks += 1
+def broken(front: FrontServer) -> ClientConnection:
+    """A connection whose deadline check hits a bug (an exchange that is not one)."""
+    conn = ClientConnection(front)
+    conn.transport = Transport(front, conn)
+    conn.exchanges.append(object())  # type: ignore[arg-type]
+    front.connections.add(conn)
+    return conn
 
 
 async def test_a_connection_whose_check_fails_is_dropped_and_the_sweep_goes_on():
@@ -61,14 +53,16 @@ async def test_a_connection_whose_check_fails_is_dropped_and_the_sweep_goes_on()
         log=structlog.get_logger(),
     )
     front = FrontServer(state, handoff=lambda: None, tunnels=lambda: None)  # type: ignore[arg-type]
-    broken, fine = Broken(front), Fine()
-    front.connections.update({broken, fine})  # type: ignore[arg-type]
+    first = broken(front)
     with capture_logs() as logs:
         sweep = asyncio.create_task(front._sweep())
         async with asyncio.timeout(5):
-            while fine.checks < 3:  # sweeps every 50 ms (a quarter of 0.2 s)
+            while first in front.connections:  # sweeps every 50 ms (a quarter of 0.2 s)
+                await asyncio.sleep(0.01)
+            # The sweep went on: a later connection is still checked.
+            second = broken(front)
+            while second in front.connections:
                 await asyncio.sleep(0.01)
         sweep.cancel()
-    assert broken not in front.connections
-    assert errors.added == [{"reason": "internal_error"}]
-    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["proxy.sweep_error"]
+    assert errors.added == [{"reason": "internal_error"}] * 2
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["proxy.sweep_error"] * 2

@@ -1,0 +1,60 @@
+"""relay.hot_path: a build of these very sources runs compiled; anything else, interpreted."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay import hot_path
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFEST = hot_path.DIR / "manifest.json"
+NO_TOOLCHAIN = ("no C compiler", "no Python headers")  # this machine's, not the code's
+
+
+def where(module: str, **env: str) -> str:
+    """The file ``module`` is loaded from in a fresh interpreter, and the hot path's state."""
+    code = f"import {module} as m, relay.hot_path as h; print(m.__file__); print(h.STATE)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout
+
+
+def test_make_install_built_the_hot_path_and_relay_loads_it():
+    # make test runs make install first, which compiles (installing gcc as root if need be).
+    manifest = hot_path.read_manifest()
+    assert manifest is not None, "no build: make install makes one"
+    if manifest.error.startswith(NO_TOOLCHAIN):
+        pytest.skip(f"no build here: {manifest.error}")
+    assert not manifest.error, manifest.error
+    assert manifest.sources == hot_path.source_digest(), "stale build: run make install"
+    for module in ("relay.proxy.front", "relay.agent.http_client", "relay.wire.flow"):
+        file, state = where(module, RELAY_COMPILED="1").splitlines()
+        assert state == "compiled"
+        assert file.endswith(manifest.ext_suffix)
+        assert Path(file).is_relative_to(hot_path.DIR / manifest.build)
+
+
+def test_relay_compiled_0_runs_the_sources():
+    out = where("relay.proxy.front", RELAY_COMPILED="0")
+    assert out.splitlines() == [str(ROOT / "relay/proxy/front.py"), "interpreted: RELAY_COMPILED=0"]
+
+
+def test_any_source_edited_since_the_build_keeps_the_whole_set_interpreted(monkeypatch):
+    if not MANIFEST.exists():
+        pytest.skip("no build here")
+    monkeypatch.delenv("RELAY_COMPILED", raising=False)  # make test's second, interpreted pass
+    monkeypatch.setattr(hot_path, "source_digest", lambda: "0" * 64)
+    why, files = hot_path._why_not()
+    assert files == {}
+    assert why.startswith(("sources changed", "the build failed"))
