@@ -13,7 +13,11 @@ only, so profile that way.
 
 Compiled code checks at run time what the annotations say (a ``bytes`` parameter refuses a
 ``bytearray``) where interpreted code would go on; ``make test`` runs the unit tests both
-ways. What runs is in :data:`STATE` (``relay serve`` and ``relay agent`` log it).
+ways. And a compiled coroutine cancelled while suspended in an ``except`` or ``finally``
+block leaves its CancelledError as the thread's current exception for everything after,
+in every task: a module here never awaits there, nor uses ``async with`` (a unit test
+checks; that is why the tunnel's own modules are not on the list). What runs is in
+:data:`STATE` (``relay serve`` and ``relay agent`` log it).
 """
 
 from __future__ import annotations
