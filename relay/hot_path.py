@@ -89,7 +89,7 @@ def read_manifest(directory: Path = DIR) -> Manifest | None:
     """The manifest in ``directory``; None when there is none or it cannot be read."""
     try:
         return msgspec.json.decode((directory / "manifest.json").read_bytes(), type=Manifest)
-    except (FileNotFoundError, msgspec.DecodeError):
+    except (OSError, msgspec.DecodeError):
         return None
 
 
@@ -122,7 +122,11 @@ def _why_not() -> tuple[str, dict[str, Path]]:
         return f"the build failed: {manifest.error}", {}
     if manifest.ext_suffix != sysconfig.get_config_var("EXT_SUFFIX"):
         return f"built for another interpreter ({manifest.ext_suffix})", {}
-    if manifest.sources != source_digest():
+    try:
+        sources = source_digest()
+    except OSError as exc:  # a source we cannot read: run what Python itself can import
+        return f"sources unreadable ({exc})", {}
+    if manifest.sources != sources:
         return "sources changed since the build (make install rebuilds it)", {}
     build = DIR / manifest.build
     # Only the modules hashed above, whatever else a manifest lists.
