@@ -16,8 +16,9 @@ Compiled code checks at run time what the annotations say (a ``bytes`` parameter
 ways. And a compiled coroutine cancelled while suspended in an ``except`` or ``finally``
 block leaves its CancelledError as the thread's current exception for everything after,
 in every task: a module here never awaits there, nor uses ``async with`` (a unit test
-checks; that is why the tunnel's own modules are not on the list). What runs is in
-:data:`STATE` (``relay serve`` and ``relay agent`` log it).
+checks). Cleanup that must wait runs after the ``try`` instead. Modules defining msgspec
+structs stay interpreted: mypyc drops a class's keywords (``tag=``, ``array_like=``).
+What runs is in :data:`STATE` (``relay serve`` and ``relay agent`` log it).
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ MODULES: Final = (
     "relay.wire.http1",
     "relay.wire.streams",
     "relay.wire.flow",
+    "relay.wire.channel",
+    "relay.wire.ws_batch",
+    "relay.wire.ws_pump",
+    "relay.wire.connection",
+    "relay.agent.session",
     "relay.proxy.headers",
     "relay.proxy.routing",
     "relay.proxy.origin",

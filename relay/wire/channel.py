@@ -249,6 +249,12 @@ class StreamChannel:
             self.sent_bytes += len(frame.chunk)  # a small body inline
         await self._sink.send(frame)
 
+    def send_now(self, frame: Frame) -> None:
+        """Queue a small frame that needs no credit without waiting (a WebSocket's close)."""
+        if self._error is not None:
+            raise self._error
+        self._sink.queue(frame)
+
     async def send_body(self, chunk: bytes, *, end: bool = False) -> None:
         """Send body bytes as ``Data`` frames, waiting for credit as needed."""
         if not chunk:

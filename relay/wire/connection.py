@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import aiohttp
 import msgspec
+from mypy_extensions import mypyc_attr
 
 from relay.errors import (
     FlowControlError,
@@ -90,6 +91,8 @@ class WebSocketLike(Protocol):
         """Close the socket."""
 
 
+# Compiled (relay/hot_path.py); the relay's Tunnel, which is not, extends it.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class TunnelConnection:
     """Frames over one WebSocket, with the streams multiplexed on it."""
 
@@ -350,42 +353,55 @@ class TunnelConnection:
         ``early``: frames that came in the handshake's message, handled first; the list
         is emptied then (its caller's frame lives as long as the tunnel).
         """
+        # No await while an exception is being handled here, nor in a finally block: this
+        # module is compiled (relay/hot_path.py says why).
+        protocol_error: ProtocolError | None = None
+        try:
+            await self._read_frames(early)
+        except ProtocolError as exc:
+            protocol_error = exc
+        except TunnelClosed:
+            pass  # answering a ping as the tunnel closed: nothing left to do
+        except BaseException:
+            # Cancelled (or a bug): wake the streams; the writer ends with the socket.
+            self.fail_streams(TunnelClosed(f"tunnel closed ({self.close_code})"))
+            raise
+        if protocol_error is not None:
+            self.log.warning(
+                "tunnel.protocol_error", error=str(protocol_error), kind=protocol_error.code
+            )
+            await self.close(protocol_error.close_code, f"protocol error: {protocol_error}")
+        self.fail_streams(TunnelClosed(f"tunnel closed ({self.close_code})"))
+        if self.ws.closed:
+            await self._stop_writer()
+
+    async def _read_frames(self, early: list[Frame] | None) -> None:
         ws = self.ws
         decode = self.codec.decode
         loop = self.loop
         binary = aiohttp.WSMsgType.BINARY
-        try:
-            if early:
-                self._dispatch(early)
-                early.clear()
-            while True:
-                msg = await ws.receive()
-                if msg.type is binary:
-                    self.last_frame_at = loop.time()
-                    # A call, so the frames die with its frame rather than stay in this
-                    # one while waiting for the next message (idle tunnels wait minutes).
-                    self._dispatch(decode(msg.data))
-                    if self._out_bytes > self._out_limit:
-                        # Answers (pongs) pile up for a peer that does not read: stop
-                        # reading it too, rather than queue without bound.
-                        await self._wait_room()
-                elif msg.type is aiohttp.WSMsgType.TEXT:
-                    raise MalformedFrame("text message on the tunnel")
-                else:
-                    # CLOSE / CLOSING / CLOSED / ERROR: the peer or the network is done.
-                    if self.close_code is None:
-                        self.close_code = ws.close_code or CloseCode.NORMAL
-                        self.close_reason = "peer closed"
-                    return
-        except ProtocolError as exc:
-            self.log.warning("tunnel.protocol_error", error=str(exc), kind=exc.code)
-            await self.close(exc.close_code, f"protocol error: {exc}")
-        except TunnelClosed:
-            return  # answering a ping as the tunnel closed: nothing left to do
-        finally:
-            self.fail_streams(TunnelClosed(f"tunnel closed ({self.close_code})"))
-            if self.ws.closed:
-                await self._stop_writer()
+        if early:
+            self._dispatch(early)
+            early.clear()
+        while True:
+            msg = await ws.receive()
+            if msg.type is binary:
+                self.last_frame_at = loop.time()
+                # A call, so the frames die with its frame rather than stay in this
+                # one while waiting for the next message (idle tunnels wait minutes).
+                self._dispatch(decode(msg.data))
+                if self._out_bytes > self._out_limit:
+                    # Answers (pongs) pile up for a peer that does not read: stop
+                    # reading it too, rather than queue without bound.
+                    await self._wait_room()
+            elif msg.type is aiohttp.WSMsgType.TEXT:
+                raise MalformedFrame("text message on the tunnel")
+            else:
+                # CLOSE / CLOSING / CLOSED / ERROR: the peer or the network is done.
+                if self.close_code is None:
+                    self.close_code = ws.close_code or CloseCode.NORMAL
+                    self.close_reason = "peer closed"
+                return
 
     def flush_after(self, channel: StreamChannel) -> None:
         """Call ``channel.flush_burst()`` once the message being read is dispatched."""

@@ -85,17 +85,25 @@ async def pump_to_stream(ws: Socket, channel: StreamChannel) -> None:
     outbound = asyncio.get_running_loop().create_task(_socket_to_stream(ws, channel))
     batch = BatchWriter.of(ws)
     channel.writer = batch
+    # No await while an exception is being handled here, nor in a finally block: this
+    # module is compiled (relay/hot_path.py says why).
+    tunnel_gone = False
     try:
         await _stream_to_socket(ws, channel, batch)
     except StreamError:
-        await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"tunnel closed")
+        tunnel_gone = True
     except ConnectionResetError:
         # ``ws`` closed while the peer's messages were on their way (its own close, read
         # by the other direction, is what the stream is told): they have nowhere to go.
         pass
+    except BaseException:
+        outbound.cancel()  # cancelled ourselves: the other direction goes too, at once
+        raise
     finally:
         channel.writer = None
-        await _wind_down(outbound)
+    if tunnel_gone:
+        await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"tunnel closed")
+    await _wind_down(outbound)
 
 
 async def pump_sockets(a: Socket, b: Socket) -> None:
@@ -118,7 +126,7 @@ async def _socket_to_stream(ws: Socket, channel: StreamChannel) -> None:
         if not channel.state.reset:
             code = ws.close_code if ws.close_code is not None else _ABNORMAL
             with contextlib.suppress(StreamError):
-                await channel.send(WsClose(channel.sid, code, ""))
+                channel.send_now(WsClose(channel.sid, code, ""))
 
 
 async def _stream_to_socket(ws: Socket, channel: StreamChannel, batch: BatchWriter | None) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import aiohttp
 import pytest
 import structlog
 
+from relay.errors import TunnelClosed
 from relay.wire.connection import TunnelConnection
 from relay.wire.protocol import Data, FrameCodec, Limits, Ping
 from tests.unit.ws_pair import joined
@@ -112,3 +114,26 @@ async def test_a_paused_socket_leaves_its_frames_to_the_writer():
         assert conn._writer is not None
         protocol.resume_writing()
         assert await frames_per_message(pair.server, 1) == [1]
+
+
+async def test_a_cancelled_read_loop_fails_its_streams_and_leaves_no_exception_behind():
+    # read_loop is compiled (relay/hot_path.py): a compiled coroutine cancelled while it
+    # awaits in an except/finally block would leave its CancelledError as the current
+    # exception of everything that runs after it.
+    conn = connection(StuckSocket([]))
+    channel = conn.open_channel(1)
+    waiting = asyncio.create_task(channel.receive())
+    reader = asyncio.create_task(conn.read_loop())
+    await asyncio.sleep(0)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    with pytest.raises(TunnelClosed):
+        await asyncio.wait_for(waiting, 1.0)
+
+    async def bystander() -> object:
+        await asyncio.sleep(0)
+        return sys.exc_info()[0]
+
+    assert await asyncio.create_task(bystander()) is None
+    assert sys.exc_info()[0] is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tomllib
 from pathlib import Path
 
@@ -344,3 +345,21 @@ async def test_messages_that_arrive_after_the_socket_closed_end_the_pump_quietly
         channel.deliver(WsMsg(1, True, b"late"))
         await asyncio.wait_for(pump, 5)
         assert [f for f in sink.frames if isinstance(f, WsClose)] == [WsClose(1, 1000, "")]
+
+
+async def test_a_cancelled_pump_ends_both_directions_and_tells_the_stream() -> None:
+    # The pump is compiled (relay/hot_path.py): it never awaits while an exception is in
+    # flight, so a cancel ends its socket-reading direction at once, and that direction
+    # still queues the stream's close (without waiting) as it goes.
+    async with joined() as (pair, client):
+        assert pair.server is not None
+        sink, channel, pump = await pumping(pair.server)
+        pump.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pump
+        assert channel.writer is None
+        async with asyncio.timeout(5):
+            while not any(isinstance(f, WsClose) for f in sink.frames):
+                await asyncio.sleep(0)
+        assert [f for f in sink.frames if isinstance(f, WsClose)] == [WsClose(1, 1006, "")]
+        assert sys.exc_info()[0] is None
