@@ -13,7 +13,6 @@ sends more or less) or is chunked for HTTP/1.1 clients, close-delimited for HTTP
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from directory.errors import DirectoryError
@@ -79,24 +78,57 @@ class Client(Protocol):
         """The response is complete."""
 
 
-@dataclass(slots=True)
 class RequestInfo:
     """What the client connection parsed of one request head."""
 
-    method: str
-    target: str
-    headers: list[tuple[str, str]]
-    wanted: dict[bytes, str]  # the few headers the relay reads, by lower-case name
-    host: str
-    slug: str
-    http11: bool
-    keep_alive: bool
-    length: int | None
-    chunked: bool
-    started: float  # loop time the head began
-    # No tunnel here when the head came: locate the host and answer with a replay, 404
-    # or 503 on this connection (bodiless requests in fly-replay mode, see the front).
-    elsewhere: bool = False
+    # A plain class, not a dataclass: compiled (relay/hot_path.py), a dataclass keeps the
+    # interpreted __init__ that dataclasses generates, on every request.
+    __slots__ = (
+        "chunked",
+        "elsewhere",
+        "headers",
+        "host",
+        "http11",
+        "keep_alive",
+        "length",
+        "method",
+        "slug",
+        "started",
+        "target",
+        "wanted",
+    )
+
+    def __init__(  # noqa: PLR0913 - one per field of the parsed head
+        self,
+        *,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        wanted: dict[bytes, str],
+        host: str,
+        slug: str,
+        http11: bool,
+        keep_alive: bool,
+        length: int | None,
+        chunked: bool,
+        started: float,
+        elsewhere: bool = False,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.wanted = wanted  # the few headers the relay reads, by lower-case name
+        self.host = host
+        self.slug = slug
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.length = length
+        self.chunked = chunked
+        self.started = started  # loop time the head began
+        # No tunnel here when the head came: locate the host and answer with a replay,
+        # 404 or 503 on this connection (bodiless requests in fly-replay mode, see the
+        # front).
+        self.elsewhere = elsewhere
 
 
 class ClientExchange(FlowStream):

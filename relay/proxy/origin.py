@@ -8,7 +8,6 @@ Fly's proxy, Fly sets them and a client's copy is overwritten).
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -22,14 +21,18 @@ CLIENT_IP: Final = "X-Relay-Client-IP"
 PROTO: Final = "X-Relay-Proto"
 
 
-@dataclass(frozen=True, slots=True)
 class Origin:
     """Who really asked, and whether the request already took its one hop."""
 
-    client_ip: str
-    proto: str
-    hopped: bool
-    via_machine: bool  # forwarded by a peer relay (authenticated)
+    # A plain class, not a dataclass: compiled (relay/hot_path.py), a dataclass keeps the
+    # interpreted __init__ that dataclasses generates, on every request.
+    __slots__ = ("client_ip", "hopped", "proto", "via_machine")
+
+    def __init__(self, *, client_ip: str, proto: str, hopped: bool, via_machine: bool) -> None:
+        self.client_ip = client_ip
+        self.proto = proto
+        self.hopped = hopped
+        self.via_machine = via_machine  # forwarded by a peer relay (authenticated)
 
 
 def resolve_origin(
