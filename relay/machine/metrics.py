@@ -3,9 +3,9 @@
 Hot-path counts (requests by status, body bytes) are plain integers summed in place and
 read by observable instruments at scrape time: an OTel ``Counter.add`` costs ~9 µs, an
 integer increment a few dozen nanoseconds. The request-duration histogram is recorded on
-every request, and OTel's ``Histogram.record`` costs ~6 µs against ~1 µs for
-prometheus_client's, so that one instrument is a prometheus_client histogram in the same
-registry. Rare events use ordinary OTel counters.
+every request, and OTel's ``Histogram.record`` costs ~6 µs (prometheus_client's
+``Histogram.observe`` ~0.7 µs): it is :class:`DurationHistogram`, bucket counts in a list,
+a collector of the same registry. Rare events use ordinary OTel counters.
 
 The registry is the relay's own, not prometheus_client's default one: that one would add
 unprefixed ``process_*``, ``python_gc_*`` and ``python_info`` series. The process figures
@@ -14,17 +14,22 @@ are kept, as ``relay_process_*``. The README's "Metrics" table lists every serie
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter as Tally
-from typing import TYPE_CHECKING
+from itertools import accumulate
+from typing import TYPE_CHECKING, Final
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import HistogramMetricFamily
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+
+    from prometheus_client.metrics_core import Metric
 
 __all__ = ["DRAIN_CUT_CAUSES", "STORE_OPS", "Metrics", "render_prometheus"]
 
@@ -184,16 +189,52 @@ class Metrics:
         self._provider.shutdown()
 
 
-_histograms: dict[str, Histogram] = {}
+class DurationHistogram:
+    """A Prometheus histogram of durations (the buckets above), exported at scrape time.
 
+    Recorded on every request: a bisect and two additions (~0.15 µs), where
+    prometheus_client's ``Histogram.observe`` takes a lock and ~0.7 µs. The exposition is
+    the same: cumulative ``_bucket`` series, ``_count`` and ``_sum``.
+    """
 
-def _histogram(name: str, description: str) -> Histogram:
-    # prometheus_client refuses a second registration of a name; one process may build
-    # Metrics more than once (tests), so reuse the first.
-    if name not in _histograms:
-        _histograms[name] = Histogram(
-            name, description, buckets=_DURATION_BUCKETS, registry=_REGISTRY
+    __slots__ = ("_counts", "_sum", "description", "name")
+
+    def __init__(self, name: str, description: str) -> None:
+        self.name = name
+        self.description = description
+        self._counts = [0] * (len(_DURATION_BUCKETS) + 1)  # the last: above every bound
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one duration."""
+        # bisect_left: a value equal to a bound belongs to that bound's bucket (le).
+        self._counts[bisect_left(_DURATION_BUCKETS, seconds)] += 1
+        self._sum += seconds
+
+    def collect(self) -> Iterable[Metric]:
+        """The histogram as Prometheus reads it (the registry calls this at each scrape)."""
+        cumulative = list(accumulate(self._counts))
+        yield HistogramMetricFamily(
+            self.name,
+            self.description,
+            buckets=list(zip(_BUCKET_LABELS, cumulative, strict=True)),
+            sum_value=self._sum,
         )
+
+
+#: Each bucket's ``le`` label as prometheus_client writes it ("0.0005", "1.0", "+Inf").
+_BUCKET_LABELS: Final = (*(str(float(bound)) for bound in _DURATION_BUCKETS), "+Inf")
+
+_histograms: dict[str, DurationHistogram] = {}
+
+
+def _histogram(name: str, description: str) -> DurationHistogram:
+    # One per name in the registry; one process may build Metrics more than once (tests),
+    # so reuse the first.
+    if name not in _histograms:
+        histogram = DurationHistogram(name, description)
+        _REGISTRY.register(histogram)
+        _histograms[name] = histogram
     return _histograms[name]
 
 

@@ -31,8 +31,8 @@ from relay.tracing import (
     record_status,
     request_span,
 )
-from relay.wire.http1 import HeaderRefused, check_fields
-from relay.wire.protocol import Body, Data, ReqHead, ResetCode, RespHead, header_bytes
+from relay.wire.http1 import HeaderRefused, check_fields, header_bytes
+from relay.wire.protocol import Body, Data, ReqHead, ResetCode, RespHead
 
 if TYPE_CHECKING:
     from relay.machine.state import RelayState

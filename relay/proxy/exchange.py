@@ -32,8 +32,15 @@ from relay.tracing import (
     within,
 )
 from relay.wire.flow import FlowStream
-from relay.wire.http1 import LAST_CHUNK, HeaderRefused, chunk, response_head, status_line
-from relay.wire.protocol import Body, ReqHead, ResetCode, RespHead, header_bytes
+from relay.wire.http1 import (
+    LAST_CHUNK,
+    HeaderRefused,
+    chunk,
+    header_bytes,
+    response_head,
+    status_line,
+)
+from relay.wire.protocol import Body, ReqHead, ResetCode, RespHead
 
 if TYPE_CHECKING:
     import asyncio

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Annotated, Final, TypeVar
 import msgspec
 
 from relay.errors import FrameTooLarge, MalformedFrame
+from relay.wire.http1 import header_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -392,8 +393,3 @@ def _str_subclass(value: object) -> str:
     if isinstance(value, str):
         return str(value)
     raise NotImplementedError(f"cannot encode {type(value).__name__} in a frame")
-
-
-def header_bytes(headers: Headers) -> int:
-    """Size of a header list as HTTP/1.1 would count it (name, value, separators)."""
-    return sum(len(k) + len(v) + 4 for k, v in headers)

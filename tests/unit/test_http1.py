@@ -7,7 +7,14 @@ import random
 import httptools
 import pytest
 
-from relay.wire.http1 import HeaderRefused, chunk, request_head, response_head, status_line
+from relay.wire.http1 import (
+    HeaderRefused,
+    chunk,
+    header_bytes,
+    request_head,
+    response_head,
+    status_line,
+)
 
 
 class Collect:
@@ -194,3 +201,10 @@ def test_random_headers_are_refused_or_read_back_exactly_as_given(side: str):
         assert got[:-1] == [(n, v.lstrip(" \t")) for n, v in headers], repr(headers)
         assert seen.complete == 1
     assert written > 1_000  # the generator also makes headers worth writing
+
+
+def test_header_bytes_counts_what_the_lines_take_on_the_wire():
+    headers = [("content-type", "text/plain"), ("x-empty", ""), ("Set-Cookie", "a=b; Path=/")]
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    assert header_bytes(headers) == len(lines)
+    assert header_bytes([]) == 0
