@@ -99,6 +99,9 @@ async def test_a_quiet_tunnel_sends_at_once_and_a_busy_one_batches_the_turn(side
         assert conn._writer is None
         conn.queue(Ping(2.0))  # same turn, just after a write: these two share a message
         conn.queue(Ping(3.0))
+        await asyncio.sleep(0)  # the turn ends: one write, by a callback, not a task
+        assert conn._writer is None
+        assert conn._flush_handle is None
         assert await frames_per_message(peer, 2) == [1, 2]
         await asyncio.sleep(0.005)  # quiet again (the threshold is 1 ms)
         conn.queue(Ping(4.0))
@@ -137,3 +140,27 @@ async def test_a_cancelled_read_loop_fails_its_streams_and_leaves_no_exception_b
 
     assert await asyncio.create_task(bystander()) is None
     assert sys.exc_info()[0] is None
+
+
+async def test_more_than_a_message_in_one_turn_goes_to_the_writer_task():
+    async with joined() as (pair, client):
+        conn = connection(client)
+        conn.queue(Ping(1.0))  # quiet: out at once; the next frames wait for the turn's end
+        for sid in (1, 2, 3):
+            conn.queue(Data(sid, b"x" * (LIMITS.max_frame // 3)))  # over one message's worth
+        await asyncio.sleep(0)
+        assert conn._writer is not None  # it waits for the socket between messages
+        assert await frames_per_message(pair.server, 3) == [1, 2, 1]
+
+
+async def test_flush_writes_the_turns_frames_before_returning():
+    # close() flushes, then closes the socket: frames of the same turn (a Drain, resets)
+    # must not wait for a callback that would run after the close frame.
+    async with joined() as (pair, client):
+        conn = connection(client)
+        conn.queue(Ping(1.0))
+        conn.queue(Ping(2.0))
+        assert conn._flush_handle is not None
+        await conn.close(1000, "bye")
+        assert await frames_per_message(pair.server, 2) == [1, 1]
+        assert (await pair.server.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
