@@ -7,6 +7,7 @@ import random
 import httptools
 import pytest
 
+from relay.wire import http1
 from relay.wire.http1 import (
     HeaderRefused,
     chunk,
@@ -208,3 +209,16 @@ def test_header_bytes_counts_what_the_lines_take_on_the_wire():
     lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
     assert header_bytes(headers) == len(lines)
     assert header_bytes([]) == 0
+
+
+def test_names_already_checked_are_remembered_within_a_bound():
+    # A peer inventing names fills the set of names known good once; after that, its new
+    # names are still checked (and refused when they are not tokens), never stored.
+    for i in range(3000):
+        response_head(200, [(f"X-Invented-{i}", "1")])
+    assert len(http1._VALID_NAMES) == http1._VALID_NAMES_MAX
+    with pytest.raises(HeaderRefused):
+        response_head(200, [("X-Invented-9999 ", "1")])
+    with pytest.raises(HeaderRefused):
+        response_head(200, [("X-Invented-9999\r\nX-B", "1")])
+    assert "X-Invented-2999" not in http1._VALID_NAMES
