@@ -37,6 +37,7 @@ from relay.wire.protocol import (
     Pong,
     Reset,
     ResetCode,
+    WsMsg,
 )
 from relay.wire.ws_batch import BatchWriter
 
@@ -153,9 +154,9 @@ class TunnelConnection:
         # writer runs only while there is something to send, and the events below are
         # made only when someone waits: an idle tunnel holds no task and no waiter (a
         # relay holds tens of thousands of idle tunnels).
-        # Body frames wait as structs (their chunk is copied once, into the message);
-        # other frames are encoded at once.
-        self._out: list[Data | msgspec.Raw] = []
+        # Body frames and WebSocket messages wait as structs (their bytes are copied once,
+        # into the message); other frames are encoded at once.
+        self._out: list[Data | WsMsg | msgspec.Raw] = []
         self._out_bytes = 0
         self._out_limit = 4 * peer_limits.max_frame  # senders wait beyond this
         self._writer: asyncio.Task[None] | None = None
@@ -201,6 +202,9 @@ class TunnelConnection:
         if type(frame) is Data:
             self._out.append(frame)
             self._out_bytes += len(frame.chunk) + DATA_OVERHEAD
+        elif type(frame) is WsMsg:
+            self._out.append(frame)
+            self._out_bytes += len(frame.payload) + DATA_OVERHEAD
         else:
             raw = msgspec.Raw(self._encode(frame))
             self._out.append(raw)
@@ -292,7 +296,7 @@ class TunnelConnection:
                 self._release_senders()
                 start, size = 0, 0
                 for i, item in enumerate(batch):
-                    n = len(item.chunk) + DATA_OVERHEAD if isinstance(item, Data) else len(item)
+                    n = _queued_size(item)
                     if size + n > limit - 8 and i > start:
                         await send(self.codec.pack(batch[start:i]))
                         start, size = i, 0
@@ -515,3 +519,12 @@ class TunnelConnection:
         if not self.ws.closed:
             # Close reasons are limited to 123 bytes by RFC 6455.
             await self.ws.close(code=code, message=reason.encode()[:123])
+
+
+def _queued_size(item: Data | WsMsg | msgspec.Raw) -> int:
+    """What a queued frame adds to a message, at most (see TunnelConnection.queue)."""
+    if isinstance(item, msgspec.Raw):
+        return len(item)
+    if isinstance(item, Data):
+        return len(item.chunk) + DATA_OVERHEAD
+    return len(item.payload) + DATA_OVERHEAD

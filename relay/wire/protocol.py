@@ -295,7 +295,8 @@ Frame = (
     | Drain
 )
 
-#: Upper bound of a Data frame's encoding beyond its chunk (array, tag, sid, bin header, end).
+#: Upper bound of a Data frame's encoding beyond its chunk (array, tag, sid, bin header, end),
+#: and of a WsMsg's beyond its payload (the same fields).
 DATA_OVERHEAD: Final = 24
 
 OpeningT = TypeVar("OpeningT", Hello, Welcome)

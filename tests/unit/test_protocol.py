@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from relay.errors import FrameTooLarge, MalformedFrame, ProtocolError
 from relay.wire.protocol import (
+    DATA_OVERHEAD,
     STREAM_FRAMES,
     Body,
     Data,
@@ -161,3 +162,12 @@ def test_clamped_limits_never_exceed_ours_and_share_ours_when_equal() -> None:
     got = modest.clamped(ours)
     assert (got.max_frame, got.max_streams, got.initial_window) == (1 << 16, 10, 1 << 16)
     assert got.max_header_bytes == min(modest.max_header_bytes, ours.max_header_bytes)
+
+
+@pytest.mark.parametrize("size", [0, 31, 32, 255, 256, 65535, 65536, 1 << 20])
+def test_data_overhead_bounds_what_a_body_frame_or_websocket_message_adds(size: int):
+    # The tunnel queues these as structs and sizes its messages by this bound.
+    codec = FrameCodec(max_frame=1 << 22)
+    body = b"x" * size
+    for frame in (Data(2**62, body, True), WsMsg(2**62, True, body)):
+        assert len(codec.encode(frame)) - size <= DATA_OVERHEAD
