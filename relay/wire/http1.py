@@ -33,6 +33,7 @@ _TARGET_INVALID: Final = re.compile(r"[\x00-\x20\x7f]")
 # once, and its new names are only checked.
 _VALID_NAMES: Final[set[str]] = set()
 _VALID_NAMES_MAX: Final = 1024
+_VALID_NAME_LENGTH: Final = 64  # longer names are only checked: the set stays small
 
 _STATUS_LINES: Final = {
     int(s): f"HTTP/1.1 {int(s)} {s.phrase}\r\n".encode("latin-1") for s in HTTPStatus
@@ -68,7 +69,7 @@ def _lines(headers: list[tuple[str, str]]) -> bytes:
         if name not in valid:
             if not name or _TOKEN_INVALID.search(name) is not None:
                 raise HeaderRefused("header name is not an HTTP token")
-            if len(valid) < _VALID_NAMES_MAX:
+            if len(valid) < _VALID_NAMES_MAX and len(name) <= _VALID_NAME_LENGTH:
                 valid.add(name)
     try:
         data = "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")

@@ -211,6 +211,12 @@ def test_header_bytes_counts_what_the_lines_take_on_the_wire():
     assert header_bytes([]) == 0
 
 
+def test_long_names_are_checked_but_never_remembered():
+    name = "X-" + "a" * 200
+    response_head(200, [(name, "1")])
+    assert name not in http1._VALID_NAMES
+
+
 def test_names_already_checked_are_remembered_within_a_bound():
     # A peer inventing names fills the set of names known good once; after that, its new
     # names are still checked (and refused when they are not tokens), never stored.
