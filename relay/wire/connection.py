@@ -341,13 +341,18 @@ class TunnelConnection:
             # A peer that stopped reading: say what never left before the socket closes.
             self.log.warning("tunnel.flush_timeout", frames_unsent=len(self._out))
 
-    async def _stop_writer(self) -> None:
+    def _cancel_writes(self) -> None:
+        """Cancel the pending turn's write and the writer task, without waiting."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._writer is not None:
+            self._writer.cancel()
+
+    async def _stop_writer(self) -> None:
+        self._cancel_writes()
         writer = self._writer
         if writer is not None:
-            writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
         # A writer cancelled before its first step never ran its own cleanup.
@@ -400,8 +405,11 @@ class TunnelConnection:
         except TunnelClosed:
             pass  # answering a ping as the tunnel closed: nothing left to do
         except BaseException:
-            # Cancelled (or a bug): wake the streams; the writer ends with the socket.
+            # Cancelled (or a bug): wake the streams, and stop the writer of a closed
+            # socket without waiting for it (it cleans up after itself).
             self.fail_streams(TunnelClosed(f"tunnel closed ({self.close_code})"))
+            if self.ws.closed:
+                self._cancel_writes()
             raise
         if protocol_error is not None:
             self.log.warning(

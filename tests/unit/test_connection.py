@@ -164,3 +164,20 @@ async def test_flush_writes_the_turns_frames_before_returning():
         await conn.close(1000, "bye")
         assert await frames_per_message(pair.server, 2) == [1, 1]
         assert (await pair.server.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
+
+
+async def test_a_cancelled_read_loop_on_a_closed_socket_stops_its_writer():
+    ws = StuckSocket([])
+    conn = connection(ws)
+    conn.queue(Ping(1.0))  # not aiohttp's socket: a writer task, stuck in its send
+    reader = asyncio.create_task(conn.read_loop())
+    await asyncio.sleep(0)
+    writer = conn._writer
+    assert writer is not None
+    ws.closed = True
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    await asyncio.wait_for(asyncio.wait({writer}), 1.0)
+    assert writer.cancelled()
+    assert conn._writer is None
