@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 import aiohttp
 
 from relay.errors import StreamError
+from relay.logs import get_logger
 from relay.wire.protocol import WsClose, WsMsg
 from relay.wire.ws_batch import BatchWriter
 
@@ -104,7 +105,7 @@ async def pump_to_stream(ws: Socket, channel: StreamChannel) -> None:
         # by the other direction, is what the stream is told): they have nowhere to go.
         pass
     except BaseException:
-        outbound.cancel()  # cancelled ourselves: the other direction goes too, at once
+        _abandon(outbound)  # cancelled or failed ourselves: the other direction goes at once
         raise
     finally:
         channel.writer = None
@@ -178,8 +179,29 @@ async def _socket_to_socket(src: Socket, dst: Socket) -> None:
     await dst.close(code=sendable_code(src.close_code))
 
 
+_log: Final = get_logger("ws_pump")
+
 # A direction ends by its socket or stream going away: what it raises then is expected.
 _ENDINGS: Final = (StreamError, aiohttp.ClientError, OSError)
+
+
+def _abandon(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` without waiting for it; what it raised is still looked at.
+
+    It may have ended already with an error of its own, which asyncio would otherwise
+    report as never retrieved, outside the structured log.
+    """
+    task.cancel()
+    task.add_done_callback(_collect)
+
+
+def _collect(task: asyncio.Task[None]) -> None:
+    """Log what an abandoned direction raised, unless it is how directions end."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None and not isinstance(error, _ENDINGS):
+        _log.error("ws_pump.direction_failed", error=repr(error), exc_info=error)
 
 
 async def _wind_down(task: asyncio.Task[None]) -> None:

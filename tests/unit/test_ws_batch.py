@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 import tomllib
@@ -13,6 +14,7 @@ import pytest
 from aiohttp import web
 from packaging.requirements import Requirement
 from structlog import get_logger
+from structlog.testing import capture_logs
 
 from relay.wire import ws_batch
 from relay.wire.channel import StreamChannel
@@ -363,3 +365,45 @@ async def test_a_cancelled_pump_ends_both_directions_and_tells_the_stream() -> N
                 await asyncio.sleep(0)
         assert [f for f in sink.frames if isinstance(f, WsClose)] == [WsClose(1, 1006, "")]
         assert sys.exc_info()[0] is None
+
+
+async def test_a_direction_that_failed_before_the_pump_was_cancelled_is_logged_not_lost() -> None:
+    # A bug in the socket-reading direction leaves its task failed while the other
+    # direction still waits; cancelling the pump then must not leave that error to
+    # asyncio's "Task exception was never retrieved" but put it in the structured log.
+    failed = asyncio.Event()
+
+    class FailingSink(Sink):
+        async def send(self, frame: object) -> None:
+            failed.set()
+            raise ValueError("a bug")
+
+    unretrieved: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    async with joined() as (pair, client):
+        assert pair.server is not None
+        channel = StreamChannel(
+            1,
+            FailingSink(),
+            send_window=4096,
+            recv_window=4096,
+            max_chunk=4096,
+            on_close=lambda _s: None,
+        )
+        with capture_logs() as logs:
+            pump = asyncio.create_task(pump_to_stream(pair.server, channel))
+            await client.send_bytes(b"hello")
+            await asyncio.wait_for(failed.wait(), 5)
+            await asyncio.sleep(0.01)  # the failed direction's task finishes
+            pump.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pump
+            await asyncio.sleep(0)  # the abandoned task's done callback runs
+        del pump
+        gc.collect()
+    loop.set_exception_handler(None)
+    failures = [entry for entry in logs if entry["event"] == "ws_pump.direction_failed"]
+    assert len(failures) == 1
+    assert "a bug" in str(failures[0]["error"])
+    assert unretrieved == []
