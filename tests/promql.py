@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
+
+import pytest
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 ALERTS = DEPLOY / "alerts.yml"
@@ -15,6 +18,14 @@ _KEYWORDS = frozenset(
     | {"group_left", "group_right", "inf", "nan"}
 )
 _IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+
+
+def promtool() -> str:
+    """The promtool binary (scripts/ensure-test-deps.sh installs it)."""
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool is not installed: run scripts/ensure-test-deps.sh (make test does)")
+    return path
 
 
 def alert_expressions() -> list[str]:

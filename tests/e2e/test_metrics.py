@@ -8,13 +8,14 @@ import json
 import re
 import signal
 import socket
+import subprocess
 
 import aiohttp
 import httpx
 import pytest
 
 from tests.e2e.harness import METRICS_TOKEN, free_port, wait_until
-from tests.promql import alert_expressions, dashboard_expressions, metric_names, samples
+from tests.promql import alert_expressions, dashboard_expressions, metric_names, promtool, samples
 
 pytestmark = pytest.mark.e2e
 
@@ -208,6 +209,12 @@ async def test_every_series_deploy_reads_is_exported_by_a_live_relay(cluster, up
         assert types.get(name) or types.get(family), (name, types)
         if name.endswith("_total"):
             assert "counter" in {types.get(name), types.get(family)}, name
+    # Prometheus's own parser and linter read the whole exposition (the request-duration
+    # histogram is the relay's own collector, not prometheus_client's).
+    checked = subprocess.run(
+        [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 async def test_a_drain_cut_short_is_counted_before_the_relay_exits(cluster, upstream):

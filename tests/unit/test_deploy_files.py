@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-
-import pytest
 
 from tests.promql import (
     ALERTS,
@@ -15,14 +12,8 @@ from tests.promql import (
     alert_expressions,
     dashboard_expressions,
     metric_names,
+    promtool,
 )
-
-
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool is not installed: run scripts/ensure-test-deps.sh (make test does)")
-    return path
 
 
 def test_promtool_accepts_the_alert_rules():
