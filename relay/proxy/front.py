@@ -339,13 +339,13 @@ class ClientConnection(asyncio.Protocol):
             tunnel = None if slug is None else self.front.state.tunnels.by_slug.get(slug)
             if slug is not None and not parser.should_upgrade():
                 if tunnel is not None:
-                    self._start(slug, host or "")
+                    self._start(slug, host or "", version)
                     return
                 if self.front.replays and self._bodiless():
                     # Held elsewhere, unknown or offline: a replay, 404 or 503 from here,
                     # and the connection stays open (Fly's proxy sends most of a fleet's
                     # requests to a machine that does not hold the host).
-                    self._start(slug, host or "", elsewhere=True)
+                    self._start(slug, host or "", version, elsewhere=True)
                     return
             self._handoff = []
             # An agent's upgrade (its path is checked below): the connection becomes its
@@ -367,7 +367,7 @@ class ClientConnection(asyncio.Protocol):
             # The path as aiohttp routes it: absolute-form too, without query or fragment.
             self._handoff_tunnel = target.partition("?")[0].partition("#")[0] == TUNNEL_PATH
         lines = [f"{name}: {value}\r\n" for name, value in self._headers]
-        head = f"{method} {target} HTTP/{parser.get_http_version()}\r\n"
+        head = f"{method} {target} HTTP/{version}\r\n"
         self._handoff.append((head + "".join(lines) + "\r\n").encode("latin-1"))
 
     def on_body(self, body: bytes) -> None:
@@ -401,7 +401,7 @@ class ClientConnection(asyncio.Protocol):
             self._wanted
         )
 
-    def _start(self, slug: str, host: str, *, elsewhere: bool = False) -> None:
+    def _start(self, slug: str, host: str, version: str, *, elsewhere: bool = False) -> None:
         parser = self.parser
         wanted = self._wanted
         method = parser.get_method().decode("latin-1")
@@ -416,7 +416,7 @@ class ClientConnection(asyncio.Protocol):
             wanted=wanted,
             host=host,
             slug=slug,
-            http11=parser.get_http_version() == "1.1",
+            http11=version == "1.1",
             keep_alive=parser.should_keep_alive(),
             length=int(length_text) if length_text is not None else None,
             chunked="chunked" in wanted.get(b"transfer-encoding", "").lower(),
