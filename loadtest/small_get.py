@@ -99,14 +99,27 @@ def measure(
         rss0 = rss_kib(s.relay.pid)
         pids = {"relay": s.relay.pid, "agent": s.agent.pid, "upstream": s.upstream.pid}
         budget = CpuBudget(pids, client="children")  # the client: wrk; summed over turns
-        for _ in range(turns):
+        if verbose:
+            print(
+                f"small GET, {turns} turns of wrk -t1 -c{connections} -d{seconds:g}s:", flush=True
+            )
+        for turn in range(1, turns + 1):
             direct.append(wrk(s.direct_url + "/", seconds, connections)[0])
-            with budget:
+            with budget, CpuBudget(pids, client="children") as this_turn:
                 rps, n = wrk(s.relay_url + "/", seconds, connections, s.host_header)
             relayed.append(rps)
             relayed_n += n
             if forwarded:
                 reference.append(wrk(forwarded + "/", seconds, connections)[0])
+            if verbose:
+                # As it goes: a run cut short (a time limit) still says something.
+                cpu = this_turn.per_unit(n, 1e6)
+                print(
+                    f"  turn {turn}: direct {direct[-1]:.0f} req/s, relayed {rps:.0f} req/s"
+                    f" ({rps / direct[-1]:.2f}); relay {cpu['relay']:.1f} us/request,"
+                    f" agent {cpu['agent']:.1f} us/request",
+                    flush=True,
+                )
         rss1 = rss_kib(s.relay.pid)
         cpu_us = budget.per_unit(relayed_n, 1e6)
         latency = open_loop(
