@@ -99,12 +99,15 @@ async def test_a_quiet_tunnel_sends_at_once_and_a_busy_one_batches_the_turn(side
         assert conn._writer is None
         conn.queue(Ping(2.0))  # same turn, just after a write: these two share a message
         conn.queue(Ping(3.0))
-        await asyncio.sleep(0)  # the turn ends: one write, by a callback, not a task
+        await asyncio.sleep(0)  # the turn ends; the write waits one turn more
+        assert conn._flush_handle is not None
+        conn.queue(Ping(4.0))  # what the next turn brings joins the message
+        await asyncio.sleep(0)  # that turn ends: one write, by a callback, not a task
         assert conn._writer is None
         assert conn._flush_handle is None
-        assert await frames_per_message(peer, 2) == [1, 2]
+        assert await frames_per_message(peer, 2) == [1, 3]
         await asyncio.sleep(0.005)  # quiet again (the threshold is 1 ms)
-        conn.queue(Ping(4.0))
+        conn.queue(Ping(5.0))
         assert await frames_per_message(peer, 1) == [1]
 
 
@@ -153,13 +156,17 @@ async def test_more_than_a_message_in_one_turn_goes_to_the_writer_task():
         assert await frames_per_message(pair.server, 3) == [1, 2, 1]
 
 
-async def test_flush_writes_the_turns_frames_before_returning():
+@pytest.mark.parametrize("turns", [0, 1])
+async def test_flush_writes_the_turns_frames_before_returning(turns: int):
     # close() flushes, then closes the socket: frames of the same turn (a Drain, resets)
-    # must not wait for a callback that would run after the close frame.
+    # must not wait for a callback that would run after the close frame, whether the
+    # turn's write was still due or already waiting its turn more.
     async with joined() as (pair, client):
         conn = connection(client)
         conn.queue(Ping(1.0))
         conn.queue(Ping(2.0))
+        for _ in range(turns):
+            await asyncio.sleep(0)
         assert conn._flush_handle is not None
         await conn.close(1000, "bye")
         assert await frames_per_message(pair.server, 2) == [1, 1]
