@@ -677,3 +677,116 @@ async def test_empty_websocket_messages_to_a_client_that_never_reads_reset_their
             writer.close()
         # Only that stream went: the tunnel still answers pings.
         await assert_tunnel_answers_pings(ws, 3.5)
+
+
+async def test_a_pipelined_requests_body_is_not_read_until_its_turn(cluster, upstream):
+    """A request waiting behind one in flight has its body left unread (in the kernel's
+    buffers, then the client's), not piled up in the relay; it is served in its turn."""
+    relay, host, _ = await connected(cluster, upstream)
+    name = f"{host['slug']}.localhost"
+    size = 64 * 1024 * 1024
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    sent = 0
+
+    async def upload() -> None:
+        nonlocal sent
+        writer.write(
+            f"GET /delay?s=2 HTTP/1.1\r\nHost: {name}\r\n\r\n"
+            f"POST /digest HTTP/1.1\r\nHost: {name}\r\nContent-Length: {size}\r\n\r\n".encode()
+        )
+        piece = pattern_bytes(size)
+        for at in range(0, size, 64 * 1024):
+            writer.write(piece[at : at + 64 * 1024])
+            await writer.drain()
+            sent = at + 64 * 1024
+
+    try:
+        uploading = asyncio.create_task(upload())
+        await asyncio.sleep(1.5)  # while the first request is in flight
+        assert sent < 24 * 1024 * 1024, f"{sent} bytes of the waiting body were taken"
+        first = await read_response(reader)
+        assert first.startswith(b"HTTP/1.1 200 "), first
+        await asyncio.wait_for(uploading, 30)
+        second = await read_response(reader)
+        assert second.startswith(b"HTTP/1.1 200 "), second
+        digest = json.loads(second.split(b"\r\n\r\n", 1)[1])
+        assert digest == {"size": size, "sha256": hashlib.sha256(pattern_bytes(size)).hexdigest()}
+    finally:
+        writer.close()
+
+
+async def test_a_pipelined_handoffs_body_is_not_read_until_its_turn(cluster, upstream):
+    """Likewise a request for the relay's own app queued behind host traffic."""
+    relay, host, _ = await connected(cluster, upstream)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    sent = 0
+
+    async def upload() -> None:
+        nonlocal sent
+        writer.write(
+            f"GET /delay?s=2 HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n\r\n"
+            "POST /api/hosts HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Length: 536870912\r\n\r\n".encode()
+        )
+        piece = b"x" * (64 * 1024)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(400):  # 25 MiB at most
+                writer.write(piece)
+                await writer.drain()
+                sent += len(piece)
+
+    try:
+        uploading = asyncio.create_task(upload())
+        await asyncio.sleep(1.5)
+        assert sent < 24 * 1024 * 1024, f"{sent} bytes of the waiting body were taken"
+        first = await read_response(reader)
+        assert first.startswith(b"HTTP/1.1 200 "), first
+        uploading.cancel()
+    finally:
+        writer.close()
+    await wait_until(relay.healthy, what="relay still healthy")
+
+
+async def test_trailer_fields_are_bounded_like_a_head_and_never_become_headers(cluster, upstream):
+    relay, host, _ = await connected(cluster, upstream)
+    name = f"{host['slug']}.localhost"
+    chunked = "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+    # A trailer section over the header limit is refused like an oversized head: its
+    # fields would otherwise pile up in the relay for as long as the client sends them.
+    # (200 KiB of many fields, then one field that never ends.)
+    for trailer in (
+        [f"X-T{i}: {'v' * 1000}\r\n".encode() for i in range(200)],
+        [b"X-T: "] + [b"v" * 1024] * 200,
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        answer = b""
+        try:
+            writer.write(f"POST /digest HTTP/1.1\r\nHost: {name}\r\n{chunked}".encode())
+            with contextlib.suppress(ConnectionError):
+                for piece in trailer:
+                    writer.write(piece)
+                    await writer.drain()
+                # The relay answers, then closes with our bytes unread (a reset may
+                # overtake its answer): the metric below counts what was refused.
+                answer = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    refused = await relay.metric("relay_proxy_errors_total", reason="headers_too_large")
+    assert refused == 2
+    # Small trailers pass, dropped: not merged into the head of a request that waited
+    # behind another (its header list was still being read into).
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    try:
+        writer.write(
+            f"GET /delay?s=0.3 HTTP/1.1\r\nHost: {name}\r\n\r\n"
+            f"POST /headers HTTP/1.1\r\nHost: {name}\r\n{chunked}X-Trailer: sneaked\r\n\r\n"
+            f"GET /hello HTTP/1.1\r\nHost: {name}\r\n\r\n".encode()
+        )
+        answers = [await read_response(reader) for _ in range(3)]
+    finally:
+        writer.close()
+    assert [a.split(b" ", 2)[1] for a in answers] == [b"200", b"200", b"200"]
+    seen = json.loads(answers[1].split(b"\r\n\r\n", 1)[1])["headers"]
+    assert not [k for k in seen if k.lower() == "x-trailer"], seen
+    assert answers[2].endswith(b"hello from upstream")
