@@ -292,6 +292,9 @@ class ClientConnection(asyncio.Protocol):
         self.front.connections.discard(self)
         while self.exchanges:
             self.exchanges.popleft().client_gone()
+        if self.transport is not None:  # else handed off, which broke the cycle already
+            self.transport = None
+            del self.parser
 
     def pause_writing(self) -> None:  # noqa: D102
         self.write_paused = True
