@@ -11,6 +11,7 @@
     ├── StreamError                one stream failed; the tunnel lives on
     │   ├── StreamReset            the peer (or we) reset the stream
     │   ├── StreamRefused          no room for another stream on this tunnel
+    │   │   └── TunnelBacklogged   its agent is not taking what is queued for it
     │   └── TunnelClosed           the tunnel went away under the stream
     ├── PeerError                  an HTTP peer (relay machine, local service) failed
     │   ├── PeerUnreachable        nothing was sent: connect refused or dropped
@@ -50,6 +51,7 @@ __all__ = [
     "StreamRefused",
     "StreamReset",
     "StreamStateError",
+    "TunnelBacklogged",
     "TunnelClosed",
     "peer_errors",
 ]
@@ -122,6 +124,15 @@ class StreamRefused(StreamError):
 
     http_status = 503
     code = "too_many_streams"
+
+
+class TunnelBacklogged(StreamRefused):
+    """Too much waits to be sent to the tunnel's agent (it stopped reading, or is slow).
+
+    A new stream's head would only add to what waits: refused until the queue drains.
+    """
+
+    code = "tunnel_backlogged"
 
 
 class TunnelClosed(StreamError):

@@ -54,6 +54,10 @@ __all__ = ["StreamEndpoint", "TunnelConnection", "WebSocketLike"]
 # loadtest.download (2 cores): 64 KiB messages of 64 KiB chunks 470-530 MB/s, 256 KiB of
 # 128 KiB 550-680 MB/s; 1 MiB messages made transfers stop and wait.
 _MESSAGE_TARGET = 256 * 1024
+# New streams are refused while more than this many times the send queue's limit waits:
+# body sources pause at the limit, but each stream's head goes in regardless, and a
+# stream whose client left is forgotten at once while its frames still wait.
+_BACKLOG = 4
 # A tunnel that wrote nothing for this long is quiet: its next frame goes out at once
 # rather than after the event-loop turn (see TunnelConnection.queue).
 _QUIET = 0.001
@@ -185,6 +189,11 @@ class TunnelConnection:
     def congested(self) -> bool:
         """More is queued than the peer should be sent at once: producers should pause."""
         return self._out_bytes > self._out_limit
+
+    @property
+    def backlogged(self) -> bool:
+        """So much is queued that no new stream should add to it (its peer is not reading)."""
+        return self._out_bytes > _BACKLOG * self._out_limit
 
     def when_room(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the writer takes the queue (or the tunnel closes)."""

@@ -822,3 +822,41 @@ async def test_closed_client_connections_are_freed_at_once(cluster, upstream):
     # Rounds after the first reuse its memory (~12 MiB more a round when connections leaked).
     grown_mib = (after[-1] - after[0]) / 1024
     assert grown_mib < 10, grown_mib
+
+
+async def test_requests_to_an_agent_that_stopped_reading_are_refused_not_queued(cluster):
+    """Each request's head waits in the tunnel's queue, and a request whose client left
+    frees its stream at once: without a bound on new streams, clients opening requests
+    and leaving grew the queue of an agent that stopped reading (200+ MiB in 2 s) until
+    it was found silent (30 s by default)."""
+    relay = await cluster.relay("--ping-interval", "10")  # not found silent meanwhile
+    host = await relay.add_host("deaf")
+    async with raw_agent(relay, host["token"]) as ws:  # never reads after the Welcome
+        await next_frames(ws)
+        await wait_held(relay, host["slug"])
+        rss_before = relay.proc.rss_kib()
+        big = "".join(f"X-Big{i}: {'v' * 8000}\r\n" for i in range(7))
+        request = (
+            f"POST /x HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n{big}"
+            "Content-Length: 16000\r\n\r\n"
+        ).encode() + b"b" * 16000
+        answers: list[bytes] = []
+        deadline = asyncio.get_running_loop().time() + 3
+
+        async def client() -> None:
+            while asyncio.get_running_loop().time() < deadline:
+                reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+                writer.write(request)
+                with contextlib.suppress(TimeoutError):
+                    answers.append(await asyncio.wait_for(reader.read(4096), 0.01))
+                writer.transport.abort()  # and leave
+
+        await asyncio.gather(*(client() for _ in range(20)))
+        grown_mib = (relay.proc.rss_kib() - rss_before) / 1024
+        assert grown_mib < 60, grown_mib
+        refused = [a for a in answers if a.startswith(b"HTTP/1.1 503 ")]
+        assert refused, answers[:3]
+        assert b'"code":"tunnel_backlogged"' in refused[0].replace(b" ", b"")
+        assert b"Retry-After: 1" in refused[0]
+        assert not ws.closed
+    assert await relay.metric("relay_proxy_errors_total", reason="stream_refused") > 0
