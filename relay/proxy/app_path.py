@@ -200,6 +200,11 @@ async def _proxy_http(
         if not isinstance(first, RespHead):
             await channel.reset(ResetCode.INTERNAL, "expected a response head")
             return json_error(502, "upstream_error", f"agent sent {type(first).__name__} first")
+        if first.status < 200:
+            # The agent skips interim answers: aiohttp would write this one as the response.
+            await channel.reset(ResetCode.INTERNAL, "interim status as a final response")
+            state.metrics.proxy_errors.add(1, {"reason": "upstream_error"})
+            return json_error(502, "upstream_error", "the host's service sent no final status")
         return await _send_response(state, request, channel, first, head_only=head.method == "HEAD")
     except StreamReset as exc:
         state.metrics.proxy_errors.add(1, {"reason": "reset"})
