@@ -102,12 +102,18 @@ class StreamError(RelayError):
     code = "stream_error"
 
 
+_MAX_REASON = 200  # characters of a reset's reason kept
+
+
 class StreamReset(StreamError):
     """The stream was reset; ``reset_code`` says why (see ``protocol.ResetCode``)."""
 
     code = "stream_reset"
 
     def __init__(self, reset_code: int, reason: str = "") -> None:
+        # Often a peer's words, from a Reset frame: what reaches logs and error answers
+        # is bounded (the frame limit alone would let each request log a megabyte).
+        reason = reason[:_MAX_REASON]
         super().__init__(f"stream reset (code {reset_code}){': ' + reason if reason else ''}")
         self.reset_code = reset_code
         self.reason = reason

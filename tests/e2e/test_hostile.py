@@ -878,3 +878,19 @@ async def test_an_interim_status_as_the_answer_gets_502_on_aiohttps_path(cluster
         assert response.startswith(b"HTTP/1.1 502 "), response
         assert b"no final status" in response
         await assert_tunnel_answers_pings(ws, 4.5)
+
+
+async def test_a_reset_reason_from_the_agent_is_bounded_in_answers_and_logs(cluster):
+    async with held_by_raw_agent(cluster, "wordy") as (relay, host, ws):
+        request = f"GET /x HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n\r\n".encode()
+        answer = asyncio.create_task(answer_to(relay.port, request))
+        heads: list = []
+        while not heads:
+            heads = [f for f in await next_frames(ws) if isinstance(f, ReqHead)]
+        reason = "r" * 900_000  # a megabyte a request, logged and answered
+        await ws.send_bytes(CODEC.message(Reset(heads[0].sid, ResetCode.TOO_LARGE, reason)))
+        response = await answer
+        assert response.startswith(b"HTTP/1.1 413 "), response[:100]
+        assert len(response) < 2000, len(response)
+        await assert_tunnel_answers_pings(ws, 5.5)
+    assert max(len(line) for line in relay.proc.log().splitlines()) < 5000
