@@ -25,6 +25,7 @@ from relay.wire.protocol import (
     RespHead,
     Welcome,
     WsAccept,
+    WsClose,
     WsMsg,
     WsOpen,
 )
@@ -894,3 +895,23 @@ async def test_a_reset_reason_from_the_agent_is_bounded_in_answers_and_logs(clus
         assert len(response) < 2000, len(response)
         await assert_tunnel_answers_pings(ws, 5.5)
     assert max(len(line) for line in relay.proc.log().splitlines()) < 5000
+
+
+async def test_a_long_close_reason_from_the_agent_is_cut_between_characters(cluster):
+    async with held_by_raw_agent(cluster, "closer") as (relay, host, ws):
+        async with aiohttp.ClientSession() as s:
+            connect = asyncio.create_task(
+                s.ws_connect(f"{relay.url}/ws", headers={"Host": f"{host['slug']}.localhost"})
+            )
+            opens: list = []
+            while not opens:
+                opens = [f for f in await next_frames(ws) if isinstance(f, WsOpen)]
+            await ws.send_bytes(CODEC.message(WsAccept(opens[0].sid)))
+            client = await connect
+            # 400 bytes of two-byte characters: cut at RFC 6455's 123 bytes, mid-character,
+            # the client failed the connection over invalid UTF-8 (1007) and lost the code.
+            await ws.send_bytes(CODEC.message(WsClose(opens[0].sid, 4000, "\u00e9" * 200)))
+            msg = await client.receive(timeout=5)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4000), msg
+            assert msg.extra == "\u00e9" * 61
+        await assert_tunnel_answers_pings(ws, 6.5)
