@@ -915,3 +915,28 @@ async def test_a_long_close_reason_from_the_agent_is_cut_between_characters(clus
             assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4000), msg
             assert msg.extra == "\u00e9" * 61
         await assert_tunnel_answers_pings(ws, 6.5)
+
+
+async def test_a_ping_flood_from_an_agent_that_never_reads_stays_bounded(cluster):
+    """Each ping is answered, and an agent that does not read stops being read once the
+    answers fill the queue: the queue counts what a queued pong costs in memory (~100
+    bytes), not only its 11 encoded bytes (then the bound let ~100 MiB of pongs wait)."""
+    relay = await cluster.relay("--ping-interval", "10")  # not found silent meanwhile
+    host = await relay.add_host("pingy")
+    async with raw_agent(relay, host["token"]) as ws:  # never reads after the Welcome
+        await next_frames(ws)
+        await wait_held(relay, host["slug"])
+        rss_before = relay.proc.rss_kib()
+        flood = CODEC.message(*[Ping(1.0)] * 95_000)  # a megabyte of pings a message
+
+        async def send() -> None:
+            for _ in range(30):
+                await ws.send_bytes(flood)
+
+        sending = asyncio.create_task(send())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(sending), 3)  # it stops being read
+        sending.cancel()
+        grown_mib = (relay.proc.rss_kib() - rss_before) / 1024
+        assert grown_mib < 64, grown_mib
+    await wait_until(relay.healthy, what="relay still healthy")
