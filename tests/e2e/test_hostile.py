@@ -940,3 +940,36 @@ async def test_a_ping_flood_from_an_agent_that_never_reads_stays_bounded(cluster
         grown_mib = (relay.proc.rss_kib() - rss_before) / 1024
         assert grown_mib < 64, grown_mib
     await wait_until(relay.healthy, what="relay still healthy")
+
+
+async def test_a_small_body_that_comes_late_or_never_costs_no_other_stream(cluster, upstream):
+    """A small body rides in its head frame, held until the body is all here: a stream
+    whose id the agent has not seen yet. Its client leaving sent the agent a Reset for a
+    stream never opened, and a stream opened meanwhile went out first, so the held head
+    came with an id lower than one already used: either closed the tunnel (4004)."""
+    relay, host, agent = await connected(cluster, upstream)
+    name = f"{host['slug']}.localhost"
+    head = f"POST /digest HTTP/1.1\r\nHost: {name}\r\nContent-Length: 1000\r\n\r\n".encode()
+    # Its client leaves with the body half sent.
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(head + b"x" * 500)
+    await writer.drain()
+    async with relay.client(host["slug"]) as c:
+        assert (await c.get("/hello")).status_code == 200  # the head was held meanwhile
+    writer.transport.abort()
+    # Another request is opened and served while the body is still coming.
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    try:
+        writer.write(head + b"x" * 500)
+        await writer.drain()
+        async with relay.client(host["slug"]) as c:
+            assert (await c.get("/hello")).status_code == 200
+        writer.write(b"x" * 500)
+        answer = await read_response(reader)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["size"] == 1000
+    finally:
+        writer.close()
+    async with relay.client(host["slug"]) as c:
+        assert (await c.get("/hello")).status_code == 200
+    assert "agent.disconnected" not in agent.log()
