@@ -11,6 +11,7 @@
     ├── StreamError                one stream failed; the tunnel lives on
     │   ├── StreamReset            the peer (or we) reset the stream
     │   ├── StreamRefused          no room for another stream on this tunnel
+    │   │   └── TunnelBacklogged   its agent is not taking what is queued for it
     │   └── TunnelClosed           the tunnel went away under the stream
     ├── PeerError                  an HTTP peer (relay machine, local service) failed
     │   ├── PeerUnreachable        nothing was sent: connect refused or dropped
@@ -50,6 +51,7 @@ __all__ = [
     "StreamRefused",
     "StreamReset",
     "StreamStateError",
+    "TunnelBacklogged",
     "TunnelClosed",
     "peer_errors",
 ]
@@ -100,12 +102,18 @@ class StreamError(RelayError):
     code = "stream_error"
 
 
+_MAX_REASON = 200  # characters of a reset's reason kept
+
+
 class StreamReset(StreamError):
     """The stream was reset; ``reset_code`` says why (see ``protocol.ResetCode``)."""
 
     code = "stream_reset"
 
     def __init__(self, reset_code: int, reason: str = "") -> None:
+        # Often a peer's words, from a Reset frame: what reaches logs and error answers
+        # is bounded (the frame limit alone would let each request log a megabyte).
+        reason = reason[:_MAX_REASON]
         super().__init__(f"stream reset (code {reset_code}){': ' + reason if reason else ''}")
         self.reset_code = reset_code
         self.reason = reason
@@ -122,6 +130,15 @@ class StreamRefused(StreamError):
 
     http_status = 503
     code = "too_many_streams"
+
+
+class TunnelBacklogged(StreamRefused):
+    """Too much waits to be sent to the tunnel's agent (it stopped reading, or is slow).
+
+    A new stream's head would only add to what waits: refused until the queue drains.
+    """
+
+    code = "tunnel_backlogged"
 
 
 class TunnelClosed(StreamError):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from relay.errors import ProtocolError, StreamRefused
+from relay.errors import ProtocolError, StreamRefused, TunnelBacklogged
 from relay.wire.connection import TunnelConnection, WebSocketLike
 from relay.wire.protocol import CloseCode, Drain, Ping
 
@@ -95,11 +95,20 @@ class Tunnel(TunnelConnection):
         )
 
     def allocate_sid(self) -> int:
-        """A new stream id toward the agent; refused at the stream limit or when closing."""
+        """A new stream id toward the agent.
+
+        Refused at the stream limit, when closing, and while the agent is not taking
+        what waits for it (every head would wait too: clients that open requests and
+        leave could grow the queue without bound until the agent is found silent).
+        """
         if self.close_code is not None:
             raise StreamRefused("tunnel is closing")
         if len(self.streams) >= self.max_streams:
             raise StreamRefused(f"tunnel at its limit of {self.max_streams} concurrent streams")
+        if self.backlogged:
+            raise TunnelBacklogged(
+                f"the host's agent is not keeping up ({self._out_bytes >> 20} MiB wait for it)"
+            )
         sid = self.next_sid
         self.next_sid = sid + 1
         return sid

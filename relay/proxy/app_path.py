@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = ["proxy_request"]
 
-_INLINE_BODY = 16 * 1024  # small request bodies ride in the head frame
-
 
 async def proxy_request(state: RelayState, request: web.Request, slug: str) -> web.StreamResponse:
     """Serve one client request for ``slug`` through its tunnel (in a span when tracing)."""
@@ -200,6 +198,11 @@ async def _proxy_http(
         if not isinstance(first, RespHead):
             await channel.reset(ResetCode.INTERNAL, "expected a response head")
             return json_error(502, "upstream_error", f"agent sent {type(first).__name__} first")
+        if first.status < 200:
+            # The agent skips interim answers: aiohttp would write this one as the response.
+            await channel.reset(ResetCode.INTERNAL, "interim status as a final response")
+            state.metrics.proxy_errors.add(1, {"reason": "upstream_error"})
+            return json_error(502, "upstream_error", "the host's service sent no final status")
         return await _send_response(state, request, channel, first, head_only=head.method == "HEAD")
     except StreamReset as exc:
         state.metrics.proxy_errors.add(1, {"reason": "reset"})
@@ -251,21 +254,9 @@ async def _send_request(
         head = ReqHead(channel.sid, request.method, request.raw_path, headers, trace=trace)
         await channel.send(head)
         return head, None
-    if length is not None and length <= _INLINE_BODY:
-        body = await request.content.readexactly(length)
-        head = ReqHead(
-            channel.sid,
-            request.method,
-            request.raw_path,
-            headers,
-            Body.SIZED,
-            length,
-            trace,
-            body,
-            end=True,
-        )
-        await channel.send(head)
-        return head, None
+    # No small body inline here (the fast path does that): waiting for it between taking
+    # the stream's id and sending its head let later streams go out first, and the agent
+    # takes stream ids in increasing order only (this path is rare: upgrade requests).
     kind = Body.SIZED if length is not None else Body.CHUNKED
     head = ReqHead(
         channel.sid,

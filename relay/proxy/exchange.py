@@ -389,6 +389,19 @@ class ClientExchange(FlowStream):
         self._answer_error(status, code, message)
         return True
 
+    def reset(self, code: ResetCode, reason: str = "") -> None:
+        """Abort the stream and tell the agent (once); forgets it.
+
+        Quietly while the head is held for its body: the agent never heard of the
+        stream, and a Reset for a stream it has not seen opened breaks the protocol.
+        """
+        if self._head is not None:
+            self._head = None
+            self.state.on_reset()
+            self.close()
+            return
+        super().reset(code, reason)
+
     def client_writable(self) -> None:
         """The client's socket drained: grant the credit held back meanwhile."""
         if self._unacked and self.tunnel is not None:
@@ -403,11 +416,29 @@ class ClientExchange(FlowStream):
     def _send_inline(self) -> None:
         head = self._head
         assert head is not None  # noqa: S101 - set with _body_inline
+        self._head = None
         body = b"".join(self._body)
         self._body = []
+        tunnel = self.tunnel
+        assert tunnel is not None  # noqa: S101 - set with _head
+        sid = head.sid
+        if sid != tunnel.next_sid - 1:
+            # Streams opened since went out first, and the agent takes stream ids in
+            # increasing order only: this one, never announced, takes a new id.
+            tunnel.forget(sid)
+            try:
+                sid = tunnel.allocate_sid()
+            except StreamRefused as exc:
+                self.state.on_reset()
+                self.client.state.metrics.proxy_errors.add(1, {"reason": "stream_refused"})
+                self._answer_error(exc.http_status, exc.code, str(exc), retry=1)
+                return
+            self.sid = sid
+            self.state.sid = sid
+            tunnel.streams[sid] = self
         self.send(
             ReqHead(
-                head.sid,
+                sid,
                 head.method,
                 head.target,
                 head.headers,

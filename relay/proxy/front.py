@@ -199,6 +199,7 @@ class ClientConnection(asyncio.Protocol):
         "_pipelined",
         "_read_pauses",
         "_since",
+        "_trailing",
         "_url",
         "_wanted",
         "exchanges",
@@ -229,6 +230,9 @@ class ClientConnection(asyncio.Protocol):
         # A new connection waits for its first head: header_timeout applies from now.
         self._in_head = True
         self._since = front.loop.time()  # idle since, or head started at
+        # After a chunk-size line, until its data: the last chunk's trailer section may
+        # follow, bounded like a head (httptools holds a field until it ends).
+        self._trailing = False
         # Bytes for aiohttp once the connection is handed off (None: still ours).
         self._handoff: list[bytes] | None = None
         self._handoff_chunked = False
@@ -247,7 +251,7 @@ class ClientConnection(asyncio.Protocol):
         self.front.connections.add(self)
 
     def data_received(self, data: bytes) -> None:  # noqa: D102
-        if self._in_head:
+        if self._in_head or self._trailing:
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -269,12 +273,17 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse(400, "bad_request", f"malformed request: {exc}")
             return
-        if self._in_head and self._head_bytes > self.front.state.config.max_header_bytes + 1024:
+        if (self._in_head or self._trailing) and (
+            self._head_bytes > self.front.state.config.max_header_bytes + 1024
+        ):
             # A header still being received (httptools holds it until it ends).
             self._refuse(431, "headers_too_large", "request headers exceed the relay's limit")
             return
-        if self._handoff is not None and not self.exchanges:
-            self._hand_off()
+        if self._handoff is not None:
+            if not self.exchanges:
+                self._hand_off()
+            else:
+                self._hold()  # its body waits behind the requests in flight, unread
 
     def eof_received(self) -> bool | None:  # noqa: D102
         return None  # close our side too: a client that stops sending has gone
@@ -283,6 +292,9 @@ class ClientConnection(asyncio.Protocol):
         self.front.connections.discard(self)
         while self.exchanges:
             self.exchanges.popleft().client_gone()
+        if self.transport is not None:  # else handed off, which broke the cycle already
+            self.transport = None
+            del self.parser
 
     def pause_writing(self) -> None:  # noqa: D102
         self.write_paused = True
@@ -310,7 +322,9 @@ class ClientConnection(asyncio.Protocol):
             raise _Refused(414, "uri_too_long", "request target exceeds the relay's limit")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """One complete header."""
+        """One complete header (a trailer field is dropped: never merged into the head)."""
+        if self._trailing:
+            return
         low = name.lower()
         decoded = value.decode("latin-1")
         if low in _WANTED:
@@ -372,6 +386,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         """Request body bytes (de-chunked by the parser)."""
+        self._trailing = False  # a chunk's data: not the last chunk
         if self._handoff is not None:
             self._handoff.append(chunk(body) if self._handoff_chunked else body)
         elif self.exchanges:  # empty: answered early and closing
@@ -386,11 +401,15 @@ class ClientConnection(asyncio.Protocol):
         if not self.exchanges:
             return  # answered early and closing
         self.exchanges[-1].client_end()
-        if len(self.exchanges) > 1 and not self._pipelined:
-            # Pipelined requests wait their turn; so does reading more of them (one
-            # pause for all of them, undone when the last one waiting starts).
-            self._pipelined = True
-            self.pause_reading()
+
+    def on_chunk_header(self) -> None:
+        """A chunk-size line: the last chunk's trailer section may follow."""
+        self._trailing = True
+        self._head_bytes = 0
+
+    def on_chunk_complete(self) -> None:
+        """A chunk ended (the last one after its trailer section)."""
+        self._trailing = False
 
     # -- serving -------------------------------------------------------------------------
 
@@ -427,6 +446,18 @@ class ClientConnection(asyncio.Protocol):
         self.exchanges.append(exchange)
         if len(self.exchanges) == 1:
             exchange.start()
+        else:
+            self._hold()  # its body waits behind the requests in flight, unread
+
+    def _hold(self) -> None:
+        """A pipelined request waits its turn: so does reading more of the client.
+
+        From its head on, not its end: its body would pile up here meanwhile. One pause
+        for all that wait, undone when the last of them starts (or the handoff).
+        """
+        if not self._pipelined:
+            self._pipelined = True
+            self.pause_reading()
 
     def write(self, data: bytes) -> None:
         """Write to the client (dropped once the connection is closing)."""
@@ -459,7 +490,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._since = self.front.loop.time()
         if self.exchanges:
-            if self._pipelined and len(self.exchanges) == 1:
+            if self._pipelined and len(self.exchanges) == 1 and self._handoff is None:
                 self._pipelined = False
                 self.resume_reading()
             self.exchanges[0].start()

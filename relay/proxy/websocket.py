@@ -52,6 +52,11 @@ async def proxy_websocket(
         except TimeoutError:
             await channel.reset(ResetCode.TIMEOUT, "websocket accept timed out")
             return json_error(504, "upstream_timeout", "the host did not accept the WebSocket")
+        if isinstance(answer, RespHead) and answer.status < 200:
+            # Not a refusal: written as one, a 101 would tell the client it was upgraded.
+            await channel.reset(ResetCode.INTERNAL, "interim status as a final response")
+            state.metrics.proxy_errors.add(1, {"reason": "upstream_error"})
+            return json_error(502, "upstream_error", "the host's service sent no final status")
         if isinstance(answer, RespHead):
             # The upstream refused the upgrade: pass its answer on as a plain response.
             headers = response_headers_for_client(answer.headers, keep_length=False)

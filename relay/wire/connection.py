@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import aiohttp
 import msgspec
@@ -54,6 +54,16 @@ __all__ = ["StreamEndpoint", "TunnelConnection", "WebSocketLike"]
 # loadtest.download (2 cores): 64 KiB messages of 64 KiB chunks 470-530 MB/s, 256 KiB of
 # 128 KiB 550-680 MB/s; 1 MiB messages made transfers stop and wait.
 _MESSAGE_TARGET = 256 * 1024
+# What a queued frame costs beyond its encoded bytes: its objects (a struct or a Raw, the
+# bytes object's header, a list slot). Counted, so that the queue's limit bounds memory
+# for tiny frames too: a peer's pings (a megabyte of them is 95,000) are answered by
+# pongs of 11 bytes each, which cost ~100 here.
+_QUEUED_COST: Final = 96
+_BODY_COST: Final = DATA_OVERHEAD + _QUEUED_COST
+# New streams are refused while more than this many times the send queue's limit waits:
+# body sources pause at the limit, but each stream's head goes in regardless, and a
+# stream whose client left is forgotten at once while its frames still wait.
+_BACKLOG = 4
 # A tunnel that wrote nothing for this long is quiet: its next frame goes out at once
 # rather than after the event-loop turn (see TunnelConnection.queue).
 _QUIET = 0.001
@@ -188,6 +198,11 @@ class TunnelConnection:
         """More is queued than the peer should be sent at once: producers should pause."""
         return self._out_bytes > self._out_limit
 
+    @property
+    def backlogged(self) -> bool:
+        """So much is queued that no new stream should add to it (its peer is not reading)."""
+        return self._out_bytes > _BACKLOG * self._out_limit
+
     def when_room(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the writer takes the queue (or the tunnel closes)."""
         if self._room_callbacks is None:
@@ -203,14 +218,14 @@ class TunnelConnection:
             raise TunnelClosed("tunnel closed")
         if type(frame) is Data:
             self._out.append(frame)
-            self._out_bytes += len(frame.chunk) + DATA_OVERHEAD
+            self._out_bytes += len(frame.chunk) + _BODY_COST
         elif type(frame) is WsMsg:
             self._out.append(frame)
-            self._out_bytes += len(frame.payload) + DATA_OVERHEAD
+            self._out_bytes += len(frame.payload) + _BODY_COST
         else:
             raw = msgspec.Raw(self._encode(frame))
             self._out.append(raw)
-            self._out_bytes += len(raw)
+            self._out_bytes += len(raw) + _QUEUED_COST
         if self._writer is None and self._flush_handle is None:
             writes_now = self._writes_now
             if writes_now is not None and writes_now.writable:

@@ -44,6 +44,7 @@ _ENDED: Final = frozenset(
     {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED}
 )
 # Registered codes an endpoint may send (RFC 6455 7.4.1; 1004-1006 and 1015 never are).
+_MAX_REASON: Final = 123  # bytes of a close reason (RFC 6455 5.5: control frames' 125)
 _SENDABLE: Final = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013})
 
 
@@ -78,8 +79,15 @@ def sendable_code(code: int | None) -> int:
 
 
 def close_reason(reason: str) -> bytes:
-    """A close reason within RFC 6455's 123 bytes."""
-    return reason.encode()[:123]
+    """A close reason within RFC 6455's 123 bytes, cut between characters.
+
+    It must stay valid UTF-8: a client fails the connection (1007) over one that is not,
+    and the close code is lost.
+    """
+    data = reason.encode()
+    if len(data) <= _MAX_REASON:
+        return data
+    return data[:_MAX_REASON].decode(errors="ignore").encode()
 
 
 async def pump_to_stream(ws: Socket, channel: StreamChannel) -> None:

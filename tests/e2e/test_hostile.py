@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 
 import aiohttp
 import httpx
@@ -24,6 +25,7 @@ from relay.wire.protocol import (
     RespHead,
     Welcome,
     WsAccept,
+    WsClose,
     WsMsg,
     WsOpen,
 )
@@ -677,3 +679,321 @@ async def test_empty_websocket_messages_to_a_client_that_never_reads_reset_their
             writer.close()
         # Only that stream went: the tunnel still answers pings.
         await assert_tunnel_answers_pings(ws, 3.5)
+
+
+async def test_a_pipelined_requests_body_is_not_read_until_its_turn(cluster, upstream):
+    """A request waiting behind one in flight has its body left unread (in the kernel's
+    buffers, then the client's), not piled up in the relay; it is served in its turn."""
+    relay, host, _ = await connected(cluster, upstream)
+    name = f"{host['slug']}.localhost"
+    size = 64 * 1024 * 1024
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    sent = 0
+
+    async def upload() -> None:
+        nonlocal sent
+        writer.write(
+            f"GET /delay?s=2 HTTP/1.1\r\nHost: {name}\r\n\r\n"
+            f"POST /digest HTTP/1.1\r\nHost: {name}\r\nContent-Length: {size}\r\n\r\n".encode()
+        )
+        piece = pattern_bytes(size)
+        for at in range(0, size, 64 * 1024):
+            writer.write(piece[at : at + 64 * 1024])
+            await writer.drain()
+            sent = at + 64 * 1024
+
+    try:
+        uploading = asyncio.create_task(upload())
+        await asyncio.sleep(1.5)  # while the first request is in flight
+        assert sent < 24 * 1024 * 1024, f"{sent} bytes of the waiting body were taken"
+        first = await read_response(reader)
+        assert first.startswith(b"HTTP/1.1 200 "), first
+        await asyncio.wait_for(uploading, 30)
+        second = await read_response(reader)
+        assert second.startswith(b"HTTP/1.1 200 "), second
+        digest = json.loads(second.split(b"\r\n\r\n", 1)[1])
+        assert digest == {"size": size, "sha256": hashlib.sha256(pattern_bytes(size)).hexdigest()}
+    finally:
+        writer.close()
+
+
+async def test_a_pipelined_handoffs_body_is_not_read_until_its_turn(cluster, upstream):
+    """Likewise a request for the relay's own app queued behind host traffic."""
+    relay, host, _ = await connected(cluster, upstream)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    sent = 0
+
+    async def upload() -> None:
+        nonlocal sent
+        writer.write(
+            f"GET /delay?s=2 HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n\r\n"
+            "POST /api/hosts HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Length: 536870912\r\n\r\n".encode()
+        )
+        piece = b"x" * (64 * 1024)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(400):  # 25 MiB at most
+                writer.write(piece)
+                await writer.drain()
+                sent += len(piece)
+
+    try:
+        uploading = asyncio.create_task(upload())
+        await asyncio.sleep(1.5)
+        assert sent < 24 * 1024 * 1024, f"{sent} bytes of the waiting body were taken"
+        first = await read_response(reader)
+        assert first.startswith(b"HTTP/1.1 200 "), first
+        uploading.cancel()
+    finally:
+        writer.close()
+    await wait_until(relay.healthy, what="relay still healthy")
+
+
+async def test_trailer_fields_are_bounded_like_a_head_and_never_become_headers(cluster, upstream):
+    relay, host, _ = await connected(cluster, upstream)
+    name = f"{host['slug']}.localhost"
+    chunked = "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+    # A trailer section over the header limit is refused like an oversized head: its
+    # fields would otherwise pile up in the relay for as long as the client sends them.
+    # (200 KiB of many fields, then one field that never ends.)
+    for trailer in (
+        [f"X-T{i}: {'v' * 1000}\r\n".encode() for i in range(200)],
+        [b"X-T: "] + [b"v" * 1024] * 200,
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        answer = b""
+        try:
+            writer.write(f"POST /digest HTTP/1.1\r\nHost: {name}\r\n{chunked}".encode())
+            with contextlib.suppress(ConnectionError):
+                for piece in trailer:
+                    writer.write(piece)
+                    await writer.drain()
+                # The relay answers, then closes with our bytes unread (a reset may
+                # overtake its answer): the metric below counts what was refused.
+                answer = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    refused = await relay.metric("relay_proxy_errors_total", reason="headers_too_large")
+    assert refused == 2
+    # Small trailers pass, dropped: not merged into the head of a request that waited
+    # behind another (its header list was still being read into).
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    try:
+        writer.write(
+            f"GET /delay?s=0.3 HTTP/1.1\r\nHost: {name}\r\n\r\n"
+            f"POST /headers HTTP/1.1\r\nHost: {name}\r\n{chunked}X-Trailer: sneaked\r\n\r\n"
+            f"GET /hello HTTP/1.1\r\nHost: {name}\r\n\r\n".encode()
+        )
+        answers = [await read_response(reader) for _ in range(3)]
+    finally:
+        writer.close()
+    assert [a.split(b" ", 2)[1] for a in answers] == [b"200", b"200", b"200"]
+    seen = json.loads(answers[1].split(b"\r\n\r\n", 1)[1])["headers"]
+    assert not [k for k in seen if k.lower() == "x-trailer"], seen
+    assert answers[2].endswith(b"hello from upstream")
+
+
+async def test_closed_client_connections_are_freed_at_once(cluster, upstream):
+    """A client connection is freed by reference counting when it closes: one left in a
+    reference cycle would wait for a full collection, which the relay's GC policy makes
+    rare (a connection open across one of its ticks is frozen), with the heads it read."""
+    relay, host, _ = await connected(cluster, upstream)
+    big = "".join(f"X-Big{i}: {'v' * 8000}\r\n" for i in range(7))  # 56 KB of headers
+    request = f"GET /hello HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n{big}\r\n".encode()
+
+    async def one() -> asyncio.StreamWriter:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(request)
+        assert (await read_response(reader)).startswith(b"HTTP/1.1 200 ")
+        return writer
+
+    def descriptors() -> int:
+        return len(os.listdir(f"/proc/{relay.proc.pid}/fd"))
+
+    idle = descriptors()
+    after: list[int] = []
+    for _ in range(4):
+        writers = await asyncio.gather(*(one() for _ in range(200)))
+        await asyncio.sleep(1.2)  # a tick of the GC policy (1 s) while they are open
+        for writer in writers:
+            writer.close()
+        await wait_until(lambda: descriptors() <= idle + 5, what="connections closed")
+        after.append(relay.proc.rss_kib())
+    # Rounds after the first reuse its memory (~12 MiB more a round when connections leaked).
+    grown_mib = (after[-1] - after[0]) / 1024
+    assert grown_mib < 10, grown_mib
+
+
+async def test_requests_to_an_agent_that_stopped_reading_are_refused_not_queued(cluster):
+    """Each request's head waits in the tunnel's queue, and a request whose client left
+    frees its stream at once: without a bound on new streams, clients opening requests
+    and leaving grew the queue of an agent that stopped reading (200+ MiB in 2 s) until
+    it was found silent (30 s by default)."""
+    relay = await cluster.relay("--ping-interval", "10")  # not found silent meanwhile
+    host = await relay.add_host("deaf")
+    async with raw_agent(relay, host["token"]) as ws:  # never reads after the Welcome
+        await next_frames(ws)
+        await wait_held(relay, host["slug"])
+        rss_before = relay.proc.rss_kib()
+        big = "".join(f"X-Big{i}: {'v' * 8000}\r\n" for i in range(7))
+        request = (
+            f"POST /x HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n{big}"
+            "Content-Length: 16000\r\n\r\n"
+        ).encode() + b"b" * 16000
+        answers: list[bytes] = []
+        deadline = asyncio.get_running_loop().time() + 3
+
+        async def client() -> None:
+            while asyncio.get_running_loop().time() < deadline:
+                reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+                writer.write(request)
+                with contextlib.suppress(TimeoutError):
+                    answers.append(await asyncio.wait_for(reader.read(4096), 0.01))
+                writer.transport.abort()  # and leave
+
+        await asyncio.gather(*(client() for _ in range(20)))
+        grown_mib = (relay.proc.rss_kib() - rss_before) / 1024
+        assert grown_mib < 60, grown_mib
+        refused = [a for a in answers if a.startswith(b"HTTP/1.1 503 ")]
+        assert refused, answers[:3]
+        assert b'"code":"tunnel_backlogged"' in refused[0].replace(b" ", b"")
+        assert b"Retry-After: 1" in refused[0]
+        assert not ws.closed
+    assert await relay.metric("relay_proxy_errors_total", reason="stream_refused") > 0
+
+
+# An interim status as the answer, on aiohttp's side of the relay: aiohttp wrote it as
+# the response (a 101 told the client it was upgraded, with nothing behind it).
+@pytest.mark.parametrize("upgrade", ["Upgrade: h2c\r\nConnection: Upgrade\r\n", WS_UPGRADE])
+@pytest.mark.parametrize("status", [100, 101])
+async def test_an_interim_status_as_the_answer_gets_502_on_aiohttps_path(cluster, upgrade, status):
+    async with held_by_raw_agent(cluster, "interim") as (relay, host, ws):
+        request = f"GET /x HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n{upgrade}\r\n"
+        answer = asyncio.create_task(answer_to(relay.port, request.encode()))
+        opened: list = []
+        while not opened:
+            opened = [f for f in await next_frames(ws) if isinstance(f, ReqHead | WsOpen)]
+        await ws.send_bytes(CODEC.message(RespHead(opened[0].sid, status, [], end=True)))
+        response = await answer
+        assert response.startswith(b"HTTP/1.1 502 "), response
+        assert b"no final status" in response
+        await assert_tunnel_answers_pings(ws, 4.5)
+
+
+async def test_a_reset_reason_from_the_agent_is_bounded_in_answers_and_logs(cluster):
+    async with held_by_raw_agent(cluster, "wordy") as (relay, host, ws):
+        request = f"GET /x HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n\r\n".encode()
+        answer = asyncio.create_task(answer_to(relay.port, request))
+        heads: list = []
+        while not heads:
+            heads = [f for f in await next_frames(ws) if isinstance(f, ReqHead)]
+        reason = "r" * 900_000  # a megabyte a request, logged and answered
+        await ws.send_bytes(CODEC.message(Reset(heads[0].sid, ResetCode.TOO_LARGE, reason)))
+        response = await answer
+        assert response.startswith(b"HTTP/1.1 413 "), response[:100]
+        assert len(response) < 2000, len(response)
+        await assert_tunnel_answers_pings(ws, 5.5)
+    assert max(len(line) for line in relay.proc.log().splitlines()) < 5000
+
+
+async def test_a_long_close_reason_from_the_agent_is_cut_between_characters(cluster):
+    async with held_by_raw_agent(cluster, "closer") as (relay, host, ws):
+        async with aiohttp.ClientSession() as s:
+            connect = asyncio.create_task(
+                s.ws_connect(f"{relay.url}/ws", headers={"Host": f"{host['slug']}.localhost"})
+            )
+            opens: list = []
+            while not opens:
+                opens = [f for f in await next_frames(ws) if isinstance(f, WsOpen)]
+            await ws.send_bytes(CODEC.message(WsAccept(opens[0].sid)))
+            client = await connect
+            # 400 bytes of two-byte characters: cut at RFC 6455's 123 bytes, mid-character,
+            # the client failed the connection over invalid UTF-8 (1007) and lost the code.
+            await ws.send_bytes(CODEC.message(WsClose(opens[0].sid, 4000, "\u00e9" * 200)))
+            msg = await client.receive(timeout=5)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4000), msg
+            assert msg.extra == "\u00e9" * 61
+        await assert_tunnel_answers_pings(ws, 6.5)
+
+
+async def test_a_ping_flood_from_an_agent_that_never_reads_stays_bounded(cluster):
+    """Each ping is answered, and an agent that does not read stops being read once the
+    answers fill the queue: the queue counts what a queued pong costs in memory (~100
+    bytes), not only its 11 encoded bytes (then the bound let ~100 MiB of pongs wait)."""
+    relay = await cluster.relay("--ping-interval", "10")  # not found silent meanwhile
+    host = await relay.add_host("pingy")
+    async with raw_agent(relay, host["token"]) as ws:  # never reads after the Welcome
+        await next_frames(ws)
+        await wait_held(relay, host["slug"])
+        rss_before = relay.proc.rss_kib()
+        flood = CODEC.message(*[Ping(1.0)] * 95_000)  # a megabyte of pings a message
+
+        async def send() -> None:
+            for _ in range(30):
+                await ws.send_bytes(flood)
+
+        sending = asyncio.create_task(send())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(sending), 3)  # it stops being read
+        sending.cancel()
+        grown_mib = (relay.proc.rss_kib() - rss_before) / 1024
+        assert grown_mib < 64, grown_mib
+    await wait_until(relay.healthy, what="relay still healthy")
+
+
+async def test_a_small_body_that_comes_late_or_never_costs_no_other_stream(cluster, upstream):
+    """A small body rides in its head frame, held until the body is all here: a stream
+    whose id the agent has not seen yet. Its client leaving sent the agent a Reset for a
+    stream never opened, and a stream opened meanwhile went out first, so the held head
+    came with an id lower than one already used: either closed the tunnel (4004)."""
+    relay, host, agent = await connected(cluster, upstream)
+    name = f"{host['slug']}.localhost"
+    head = f"POST /digest HTTP/1.1\r\nHost: {name}\r\nContent-Length: 1000\r\n\r\n".encode()
+    # Its client leaves with the body half sent.
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(head + b"x" * 500)
+    await writer.drain()
+    async with relay.client(host["slug"]) as c:
+        assert (await c.get("/hello")).status_code == 200  # the head was held meanwhile
+    writer.transport.abort()
+    # Another request is opened and served while the body is still coming.
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    try:
+        writer.write(head + b"x" * 500)
+        await writer.drain()
+        async with relay.client(host["slug"]) as c:
+            assert (await c.get("/hello")).status_code == 200
+        writer.write(b"x" * 500)
+        answer = await read_response(reader)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["size"] == 1000
+    finally:
+        writer.close()
+    async with relay.client(host["slug"]) as c:
+        assert (await c.get("/hello")).status_code == 200
+    assert "agent.disconnected" not in agent.log()
+
+
+async def test_a_late_small_body_on_aiohttps_path_costs_no_other_stream(cluster, upstream):
+    """Likewise on aiohttp's side of the relay (an upgrade request other than WebSocket):
+    its small body was awaited between taking the stream's id and sending the head."""
+    relay, host, agent = await connected(cluster, upstream)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    try:
+        writer.write(
+            f"POST /digest HTTP/1.1\r\nHost: {host['slug']}.localhost\r\nUpgrade: h2c\r\n"
+            "Connection: Upgrade\r\nContent-Length: 1000\r\n\r\n".encode()
+            + b"x" * 500
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the relay has the head (no condition to wait on)
+        async with relay.client(host["slug"]) as c:
+            assert (await c.get("/hello")).status_code == 200
+        writer.write(b"x" * 500)
+        answer = await read_response(reader)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["size"] == 1000
+    finally:
+        writer.close()
+    assert "agent.disconnected" not in agent.log()

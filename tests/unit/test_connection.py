@@ -10,8 +10,8 @@ import pytest
 import structlog
 
 from relay.errors import TunnelClosed
-from relay.wire.connection import TunnelConnection
-from relay.wire.protocol import Data, FrameCodec, Limits, Ping
+from relay.wire.connection import _QUEUED_COST, TunnelConnection
+from relay.wire.protocol import Data, FrameCodec, Limits, Ping, Pong
 from tests.unit.ws_pair import joined
 
 LIMITS = Limits(max_frame=4096)
@@ -59,8 +59,10 @@ async def test_a_peer_that_pings_and_never_reads_is_not_read_either():
             await asyncio.sleep(0)
     read = ws.received
     assert read < 20  # of 200 sent
-    # Pong answers stay within the queue limit (plus one message's worth).
-    assert conn._out_bytes <= conn._out_limit + len(flood) * 2
+    # Pong answers stay within the queue limit (plus one message's worth), counted with
+    # what each costs in memory beyond its bytes.
+    one_message = 300 * (len(codec.encode(Pong(1.0))) + _QUEUED_COST)
+    assert conn._out_bytes <= conn._out_limit + one_message
     for _ in range(100):
         await asyncio.sleep(0)
     assert ws.received == read
