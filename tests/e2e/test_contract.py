@@ -1,0 +1,30 @@
+"""Contract details of DESIGN.md's Interfaces checked from outside, found by an audit."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.e2e.harness import ADMIN_TOKEN
+
+MANAGED = ("--dns-mode", "managed", "--dns-provider", "memory", "--dns-target", "relay.example.net")
+
+
+async def test_a_dry_run_flag_the_relay_cannot_read_is_refused_not_run_for_real(cluster):
+    """``?dry_run=1`` is a dry run; ``dry_run=ture`` (a typo) once ran a real sync and rebuild."""
+    relay = await cluster.relay(*MANAGED)
+    await relay.add_host("web", slug="dryrun01")
+    async with relay.api() as api:
+        for path in ("/api/dns/sync", "/api/directory/rebuild"):
+            for word, dry in (("1", True), ("yes", True), ("0", False), ("off", False)):
+                r = await api.post(f"{path}?dry_run={word}")
+                assert r.status_code == 200, r.text
+                assert r.json()["dry_run"] is dry
+            refused = await api.post(f"{path}?dry_run=ture")
+            assert refused.status_code == 422, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "invalid_dry_run"
+            assert error["request_id"] == refused.headers["X-Request-Id"]
+        assert (await api.post("/api/dns/sync")).json()["dry_run"] is False
+    async with httpx.AsyncClient(base_url=relay.url) as anon:
+        r = await anon.post("/api/dns/sync?dry_run=1", headers={"Authorization": "Bearer x"})
+        assert r.status_code == 401 and ADMIN_TOKEN not in r.text
