@@ -28,3 +28,12 @@ async def test_a_dry_run_flag_the_relay_cannot_read_is_refused_not_run_for_real(
     async with httpx.AsyncClient(base_url=relay.url) as anon:
         r = await anon.post("/api/dns/sync?dry_run=1", headers={"Authorization": "Bearer x"})
         assert r.status_code == 401 and ADMIN_TOKEN not in r.text
+
+
+async def test_fly_private_ip_is_advertised_with_the_port_of_the_listen_flag(cluster):
+    """FLY_PRIVATE_IP is read as Fly sets it: the routing address other machines use is that
+    address and this relay's port. With --listen given as a flag it was port 8080 always."""
+    relay = await cluster.relay(FLY_PRIVATE_IP="::1")
+    async with relay.api() as api:
+        machines = (await api.get("/api/machines")).json()
+    assert [m["address"] for m in machines] == [f"http://[::1]:{relay.port}"]
