@@ -37,3 +37,18 @@ async def test_fly_private_ip_is_advertised_with_the_port_of_the_listen_flag(clu
     async with relay.api() as api:
         machines = (await api.get("/api/machines")).json()
     assert [m["address"] for m in machines] == [f"http://[::1]:{relay.port}"]
+
+
+async def test_a_client_that_names_json_first_gets_the_json_error(cluster):
+    """Errors are JSON, or a small HTML page for browsers (``Accept: text/html``); a client
+    preferring JSON over HTML got the page."""
+    relay = await cluster.relay()
+    await relay.add_host("off", slug="jsonfst1")
+    for slug, status in (("jsonfst1", 503), ("nosuch99", 404)):
+        async with relay.client(slug) as c:
+            r = await c.get("/", headers={"Accept": "application/json, text/html;q=0.5"})
+            assert r.status_code == status
+            assert r.headers["content-type"] == "application/json"
+            assert r.json()["error"]["request_id"] == r.headers["X-Request-Id"]
+            page = await c.get("/", headers={"Accept": "text/html,application/json;q=0.9"})
+            assert page.headers["content-type"].startswith("text/html")
