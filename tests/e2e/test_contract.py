@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
 from tests.e2e.harness import ADMIN_TOKEN
@@ -52,3 +54,29 @@ async def test_a_client_that_names_json_first_gets_the_json_error(cluster):
             assert r.json()["error"]["request_id"] == r.headers["X-Request-Id"]
             page = await c.get("/", headers={"Accept": "text/html,application/json;q=0.9"})
             assert page.headers["content-type"].startswith("text/html")
+
+
+async def test_no_x_forwarded_header_of_the_client_reaches_the_upstream(cluster, upstream):
+    """X-Forwarded-* are set by the relay, never trusted from the client: X-Forwarded-Port,
+    -Prefix, -Server and the like passed through untouched."""
+    relay = await cluster.relay()
+    host = await relay.add_host("web", slug="xfwd0001")
+    cluster.agent(relay, host["token"], upstream.url)
+    await relay.wait_online(host["slug"])
+    spoofs = {
+        "X-Forwarded-For": "6.6.6.6",
+        "X-Forwarded-Port": "6666",
+        "X-Forwarded-Prefix": "/admin",
+        "X-Forwarded-Server": "spoof",
+        "X-Forwarded-Ssl": "on",
+    }
+    async with relay.client(host["slug"]) as c:
+        seen = (await c.get("/headers", headers=spoofs)).json()["headers"]
+    names = {k.lower() for k in seen}
+    assert {n for n in names if n.startswith("x-forwarded-")} == {
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    }
+    assert seen["X-Forwarded-For"] == "127.0.0.1"
+    assert "6666" not in json.dumps(seen) and "spoof" not in json.dumps(seen)
