@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import httpx
 
-from tests.e2e.harness import ADMIN_TOKEN
+from tests.e2e.harness import ADMIN_TOKEN, wait_until
 
 MANAGED = ("--dns-mode", "managed", "--dns-provider", "memory", "--dns-target", "relay.example.net")
 
@@ -80,3 +81,34 @@ async def test_no_x_forwarded_header_of_the_client_reaches_the_upstream(cluster,
     }
     assert seen["X-Forwarded-For"] == "127.0.0.1"
     assert "6666" not in json.dumps(seen) and "spoof" not in json.dumps(seen)
+
+
+async def test_the_answer_for_a_dead_local_service_carries_a_request_id_and_no_address(cluster):
+    """Every error answer carries X-Request-Id and the error shape with request_id, and
+    never an internal address. The agent's 502 for a service that does not answer had
+    neither; for a WebSocket it named the exception and the service's address."""
+    relay = await cluster.relay()
+    host = await relay.add_host("dead", slug="deadsvc1")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    cluster.agent(relay, host["token"], dead)
+
+    async def online() -> bool:
+        return (await relay.host(host["slug"]))["online"]
+
+    await wait_until(online, what="agent connected")
+    upgrade = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    async with relay.client(host["slug"]) as c:
+        for headers in ({}, upgrade):
+            r = await c.get("/ws", headers=headers)
+            assert r.status_code == 502, r.text
+            error = r.json()["error"]
+            assert error["code"] == "upstream_unreachable"
+            assert error["request_id"] == r.headers["X-Request-Id"]
+            assert "127.0.0.1" not in r.text and "Error" not in r.text
