@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-import msgspec
-
+from relay.agent.answers import error_answer
 from relay.agent.tracing import upstream_span
 from relay.errors import StreamError, TunnelClosed
 from relay.tracing import CLIENT_ERRORS, TRACING, failed, record_status
@@ -39,14 +38,7 @@ _NO_BODY_STATUS: Final = frozenset({204, 304})
 # (The relay answered any Expect: 100-continue itself; the body follows regardless.)
 _FRAMING: Final = frozenset({"content-length", "transfer-encoding", "host", "connection", "expect"})
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
-_UNREACHABLE: Final = msgspec.json.encode(
-    {
-        "error": {
-            "code": "upstream_unreachable",
-            "message": "the host's local service did not answer",
-        }
-    }
-)
+_UNREACHABLE: Final = "the host's local service did not answer"
 
 
 class UpstreamExchange(FlowStream):
@@ -291,16 +283,10 @@ class UpstreamExchange(FlowStream):
     def _answer(self, status: int, code: str, message: str) -> None:
         if self._span is not None:
             failed(self._span, code, message or code)
-        body = (
-            _UNREACHABLE
-            if code == "upstream_unreachable"
-            else msgspec.json.encode({"error": {"code": code, "message": message}})
-        )
+        headers, body = error_answer(code, message or _UNREACHABLE)
         if self._seen is not None:
             self._seen.response_body(body)
-        self._send_head(
-            RespHead(self.sid, status, [("Content-Type", "application/json")], body, end=True)
-        )
+        self._send_head(RespHead(self.sid, status, headers, body, end=True))
 
     def _fail_request(self, why: str) -> None:
         self.conn.log.warning("agent.request_refused", sid=self.sid, error=why)

@@ -7,10 +7,10 @@ import contextlib
 from typing import TYPE_CHECKING
 
 import aiohttp
-import msgspec
 from multidict import CIMultiDict
 from yarl import URL
 
+from relay.agent.answers import error_answer
 from relay.agent.http_client import UpstreamPool
 from relay.errors import PeerError, StreamError, peer_errors
 from relay.wire.protocol import ResetCode, RespHead, WsAccept, WsOpen
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     from relay.wire.channel import StreamChannel
 
 __all__ = ["Upstream"]
-
-_encode = msgspec.json.Encoder().encode
 
 
 class Upstream:
@@ -62,19 +60,11 @@ class Upstream:
             if sent_head:
                 await channel.reset(ResetCode.UPSTREAM_ERROR, f"upstream failed: {exc!r}"[:200])
             else:
-                body = _encode(
-                    {
-                        "error": {
-                            "code": "upstream_unreachable",
-                            "message": f"{type(exc).__name__}: {exc}",
-                        }
-                    }
+                # What failed is in the log line above: the client's answer names no address.
+                headers, body = error_answer(
+                    "upstream_unreachable", "the host's local service did not answer"
                 )
-                await channel.send(
-                    RespHead(
-                        channel.sid, 502, [("Content-Type", "application/json")], body, end=True
-                    )
-                )
+                await channel.send(RespHead(channel.sid, 502, headers, body, end=True))
 
     async def serve_websocket(self, channel: StreamChannel, seen: Seen | None = None) -> None:
         """Open the upstream WebSocket for the WsOpen waiting in ``channel`` and pump it.

@@ -19,8 +19,9 @@ import msgspec
 
 from directory.dns.records import describe
 from directory.errors import DnsDisabled
+from relay.api.query import flag
 from relay.machine.state import STATE
-from relay.proxy.responses import json_response
+from relay.proxy.responses import json_error, json_response
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
     from relay.machine.state import RelayState
 
 __all__ = ["DnsStatus", "add_dns_routes", "dns_statuses"]
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
 
 
 class DnsStatus(msgspec.Struct, frozen=True):
@@ -72,7 +71,9 @@ async def sync(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if state.dns is None:
         raise DnsDisabled("DNS management is not running on this relay")
-    dry_run = request.query.get("dry_run", "").lower() in _TRUE
+    dry_run = flag(request.query.get("dry_run"))
+    if dry_run is None:
+        return json_error(422, "invalid_dry_run", "dry_run must be 1/true/yes/on or 0/false/no/off")
     report = await state.dns.sync(dry_run=dry_run)
     state.log.info("api.dns_sync", dry_run=dry_run, errors=report.errors)
     return json_response(report)

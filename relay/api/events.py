@@ -28,6 +28,7 @@ from directory.events import parse_entry_id
 from directory.keys import Keys
 from directory.rebuild import rebuild_presence
 from directory.reconciler import Lease
+from relay.api.query import flag
 from relay.machine.state import STATE
 from relay.proxy.responses import json_error, json_response
 
@@ -80,7 +81,9 @@ async def list_events(request: web.Request) -> web.Response:
 async def rebuild(request: web.Request) -> web.Response:
     """``POST /api/directory/rebuild[?dry_run=1]`` → the rebuild report."""
     state = request.app[STATE]
-    dry_run = request.query.get("dry_run", "0").lower() in {"1", "true", "yes"}
+    dry_run = flag(request.query.get("dry_run"))
+    if dry_run is None:
+        return json_error(422, "invalid_dry_run", "dry_run must be 1/true/yes/on or 0/false/no/off")
     lease = Lease(
         state.redis,
         Keys(state.config.key_prefix),

@@ -150,7 +150,10 @@ def values_from(
     values: dict[str, object] = {}
     for option in options:
         value = given.get(option.name)
-        if value is None and (found := env_value(option, environ)) is not None:
+        # listen comes before advertise in the struct: FLY_PRIVATE_IP takes its port.
+        listen = values.get("listen")
+        found = None if value is not None else env_value(option, environ, listen=listen)
+        if found is not None:
             source, raw = found
             value = option.convert(raw, source)
         if value is not None:
@@ -158,11 +161,14 @@ def values_from(
     return values
 
 
-def env_value(option: Option, environ: Mapping[str, str]) -> tuple[str, str] | None:
+def env_value(
+    option: Option, environ: Mapping[str, str], *, listen: object = None
+) -> tuple[str, str] | None:
     """``(variable, text)`` for an option: ``RELAY_<NAME>``, else the platform's own name.
 
     ``REDIS_URL``, ``FLY_MACHINE_ID`` and ``FLY_PRIVATE_IP`` are read as Fly.io and Redis
-    hosts set them. An empty variable counts as unset.
+    hosts set them. An empty variable counts as unset. ``listen`` is the listen address
+    already chosen (a flag's or its variable's): the advertised port is its port.
     """
     if raw := environ.get(option.env):
         return option.env, raw
@@ -172,7 +178,8 @@ def env_value(option: Option, environ: Mapping[str, str]) -> tuple[str, str] | N
     if name == "machine_id" and (raw := environ.get("FLY_MACHINE_ID")):
         return "FLY_MACHINE_ID", raw
     if name == "advertise" and (ip := environ.get("FLY_PRIVATE_IP")):
-        port = environ.get("RELAY_LISTEN", "0.0.0.0:8080").rsplit(":", 1)[-1]
+        where = str(listen or environ.get("RELAY_LISTEN") or "0.0.0.0:8080")
+        port = where.rsplit(":", 1)[-1]
         return "FLY_PRIVATE_IP", f"http://[{ip}]:{port}"
     return None
 

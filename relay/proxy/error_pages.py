@@ -47,8 +47,16 @@ def new_request_id() -> str:
 
 
 def wants_html(accept: str) -> bool:
-    """Whether the client is a browser asking for a page (``Accept: text/html``)."""
-    return "text/html" in accept
+    """Whether the client is a browser asking for a page (``Accept: text/html``).
+
+    Not when it names ``application/json`` first: an API client saying
+    ``application/json, text/html;q=0.5`` prefers the JSON error.
+    """
+    html = accept.find("text/html")
+    if html < 0:
+        return False
+    json = accept.find("application/json")
+    return json < 0 or html < json
 
 
 def json_body(code: str, message: str, request_id: str) -> bytes:

@@ -31,10 +31,10 @@ HOP_BY_HOP: Final = frozenset(
         "upgrade",
     }
 )
-# Set by the relay itself; a client's copy would be a spoof.
-_FORWARDING: Final = frozenset(
-    {"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"}
-)
+# Set by the relay itself; a client's copy would be a spoof. Every X-Forwarded-* goes, not
+# only the three the relay sets: an upstream may trust X-Forwarded-Port or -Prefix too.
+_FORWARDING: Final = frozenset({"forwarded", "x-real-ip"})
+_FORWARDING_PREFIX: Final = "x-forwarded-"
 # Machine-to-machine routing headers; from outside they are dropped.
 INTERNAL_PREFIXES: Final = ("x-relay-",)
 # The WebSocket handshake is redone by the agent with its own key.
@@ -54,6 +54,8 @@ _WS_HANDSHAKE: Final = frozenset(
 # they would steer the proxy.
 FLY_PREFIX: Final = "fly-"
 
+_REQUEST_PREFIXES: Final = (*INTERNAL_PREFIXES, _FORWARDING_PREFIX, FLY_PREFIX)
+_REQUEST_PREFIXES_TRUSTING_FLY: Final = (*INTERNAL_PREFIXES, _FORWARDING_PREFIX)
 _REQUEST_DROP: Final = HOP_BY_HOP | _FORWARDING | {"host"}
 _WEBSOCKET_DROP: Final = _REQUEST_DROP | _WS_HANDSHAKE
 _RESPONSE_DROP: Final = HOP_BY_HOP
@@ -104,7 +106,7 @@ def request_headers_for_upstream(
     ``X-Forwarded-*`` say who really asked. ``websocket``: the handshake headers go too
     (the agent redoes the handshake with its own key).
     """
-    prefixes = INTERNAL_PREFIXES if trust_fly_headers else (*INTERNAL_PREFIXES, FLY_PREFIX)
+    prefixes = _REQUEST_PREFIXES_TRUSTING_FLY if trust_fly_headers else _REQUEST_PREFIXES
     out = _end_to_end(headers, _WEBSOCKET_DROP if websocket else _REQUEST_DROP, prefixes)
     out.append(("X-Forwarded-For", client_ip))
     out.append(("X-Forwarded-Proto", proto))

@@ -103,6 +103,13 @@ def test_platform_variables_are_read_under_their_own_names():
     assert env_value(options["redis_url"], env) == ("REDIS_URL", "redis://r:6379")
     assert env_value(options["machine_id"], env) == ("FLY_MACHINE_ID", "abc")
     assert env_value(options["advertise"], env) == ("FLY_PRIVATE_IP", "http://[fdaa::3]:8080")
+    # The port is the listener's, given as a flag (listen=) or as RELAY_LISTEN.
+    assert env_value(options["advertise"], env, listen="[::]:9000") == (
+        "FLY_PRIVATE_IP",
+        "http://[fdaa::3]:9000",
+    )
+    with_listen = {**env, "RELAY_LISTEN": "[::]:7000"}
+    assert env_value(options["advertise"], with_listen)[1] == "http://[fdaa::3]:7000"
     assert env_value(options["redis_url"], {**env, "RELAY_REDIS_URL": "redis://x"}) == (
         "RELAY_REDIS_URL",
         "redis://x",

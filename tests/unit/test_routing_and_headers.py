@@ -33,6 +33,7 @@ def test_client_forwarding_and_internal_headers_never_reach_the_upstream():
         [
             ("Host", "x.localhost"),
             ("X-Forwarded-For", "1.2.3.4"),
+            ("X-Forwarded-Port", "6666"),
             ("Forwarded", "for=1.2.3.4"),
             ("X-Relay-Hop", "1"),
             ("Connection", "close, X-Secret"),
@@ -56,6 +57,7 @@ def test_client_forwarding_and_internal_headers_never_reach_the_upstream():
     for gone in ("host", "forwarded", "x-relay-hop", "connection", "x-secret", "transfer-encoding"):
         assert gone not in names
     assert names.count("x-forwarded-for") == 1
+    assert "x-forwarded-port" not in names
 
 
 def test_response_hop_by_hop_headers_are_dropped_but_set_cookie_repeats():
