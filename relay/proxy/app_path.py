@@ -31,7 +31,7 @@ from relay.tracing import (
     record_status,
     request_span,
 )
-from relay.wire.http1 import HeaderRefused, check_fields, header_bytes
+from relay.wire.http1 import HeaderRefused, check_fields, final_status_refused, header_bytes
 from relay.wire.protocol import Body, Data, ReqHead, ResetCode, RespHead
 
 if TYPE_CHECKING:
@@ -198,11 +198,12 @@ async def _proxy_http(
         if not isinstance(first, RespHead):
             await channel.reset(ResetCode.INTERNAL, "expected a response head")
             return json_error(502, "upstream_error", f"agent sent {type(first).__name__} first")
-        if first.status < 200:
+        bad_status = final_status_refused(first.status)
+        if bad_status is not None:
             # The agent skips interim answers: aiohttp would write this one as the response.
-            await channel.reset(ResetCode.INTERNAL, "interim status as a final response")
+            await channel.reset(ResetCode.INTERNAL, "no valid final status")
             state.metrics.proxy_errors.add(1, {"reason": "upstream_error"})
-            return json_error(502, "upstream_error", "the host's service sent no final status")
+            return json_error(502, "upstream_error", bad_status)
         return await _send_response(state, request, channel, first, head_only=head.method == "HEAD")
     except StreamReset as exc:
         state.metrics.proxy_errors.add(1, {"reason": "reset"})

@@ -36,6 +36,7 @@ from relay.wire.http1 import (
     LAST_CHUNK,
     HeaderRefused,
     chunk,
+    final_status_refused,
     header_bytes,
     response_head,
     status_line,
@@ -484,9 +485,10 @@ class ClientExchange(FlowStream):
         status = frame.status
         info = self.info
         no_body = info.method == "HEAD" or status in _NO_BODY_STATUS
-        if status < 200:
-            self.reset(ResetCode.INTERNAL, "interim status as a final response")
-            self._fail_response(502, "upstream_error", "the host's service sent no final status")
+        if not 200 <= status <= 599:
+            bad_status = final_status_refused(status) or ""
+            self.reset(ResetCode.INTERNAL, "no valid final status")
+            self._fail_response(502, "upstream_error", bad_status)
             return
         state = self.client.state
         if state.draining or not self._request_done:

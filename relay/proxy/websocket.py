@@ -17,7 +17,7 @@ from relay.proxy.headers import (
 from relay.proxy.responses import error_answer, json_error
 from relay.proxy.traffic import TRAFFIC
 from relay.tracing import carry_current
-from relay.wire.http1 import HeaderRefused, check_fields
+from relay.wire.http1 import HeaderRefused, check_fields, final_status_refused
 from relay.wire.protocol import ResetCode, RespHead, WsAccept, WsOpen
 from relay.wire.ws_pump import pump_to_stream
 
@@ -52,11 +52,12 @@ async def proxy_websocket(
         except TimeoutError:
             await channel.reset(ResetCode.TIMEOUT, "websocket accept timed out")
             return json_error(504, "upstream_timeout", "the host did not accept the WebSocket")
-        if isinstance(answer, RespHead) and answer.status < 200:
+        bad_status = final_status_refused(answer.status) if isinstance(answer, RespHead) else None
+        if bad_status is not None:
             # Not a refusal: written as one, a 101 would tell the client it was upgraded.
-            await channel.reset(ResetCode.INTERNAL, "interim status as a final response")
+            await channel.reset(ResetCode.INTERNAL, "no valid final status")
             state.metrics.proxy_errors.add(1, {"reason": "upstream_error"})
-            return json_error(502, "upstream_error", "the host's service sent no final status")
+            return json_error(502, "upstream_error", bad_status)
         if isinstance(answer, RespHead):
             # The upstream refused the upgrade: pass its answer on as a plain response.
             headers = response_headers_for_client(answer.headers, keep_length=False)

@@ -17,6 +17,7 @@ __all__ = [
     "HeaderRefused",
     "check_fields",
     "chunk",
+    "final_status_refused",
     "header_bytes",
     "request_head",
     "response_head",
@@ -109,6 +110,19 @@ def request_head(method: str, target: str, headers: list[tuple[str, str]], extra
     except UnicodeEncodeError as exc:
         raise HeaderRefused("request target outside latin-1") from exc
     return line + lines + f"{extra}\r\n".encode("latin-1")
+
+
+def final_status_refused(status: int) -> str | None:
+    """Why ``status`` cannot answer a request (None: it can), for the client's 502.
+
+    An interim status (1xx) is no answer, and RFC 9110 section 15 leaves 600-999
+    undefined: a client would have to take it for some 5xx.
+    """
+    if status < 200:
+        return "the host's service sent no final status"
+    if status > 599:
+        return f"the host's service sent an undefined status ({status})"
+    return None
 
 
 def chunk(data: bytes) -> bytes:

@@ -881,6 +881,25 @@ async def test_an_interim_status_as_the_answer_gets_502_on_aiohttps_path(cluster
         await assert_tunnel_answers_pings(ws, 4.5)
 
 
+# RFC 9110 leaves 600-999 undefined (a client would have to guess a 5xx), and an interim
+# status is no answer: on either path of the relay the client gets a 502 saying so, and
+# the tunnel lives.
+@pytest.mark.parametrize("upgrade", ["", "Upgrade: h2c\r\nConnection: Upgrade\r\n", WS_UPGRADE])
+@pytest.mark.parametrize(("status", "said"), [(999, b"undefined status (999)"), (600, b"(600)")])
+async def test_an_undefined_status_from_the_agent_gets_502(cluster, upgrade, status, said):
+    async with held_by_raw_agent(cluster, "undefined") as (relay, host, ws):
+        request = f"GET /x HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n{upgrade}\r\n"
+        answer = asyncio.create_task(answer_to(relay.port, request.encode()))
+        opened: list = []
+        while not opened:
+            opened = [f for f in await next_frames(ws) if isinstance(f, ReqHead | WsOpen)]
+        await ws.send_bytes(CODEC.message(RespHead(opened[0].sid, status, [], end=True)))
+        response = await answer
+        assert response.startswith(b"HTTP/1.1 502 "), response
+        assert said in response, response
+        await assert_tunnel_answers_pings(ws, 4.5)
+
+
 async def test_a_reset_reason_from_the_agent_is_bounded_in_answers_and_logs(cluster):
     async with held_by_raw_agent(cluster, "wordy") as (relay, host, ws):
         request = f"GET /x HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n\r\n".encode()

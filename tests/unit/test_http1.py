@@ -228,3 +228,12 @@ def test_names_already_checked_are_remembered_within_a_bound():
     with pytest.raises(HeaderRefused):
         response_head(200, [("X-Invented-9999\r\nX-B", "1")])
     assert "X-Invented-2999" not in http1._VALID_NAMES
+
+
+def test_only_statuses_200_to_599_are_final_answers() -> None:
+    assert http1.final_status_refused(100) == "the host's service sent no final status"
+    assert http1.final_status_refused(199) is not None
+    for status in (200, 204, 404, 599):
+        assert http1.final_status_refused(status) is None
+    assert "undefined status (600)" in (http1.final_status_refused(600) or "")
+    assert "undefined status (999)" in (http1.final_status_refused(999) or "")
