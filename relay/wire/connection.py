@@ -120,6 +120,7 @@ class TunnelConnection:
         "_out_bytes",
         "_out_limit",
         "_out_sizes",
+        "_pong_due",
         "_room",
         "_room_callbacks",
         "_writer",
@@ -182,6 +183,7 @@ class TunnelConnection:
         self._last_write = 0.0
         self._flushes: list[StreamChannel] | None = None  # see flush_after
         self._defer_flush = False  # the pending turn's write waits one turn more
+        self._pong_due: float | None = None  # the t of the last Ping in the message read
 
     @property
     def log(self) -> FilteringBoundLogger:
@@ -491,6 +493,10 @@ class TunnelConnection:
                     self.dispatch_stream_frame(frame)
                 else:
                     self.on_control_frame(frame)
+            pong = self._pong_due
+            if pong is not None:
+                self._pong_due = None
+                self.queue(Pong(pong))
         finally:
             flushes = self._flushes
             if flushes is not None:
@@ -534,7 +540,9 @@ class TunnelConnection:
     def on_control_frame(self, frame: Frame) -> None:
         """Handle Ping/Pong; subclasses extend for Hello/Welcome/Drain."""
         if isinstance(frame, Ping):
-            self.queue(Pong(frame.t))
+            # One Pong per message read, for its last Ping: a message full of pings
+            # (a hostile peer's) must not queue an answer each (~100 bytes apiece).
+            self._pong_due = frame.t
         elif isinstance(frame, Pong):
             self.last_pong_at = self.loop.time()
         else:

@@ -261,7 +261,10 @@ class WsClose(msgspec.Struct, gc=False, tag=11, array_like=True, frozen=True):
 
 
 class Ping(msgspec.Struct, gc=False, tag=12, array_like=True, frozen=True):
-    """Application-level ping; the peer answers Pong with the same ``t``."""
+    """Application-level ping; the peer answers Pong with the same ``t``.
+
+    One Pong per message: a message holding several Pings is answered for its last.
+    """
 
     t: Timestamp
 
