@@ -681,6 +681,23 @@ async def test_empty_websocket_messages_to_a_client_that_never_reads_reset_their
         await assert_tunnel_answers_pings(ws, 3.5)
 
 
+class Upload:
+    """Pipelined heads, then a body written 64 KiB at a time as fast as the relay takes
+    it (until the connection goes); ``sent``: the body's bytes taken so far."""
+
+    def __init__(self, writer: asyncio.StreamWriter, heads: str, body: bytes) -> None:
+        self.sent = 0
+        self.task = asyncio.create_task(self._run(writer, heads.encode(), body))
+
+    async def _run(self, writer: asyncio.StreamWriter, heads: bytes, body: bytes) -> None:
+        writer.write(heads)
+        with contextlib.suppress(ConnectionError):
+            for at in range(0, len(body), 64 * 1024):
+                writer.write(body[at : at + 64 * 1024])
+                await writer.drain()
+                self.sent = at + 64 * 1024
+
+
 async def test_a_pipelined_requests_body_is_not_read_until_its_turn(cluster, upstream):
     """A request waiting behind one in flight has its body left unread (in the kernel's
     buffers, then the client's), not piled up in the relay; it is served in its turn."""
@@ -688,27 +705,18 @@ async def test_a_pipelined_requests_body_is_not_read_until_its_turn(cluster, ups
     name = f"{host['slug']}.localhost"
     size = 64 * 1024 * 1024
     reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-    sent = 0
-
-    async def upload() -> None:
-        nonlocal sent
-        writer.write(
-            f"GET /delay?s=2 HTTP/1.1\r\nHost: {name}\r\n\r\n"
-            f"POST /digest HTTP/1.1\r\nHost: {name}\r\nContent-Length: {size}\r\n\r\n".encode()
-        )
-        piece = pattern_bytes(size)
-        for at in range(0, size, 64 * 1024):
-            writer.write(piece[at : at + 64 * 1024])
-            await writer.drain()
-            sent = at + 64 * 1024
-
     try:
-        uploading = asyncio.create_task(upload())
+        upload = Upload(
+            writer,
+            f"GET /delay?s=2 HTTP/1.1\r\nHost: {name}\r\n\r\n"
+            f"POST /digest HTTP/1.1\r\nHost: {name}\r\nContent-Length: {size}\r\n\r\n",
+            pattern_bytes(size),
+        )
         await asyncio.sleep(1.5)  # while the first request is in flight
-        assert sent < 24 * 1024 * 1024, f"{sent} bytes of the waiting body were taken"
+        assert upload.sent < 24 * 1024 * 1024, f"{upload.sent} bytes of the waiting body taken"
         first = await read_response(reader)
         assert first.startswith(b"HTTP/1.1 200 "), first
-        await asyncio.wait_for(uploading, 30)
+        await asyncio.wait_for(upload.task, 30)
         second = await read_response(reader)
         assert second.startswith(b"HTTP/1.1 200 "), second
         digest = json.loads(second.split(b"\r\n\r\n", 1)[1])
@@ -721,29 +729,18 @@ async def test_a_pipelined_handoffs_body_is_not_read_until_its_turn(cluster, ups
     """Likewise a request for the relay's own app queued behind host traffic."""
     relay, host, _ = await connected(cluster, upstream)
     reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-    sent = 0
-
-    async def upload() -> None:
-        nonlocal sent
-        writer.write(
-            f"GET /delay?s=2 HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n\r\n"
-            "POST /api/hosts HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Content-Length: 536870912\r\n\r\n".encode()
-        )
-        piece = b"x" * (64 * 1024)
-        with contextlib.suppress(ConnectionError):
-            for _ in range(400):  # 25 MiB at most
-                writer.write(piece)
-                await writer.drain()
-                sent += len(piece)
-
     try:
-        uploading = asyncio.create_task(upload())
-        await asyncio.sleep(1.5)
-        assert sent < 24 * 1024 * 1024, f"{sent} bytes of the waiting body were taken"
+        upload = Upload(
+            writer,
+            f"GET /delay?s=2 HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n\r\n"
+            "POST /api/hosts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 536870912\r\n\r\n",
+            b"x" * (25 * 1024 * 1024),
+        )
+        await asyncio.sleep(1.5)  # while the first request is in flight
+        assert upload.sent < 24 * 1024 * 1024, f"{upload.sent} bytes of the waiting body taken"
         first = await read_response(reader)
         assert first.startswith(b"HTTP/1.1 200 "), first
-        uploading.cancel()
+        upload.task.cancel()
     finally:
         writer.close()
     await wait_until(relay.healthy, what="relay still healthy")
