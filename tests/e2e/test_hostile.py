@@ -55,9 +55,9 @@ async def raw_agent(relay, token: str, limits: Limits | None = None, agent_versi
 
 
 @contextlib.asynccontextmanager
-async def held_by_raw_agent(cluster, name: str):
+async def held_by_raw_agent(cluster, name: str, *relay_args: str):
     """A relay, a host named ``name``, and a raw agent holding its tunnel (Welcome read)."""
-    relay = await cluster.relay()
+    relay = await cluster.relay(*relay_args)
     host = await relay.add_host(name)
     async with raw_agent(relay, host["token"]) as ws:
         await next_frames(ws)
@@ -827,11 +827,8 @@ async def test_requests_to_an_agent_that_stopped_reading_are_refused_not_queued(
     frees its stream at once: without a bound on new streams, clients opening requests
     and leaving grew the queue of an agent that stopped reading (200+ MiB in 2 s) until
     it was found silent (30 s by default)."""
-    relay = await cluster.relay("--ping-interval", "10")  # not found silent meanwhile
-    host = await relay.add_host("deaf")
-    async with raw_agent(relay, host["token"]) as ws:  # never reads after the Welcome
-        await next_frames(ws)
-        await wait_held(relay, host["slug"])
+    # The raw agent never reads after the Welcome, and is not found silent meanwhile.
+    async with held_by_raw_agent(cluster, "deaf", "--ping-interval", "10") as (relay, host, ws):
         rss_before = relay.proc.rss_kib()
         big = "".join(f"X-Big{i}: {'v' * 8000}\r\n" for i in range(7))
         request = (
@@ -925,14 +922,12 @@ async def test_a_long_close_reason_from_the_agent_is_cut_between_characters(clus
 
 
 async def test_a_ping_flood_from_an_agent_that_never_reads_stays_bounded(cluster):
-    """Each ping is answered, and an agent that does not read stops being read once the
-    answers fill the queue: the queue counts what a queued pong costs in memory (~100
-    bytes), not only its 11 encoded bytes (then the bound let ~100 MiB of pongs wait)."""
-    relay = await cluster.relay("--ping-interval", "10")  # not found silent meanwhile
-    host = await relay.add_host("pingy")
-    async with raw_agent(relay, host["token"]) as ws:  # never reads after the Welcome
-        await next_frames(ws)
-        await wait_held(relay, host["slug"])
+    """A message of pings is answered once (for its last), and an agent that does not
+    read stops being read once the answers fill the queue, which counts what a queued
+    frame costs in memory (~100 bytes), not only its encoded bytes: a pong each, counted
+    by their 11 bytes, had let ~100 MiB of pongs wait."""
+    # The raw agent never reads after the Welcome, and is not found silent meanwhile.
+    async with held_by_raw_agent(cluster, "pingy", "--ping-interval", "10") as (relay, _, ws):
         rss_before = relay.proc.rss_kib()
         flood = CODEC.message(*[Ping(1.0)] * 95_000)  # a megabyte of pings a message
 
