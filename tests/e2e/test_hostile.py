@@ -65,6 +65,19 @@ async def held_by_raw_agent(cluster, name: str, *relay_args: str):
         yield relay, host, ws
 
 
+async def get_opened(
+    relay, slug: str, ws, lines: str = ""
+) -> tuple[asyncio.Task, ReqHead | WsOpen]:
+    """A client's GET /x for ``slug`` (with extra head ``lines``) through the relay: the
+    task that reads its answer, and the frame that opened its stream at the raw agent."""
+    request = f"GET /x HTTP/1.1\r\nHost: {slug}.localhost\r\n{lines}\r\n"
+    answer = asyncio.create_task(answer_to(relay.port, request.encode()))
+    while True:
+        for frame in await next_frames(ws):
+            if isinstance(frame, ReqHead | WsOpen):
+                return answer, frame
+
+
 async def wait_held(relay, slug: str) -> None:
     """Wait until the relay shows the host online (a raw agent answers no probe)."""
 
@@ -628,12 +641,8 @@ async def test_a_bad_response_header_on_aiohttps_path_costs_the_stream_not_the_t
     cluster, upgrade
 ):
     async with held_by_raw_agent(cluster, "badheadslow") as (relay, host, ws):
-        request = f"GET /x HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n{upgrade}\r\n"
-        answer = asyncio.create_task(answer_to(relay.port, request.encode()))
-        opened: list = []
-        while not opened:
-            opened = [f for f in await next_frames(ws) if isinstance(f, ReqHead | WsOpen)]
-        bad = RespHead(opened[0].sid, 403, [("X-Note", "a\x0bX-Injected: 1")], end=True)
+        answer, opened = await get_opened(relay, host["slug"], ws, upgrade)
+        bad = RespHead(opened.sid, 403, [("X-Note", "a\x0bX-Injected: 1")], end=True)
         await ws.send_bytes(CODEC.message(bad))
         response = await answer
         assert response.startswith(b"HTTP/1.1 502 "), response
@@ -873,12 +882,8 @@ async def test_requests_to_an_agent_that_stopped_reading_are_refused_not_queued(
 )
 async def test_a_status_that_is_no_final_answer_gets_502(cluster, upgrade, status, said):
     async with held_by_raw_agent(cluster, "nofinal") as (relay, host, ws):
-        request = f"GET /x HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n{upgrade}\r\n"
-        answer = asyncio.create_task(answer_to(relay.port, request.encode()))
-        opened: list = []
-        while not opened:
-            opened = [f for f in await next_frames(ws) if isinstance(f, ReqHead | WsOpen)]
-        await ws.send_bytes(CODEC.message(RespHead(opened[0].sid, status, [], end=True)))
+        answer, opened = await get_opened(relay, host["slug"], ws, upgrade)
+        await ws.send_bytes(CODEC.message(RespHead(opened.sid, status, [], end=True)))
         response = await answer
         assert response.startswith(b"HTTP/1.1 502 "), response
         assert said in response, response
