@@ -10,7 +10,8 @@ Layout (each package imports only those below it; ``directory`` never imports ``
     agent/      `relay agent`: tunnels, the pooled upstream client, output, inspector
     wire/       what relay and agent share: frames, codec, streams, the tunnel socket
     edge.py     `relay edge`, the local stand-in for Fly's proxy
-    config.py   options of serve and agent;  errors.py, logs.py, tracing.py  (bottom)
+    config.py   options of serve and agent;  errors.py, error_shape.py, logs.py,
+                tracing.py  (bottom)
     hot_path.py the modules a proxied request runs through, compiled with mypyc if built
 
 A client request for ``<slug>.<base-domain>`` enters at ``proxy.front``; if this

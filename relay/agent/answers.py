@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import secrets
-
-import msgspec
+from relay.error_shape import json_body, new_request_id
 
 __all__ = ["error_answer"]
-
-_encode = msgspec.json.Encoder().encode
 
 
 def error_answer(code: str, message: str) -> tuple[list[tuple[str, str]], bytes]:
@@ -17,6 +13,6 @@ def error_answer(code: str, message: str) -> tuple[list[tuple[str, str]], bytes]
     Every error answer a client gets carries ``X-Request-Id`` (DESIGN: Interfaces), the
     agent's own as well as the relay's; the message never names an internal address.
     """
-    request_id = secrets.token_hex(8)
-    body = _encode({"error": {"code": code, "message": message, "request_id": request_id}})
-    return [("Content-Type", "application/json"), ("X-Request-Id", request_id)], body
+    request_id = new_request_id()
+    headers = [("Content-Type", "application/json"), ("X-Request-Id", request_id)]
+    return headers, json_body(code, message, request_id)

@@ -8,16 +8,12 @@ exception's text.
 from __future__ import annotations
 
 import html
-import secrets
 from typing import Final
 
-import msgspec
-
+from relay.error_shape import json_body, new_request_id
 from relay.wire.http1 import status_line
 
-__all__ = ["error_response", "html_body", "json_body", "new_request_id", "wants_html"]
-
-_encode = msgspec.json.Encoder().encode
+__all__ = ["error_response", "html_body", "wants_html"]
 
 _PAGE: Final = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{status} {title}</title>
@@ -41,11 +37,6 @@ _TITLES: Final = {
 }
 
 
-def new_request_id() -> str:
-    """A fresh id for one answer (16 hex digits)."""
-    return secrets.token_hex(8)
-
-
 def wants_html(accept: str) -> bool:
     """Whether the client is a browser asking for a page (``Accept: text/html``).
 
@@ -57,11 +48,6 @@ def wants_html(accept: str) -> bool:
         return False
     json = accept.find("application/json")
     return json < 0 or html < json
-
-
-def json_body(code: str, message: str, request_id: str) -> bytes:
-    """``{"error": {"code", "message", "request_id"}}``."""
-    return _encode({"error": {"code": code, "message": message, "request_id": request_id}})
 
 
 def html_body(status: int, code: str, message: str, request_id: str) -> bytes:

@@ -7,7 +7,8 @@ from typing import Final, Protocol
 import msgspec
 from aiohttp import web
 
-from relay.proxy.error_pages import html_body, json_body, new_request_id
+from relay.error_shape import json_body, new_request_id
+from relay.proxy.error_pages import html_body
 
 __all__ = ["ERROR_DETAIL", "as_page", "error_answer", "json_error", "json_response"]
 

@@ -11,7 +11,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Bottom to top; a module may import its own package and those listed before it.
 ORDER = [
-    ("relay.errors", "relay.logs", "relay.sockets", "relay.allocator", "relay.tracing"),
+    (
+        "relay.errors",
+        "relay.error_shape",
+        "relay.logs",
+        "relay.sockets",
+        "relay.allocator",
+        "relay.tracing",
+    ),
     ("relay.wire",),
     ("relay.config", "relay.dns_options"),
     ("relay.agent", "relay.machine"),
