@@ -52,6 +52,12 @@ def run_transfer(quick: bool) -> dict:
     return download.measure(mb=100)  # a few seconds even in full; the goal is about 100 MB
 
 
+def run_long_rtt(quick: bool) -> dict:
+    from loadtest import long_rtt
+
+    return long_rtt.measure(mb=50 if quick else 100, rounds=1 if quick else 3)
+
+
 def run_ws_echo(quick: bool) -> dict:
     from loadtest import ws_echo
 
@@ -232,6 +238,31 @@ def rows_transfer(f: dict) -> list[Row]:
     return rows
 
 
+def rows_long_rtt(f: dict) -> list[Row]:
+    rows = []
+    for kind in ("download", "upload"):
+        x = f[kind]
+        rows.append(
+            Row(
+                f"{f['mb']} MB {kind} over a {f['rtt_ms']:g} ms round trip (agent-relay):"
+                " growing windows vs a fixed 1 MiB one",
+                f"{x['growing_mbps']:.0f} vs {x['fixed_mbps']:.0f} MB/s ({x['ratio']:.1f}x)",
+                "reported",
+                "-",
+            )
+        )
+        growth = x["growth_mib"]
+        rows.append(
+            Row(
+                "  peak RSS growth there, relay / agent",
+                f"{growth['relay']:.1f} / {growth['agent']:.1f} MiB",
+                "< 20 MiB",
+                verdict(max(growth.values()) < 20),
+            )
+        )
+    return rows
+
+
 def rows_ws_echo(f: dict) -> list[Row]:
     return [
         Row(
@@ -353,6 +384,7 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {
     "small_get": Scenario(run_small_get, rows_small_get, 300, "small_get.py, open_loop.py"),
     "transfer": Scenario(run_transfer, rows_transfer, 600, "download.py (download, upload)"),
+    "long_rtt": Scenario(run_long_rtt, rows_long_rtt, 300, "long_rtt.py (20 ms, windows)"),
     "ws_echo": Scenario(run_ws_echo, rows_ws_echo, 300, "ws_echo.py"),
     "fleet": Scenario(run_fleet, rows_fleet, 300, "forward_hop.py (replay, forward)"),
     "idle": Scenario(run_idle, rows_idle, 600, "idle.py --tunnels 2000"),

@@ -331,10 +331,12 @@ class Processes:
 class Stack(Processes):
     """upstream + relay (embedded Valkey) + agent, each its own process."""
 
-    def __init__(self, *relay_args: str, agent_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, *relay_args: str, agent_args: tuple[str, ...] = (), tunnel_delay: float = 0.0
+    ) -> None:
         super().__init__()
         try:
-            self._start(relay_args, agent_args)
+            self._start(relay_args, agent_args, tunnel_delay)
         except BaseException:
             # Not ready in time (or interrupted): stop what started, keep the logs to read.
             self.keep = True
@@ -345,7 +347,9 @@ class Stack(Processes):
                     print(f"last lines of the {name}'s log:", *tail, sep="\n  ", file=sys.stderr)
             raise
 
-    def _start(self, relay_args: tuple[str, ...], agent_args: tuple[str, ...]) -> None:
+    def _start(
+        self, relay_args: tuple[str, ...], agent_args: tuple[str, ...], tunnel_delay: float
+    ) -> None:
         self.up_port, self.relay_port = free_port(), free_port()
         self.upstream = self.spawn("upstream", upstream_argv(self.up_port))
         self.relay = self.spawn(
@@ -368,13 +372,21 @@ class Stack(Processes):
             {"name": "bench", "slug": "bench001"},
         )
         self.slug = host["slug"]
+        tunnel_port = self.relay_port
+        if tunnel_delay:
+            # The agent's tunnel crosses a forwarder that delays it: a long round trip.
+            tunnel_port = free_port()
+            argv = [sys.executable, "-m", "loadtest.latency", "--listen", str(tunnel_port)]
+            argv += ["--to", str(self.relay_port), "--delay", str(tunnel_delay)]
+            self.spawn("latency", argv)
+            wait_http(f"http://127.0.0.1:{tunnel_port}/healthz")
         self.agent = self.spawn(
             "agent",
             [
                 str(BIN / "relay"),
                 "agent",
                 "--server",
-                f"http://127.0.0.1:{self.relay_port}",
+                f"http://127.0.0.1:{tunnel_port}",
                 "--token",
                 host["token"],
                 "--to",
@@ -400,8 +412,8 @@ class Stack(Processes):
 
 
 @contextmanager
-def stack(*relay_args: str, agent_args: tuple[str, ...] = ()):
-    s = Stack(*relay_args, agent_args=agent_args)
+def stack(*relay_args: str, agent_args: tuple[str, ...] = (), tunnel_delay: float = 0.0):
+    s = Stack(*relay_args, agent_args=agent_args, tunnel_delay=tunnel_delay)
     try:
         yield s
     finally:

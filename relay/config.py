@@ -35,6 +35,7 @@ class TunnelLimits(msgspec.Struct, frozen=True, kw_only=True):
     max_streams: Positive = 1000
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     initial_window: Annotated[int, msgspec.Meta(ge=16 * 1024, le=2**31 - 1)] = 1024 * 1024
+    max_window: Annotated[int, msgspec.Meta(ge=16 * 1024, le=2**31 - 1)] = 16 * 1024 * 1024
 
     @property
     def tunnel_limits(self) -> Limits:
@@ -44,6 +45,7 @@ class TunnelLimits(msgspec.Struct, frozen=True, kw_only=True):
             max_streams=self.max_streams,
             max_header_bytes=self.max_header_bytes,
             initial_window=self.initial_window,
+            max_window=self.max_window,
         )
 
 

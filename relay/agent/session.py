@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, Any
 
 from relay.agent.exchange import UpstreamExchange
@@ -16,7 +15,6 @@ from relay.wire.protocol import (
     FrameCodec,
     Hello,
     Limits,
-    Ping,
     ReqHead,
     Reset,
     ResetCode,
@@ -155,6 +153,8 @@ class AgentSession(TunnelConnection):
     async def keepalive(self, interval: float, silence_timeout: float) -> None:
         """Ping the relay; close the socket when nothing arrived for ``silence_timeout``."""
         tick = min(interval, silence_timeout / 3)
+        # The first Ping goes at once: its Pong times the round trip (see TunnelConnection.rtt).
+        await self.send(self.ping())
         next_ping = self.loop.time() + interval
         while self.close_code is None:
             await asyncio.sleep(tick)
@@ -168,7 +168,7 @@ class AgentSession(TunnelConnection):
                 return
             if now >= next_ping:
                 next_ping = now + interval
-                await self.send(Ping(time.time()))
+                await self.send(self.ping())
 
     def fail_streams_silently(self) -> None:
         """Cancel every stream task; the socket is presumed dead."""

@@ -52,6 +52,8 @@ _HELP = {
     "max_streams": "most concurrent streams on one tunnel",
     "max_header_bytes": "largest request or response head accepted (else 431)",
     "initial_window": "per-stream flow-control credit, each direction",
+    "max_window": "most a stream's receive window grows to when a long round trip, not the"
+    " consumer, limits it (the --initial-window size: no growth)",
     "ping_interval": "seconds between pings (relay: to each agent, owner TTL = interval x"
     " misses; agent: to the relay)",
     "log_format": "log lines: json, console, or auto (console on a terminal)",

@@ -25,7 +25,7 @@ __all__ = ["Option", "env_value", "options_of", "parse_bool", "values_from"]
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 # Integer options counted in bytes; every other integer is a count, every float seconds.
-_BYTES = frozenset({"max_frame", "max_header_bytes", "initial_window", "max_body"})
+_BYTES = frozenset({"max_frame", "max_header_bytes", "initial_window", "max_window", "max_body"})
 
 
 def parse_bool(raw: str, source: str) -> bool:

@@ -11,7 +11,7 @@ import msgspec
 
 from relay.errors import ProtocolError, StreamRefused, TunnelBacklogged
 from relay.wire.connection import TunnelConnection, WebSocketLike
-from relay.wire.protocol import CloseCode, Drain, Ping
+from relay.wire.protocol import CloseCode, Drain
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -135,7 +135,7 @@ class Tunnel(TunnelConnection):
             self.log.warning("tunnel.missed_pongs", silent_s=round(silent, 3))
             self._closer = self.loop.create_task(self.close(CloseCode.MISSED_PONG, "missed pongs"))
             return False
-        self.queue(Ping(time.time()))
+        self.queue(self.ping())
         return True
 
     async def drain(self, deadline: float) -> None:

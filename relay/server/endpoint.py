@@ -84,6 +84,9 @@ async def tunnel_endpoint(state: RelayState, request: web.BaseRequest) -> web.St
             await tunnel.close(CloseCode.DRAIN, "server draining")
         else:
             state.pings.add(tunnel)
+            # A first Ping at once, after the lone Welcome agents expect: its Pong times the
+            # round trip (stream windows grow by it), not a ping interval later.
+            tunnel.queue(tunnel.ping())
             tunnel.log.info("tunnel.connected", agent_version=tunnel.agent_version)
             await tunnel.read_loop(early)
     except ConnectionError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import aiohttp
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
     from structlog.typing import FilteringBoundLogger
 
+    from relay.wire.streams import StreamState
+
 __all__ = ["StreamEndpoint", "TunnelConnection", "WebSocketLike"]
 
 # Messages are cut at this size even when the peer accepts larger ones: the peer handles
@@ -64,6 +67,9 @@ _BODY_COST: Final = DATA_OVERHEAD + _QUEUED_COST
 # body sources pause at the limit, but each stream's head goes in regardless, and a
 # stream whose client left is forgotten at once while its frames still wait.
 _BACKLOG = 4
+# Stream windows grown to their limit that a tunnel's budget covers at once (see
+# TunnelConnection.window_room).
+_GROWTH_STREAMS = 4
 # A tunnel that wrote nothing for this long is quiet: its next frame goes out at once
 # rather than after the event-loop turn (see TunnelConnection.queue).
 _QUIET = 0.001
@@ -73,6 +79,7 @@ class StreamEndpoint(Protocol):
     """What the tunnel's stream table holds: a task's channel or a callback stream."""
 
     sid: int
+    state: StreamState
 
     def deliver(self, frame: Frame) -> None:
         """Accept one frame from the peer for this stream."""
@@ -120,6 +127,7 @@ class TunnelConnection:
         "_out_bytes",
         "_out_limit",
         "_out_sizes",
+        "_ping_t",
         "_pong_due",
         "_room",
         "_room_callbacks",
@@ -133,9 +141,12 @@ class TunnelConnection:
         "local_limits",
         "loop",
         "max_chunk",
+        "max_window",
         "peer_limits",
+        "rtt",
         "stream_violations",
         "streams",
+        "window_room",
         "ws",
     )
 
@@ -184,6 +195,14 @@ class TunnelConnection:
         self._flushes: list[StreamChannel] | None = None  # see flush_after
         self._defer_flush = False  # the pending turn's write waits one turn more
         self._pong_due: float | None = None  # the t of the last Ping in the message read
+        # The shortest round trip seen (our Ping to its Pong; 0.0: none yet): queueing
+        # behind bulk frames only lengthens one, so the least is the path's own.
+        self.rtt = 0.0
+        self._ping_t = 0.0  # the t of our last Ping: only its Pong is timed
+        # Receive windows grow up to max_window (StreamState.grow), by at most this
+        # much across the tunnel's streams at once: what one agent's streams may hold.
+        self.max_window = max(local_limits.max_window, local_limits.initial_window)
+        self.window_room = _GROWTH_STREAMS * (self.max_window - local_limits.initial_window)
 
     @property
     def log(self) -> FilteringBoundLogger:
@@ -416,7 +435,9 @@ class TunnelConnection:
 
     def forget(self, sid: int) -> None:
         """Drop stream ``sid`` from the table (it ended); wakes :meth:`wait_idle`."""
-        self.streams.pop(sid, None)
+        channel = self.streams.pop(sid, None)
+        if channel is not None:
+            self.window_room += channel.state.grown
         if not self.streams and self._idle is not None:
             self._idle.set()
             self._idle = None
@@ -545,8 +566,31 @@ class TunnelConnection:
             self._pong_due = frame.t
         elif isinstance(frame, Pong):
             self.last_pong_at = self.loop.time()
+            if frame.t == self._ping_t:
+                # Only our own last Ping is timed: a peer cannot make up a round trip.
+                rtt = time.time() - frame.t
+                if rtt >= 0.0 and (rtt < self.rtt or not self.rtt):
+                    self.rtt = rtt
+                self._ping_t = 0.0
         else:
             raise ProtocolError(f"unexpected {type(frame).__name__} frame")
+
+    def ping(self) -> Ping:
+        """A Ping whose Pong will be timed (see :attr:`rtt`), to send now."""
+        t = time.time()
+        self._ping_t = t
+        return Ping(t)
+
+    def widen(self, state: StreamState, granted: int) -> int:
+        """Bytes by which ``state``'s window grows with a grant of ``granted``.
+
+        See :meth:`StreamState.grow`; the tunnel's budget (:attr:`window_room`) pays.
+        """
+        if not self.rtt or self.window_room <= 0:
+            return 0
+        extra = state.grow(granted, self.loop.time(), self.rtt, self.window_room, self.max_window)
+        self.window_room -= extra
+        return extra
 
     def fail_streams(self, error: TunnelClosed) -> None:
         """Wake every stream with ``error``; the tunnel is gone."""

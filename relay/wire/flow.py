@@ -146,10 +146,16 @@ class FlowStream:
         return not self._paused
 
     def consumed(self, n: int) -> None:
-        """Our sink took ``n`` of the peer's bytes: hand credit back when enough gathered."""
-        grant = self.state.on_consumed(n)
-        if grant and self.conn.close_code is None:
-            self.conn.queue(Window(self.sid, grant))
+        """Our sink took ``n`` of the peer's bytes: hand credit back when enough gathered.
+
+        The grant may be more than was taken: see :meth:`TunnelConnection.widen`.
+        """
+        state = self.state
+        grant = state.on_consumed(n)
+        if grant:
+            conn = self.conn
+            if conn.close_code is None:
+                conn.queue(Window(self.sid, grant + conn.widen(state, grant)))
 
     def reset(self, code: ResetCode, reason: str = "") -> None:
         """Abort the stream and tell the peer (once); forgets it."""

@@ -26,8 +26,11 @@ sketch's ``End``); it may carry the last chunk.
 
 Flow control works like HTTP/2: each direction of a stream starts with the receiver's
 ``initial_window`` bytes of credit (from its ``limits``); the sender stops at zero and the
-receiver sends ``Window`` as its consumer takes data. Head frames and inline chunks do
-not count against the window; ``Data`` chunks and ``WsMsg`` payloads do.
+receiver sends ``Window`` as its consumer takes data. ``Data`` chunks, inline chunks of
+head frames and ``WsMsg`` payloads count against the window; heads themselves do not. A
+receiver may grant more than was consumed: a stream's window grows, up to the receiver's
+``max_window``, while the window rather than the consumer sets the pace (a long round
+trip); a sender takes any credit up to 2**31 - 1.
 
 A proxied WebSocket::
 
@@ -127,6 +130,9 @@ class Limits(msgspec.Struct, gc=False, array_like=True, frozen=True):
     max_header_bytes: Annotated[int, msgspec.Meta(ge=256)] = 64 * 1024
     initial_window: Annotated[int, msgspec.Meta(ge=1024, le=2**31 - 1)] = 1024 * 1024
     max_body: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: unlimited
+    # The most one stream's window grows to (told for information: credit is the
+    # receiver's to give). A trailing field: peers that predate it skip it.
+    max_window: Annotated[int, msgspec.Meta(ge=1024, le=2**31 - 1)] = 16 * 1024 * 1024
 
     def clamped(self, ours: Limits) -> Limits:
         """These (a peer's announced) limits, none above ``ours``.
@@ -140,6 +146,7 @@ class Limits(msgspec.Struct, gc=False, array_like=True, frozen=True):
             max_header_bytes=min(self.max_header_bytes, ours.max_header_bytes),
             initial_window=min(self.initial_window, ours.initial_window),
             max_body=self.max_body,
+            max_window=min(self.max_window, ours.max_window),
         )
         # Most agents end up with exactly ours: one shared object, not one per tunnel.
         return ours if clamped == ours else clamped

@@ -10,6 +10,8 @@ Rules (each direction of a stream is independent, as in HTTP/2):
   caller (they may have been in flight).
 * The receiver hands credit back as its consumer takes data, in grants of at least a
   quarter window, so a steady transfer costs one ``Window`` frame per quarter window.
+* The receiver may grant more than its consumer took: the window grows (:meth:`StreamState.grow`)
+  while it, not the consumer, sets the pace, as it does over a long round trip.
 
 Violations by the peer raise :class:`~relay.errors.FlowControlError` or
 :class:`~relay.errors.StreamStateError` (the tunnel closes with 4004); violations by our own
@@ -29,10 +31,13 @@ class StreamState:
     """Flow-control and half-close bookkeeping for one stream."""
 
     __slots__ = (
+        "_epoch_bytes",
+        "_epoch_start",
         "_grant_threshold",
-        "_initial_recv",
         "_unacked",
+        "grown",
         "local_ended",
+        "recv_size",
         "recv_window",
         "remote_ended",
         "reset",
@@ -44,9 +49,12 @@ class StreamState:
         self.sid = sid
         self.send_window = send_window  # credit we hold for sending to the peer
         self.recv_window = recv_window  # credit the peer holds for sending to us
-        self._initial_recv = recv_window
         self._grant_threshold = max(recv_window // 4, 1)
         self._unacked = 0  # bytes our consumer took that we have not yet granted back
+        self.recv_size = recv_window  # the window's size: the initial one and what grow() added
+        self.grown = 0  # what grow() added to the window
+        self._epoch_start = 0.0  # see grow()
+        self._epoch_bytes = 0
         self.local_ended = False
         self.remote_ended = False
         self.reset = False
@@ -106,6 +114,35 @@ class StreamState:
         grant, self._unacked = self._unacked, 0
         self.recv_window += grant
         return grant
+
+    def grow(self, granted: int, now: float, rtt: float, room: int, limit: int) -> int:
+        """After granting ``granted`` bytes back: widen the window if it set the pace.
+
+        The window is judged in epochs of half a window consumed (quic-go's auto-tuning
+        rule): a peer that only the window holds back sends a window per round trip, so
+        half of one is consumed within half a round trip, while a slow consumer takes
+        longer. An epoch shorter than four round trips' worth of what it consumed
+        (``rtt`` seconds per window) doubles the window, by at most ``room`` bytes (the
+        tunnel's budget) and up to ``limit``; the bytes added are returned, to be granted
+        with ``granted``. ``now`` is a monotonic clock in seconds; the first epoch
+        only starts the clock.
+        """
+        self._epoch_bytes += granted
+        size = self.recv_size
+        consumed = self._epoch_bytes
+        if consumed * 2 < size or self.reset or self.remote_ended:
+            return 0
+        fast = now - self._epoch_start < 4.0 * rtt * consumed / size
+        self._epoch_start = now
+        self._epoch_bytes = 0
+        extra = min(size, limit - size, room) if fast else 0
+        if extra <= 0:
+            return 0
+        self.recv_size = size + extra
+        self.recv_window += extra
+        self.grown += extra
+        self._grant_threshold = max(self.recv_size // 4, 1)
+        return extra
 
     def on_reset(self) -> None:
         """Either side reset the stream."""

@@ -210,3 +210,17 @@ async def test_a_cancelled_read_loop_on_a_closed_socket_stops_its_writer():
     await asyncio.wait_for(asyncio.wait({writer}), 1.0)
     assert writer.cancelled()
     assert conn._writer is None
+
+
+async def test_only_the_pong_of_our_own_last_ping_is_timed():
+    conn = connection(StuckSocket([]))
+    conn.on_control_frame(Pong(1.0))  # a peer's invention: no round trip of 57 years
+    assert conn.rtt == 0.0
+    ping = conn.ping()
+    conn.on_control_frame(Pong(ping.t))
+    first = conn.rtt
+    assert 0.0 < first < 1.0
+    conn.on_control_frame(Pong(ping.t))  # answered twice: the second is not timed
+    assert conn.rtt == first
+    conn.on_control_frame(Pong(conn.ping().t - 5.0))  # an answer for no ping of ours
+    assert conn.rtt == first

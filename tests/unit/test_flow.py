@@ -130,3 +130,68 @@ async def test_bodies_cross_both_ways_intact_within_the_window(seed):
     for task in readers:
         task.cancel()
     await asyncio.gather(*readers, return_exceptions=True)
+
+
+class SlowPipeEnd(PipeEnd):
+    """A pipe end whose messages arrive ``delay`` seconds after they are sent."""
+
+    delay = 0.0
+
+    async def send_bytes(self, data: bytes, compress: int | None = None) -> None:
+        assert self.peer is not None
+        inbox = self.peer.inbox
+        message = aiohttp.WSMessage(aiohttp.WSMsgType.BINARY, data, None)
+        asyncio.get_running_loop().call_later(self.delay, inbox.put_nowait, message)
+
+
+async def transfer_over_a_long_round_trip(take_per_tick: int, size: int) -> tuple[int, int]:
+    """Stream ``size`` bytes over a 20 ms round trip, the consumer taking ``take_per_tick``
+    bytes per millisecond or so; the receiver's window at the end, and the largest."""
+    limits = Limits(max_frame=64 * 1024, initial_window=64 * 1024, max_window=1 << 20)
+    a, b = SlowPipeEnd(), SlowPipeEnd()
+    a.peer, b.peer = b, a
+    a.delay = b.delay = 0.01
+    log = structlog.get_logger()
+    sender = TunnelConnection(a, local_limits=limits, peer_limits=limits, log=log)
+    receiver = TunnelConnection(b, local_limits=limits, peer_limits=limits, log=log)
+    readers = [asyncio.create_task(c.read_loop()) for c in (sender, receiver)]
+    room = receiver.window_room
+    receiver.queue(receiver.ping())  # its Pong times the round trip
+    async with asyncio.timeout(5):
+        while not receiver.rtt:
+            await asyncio.sleep(0.001)
+    assert 0.02 <= receiver.rtt < 0.1
+    body = random.Random(1).randbytes(size)
+    out = Endpoint(sender, 1, body, 1)
+    into = Endpoint(receiver, 1, b"", 2)
+    out.produce()
+    largest = 0
+    async with asyncio.timeout(30):
+        while not (into.ended.is_set() and not into.buffered):
+            n = min(into.buffered, take_per_tick)
+            into.buffered -= n
+            into.consumed(n)
+            largest = max(largest, into.state.recv_size)
+            # The window bounds what the receiver holds, grown or not.
+            assert into.buffered <= into.state.recv_size <= limits.max_window
+            await asyncio.sleep(0.001)
+    assert into.got.digest() == hashlib.sha256(body).digest()
+    window = into.state.recv_size
+    into.close()
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    assert receiver.window_room == room  # a forgotten stream gives its growth back
+    return window, largest
+
+
+async def test_a_window_that_sets_the_pace_grows_to_its_limit():
+    window, largest = await transfer_over_a_long_round_trip(1 << 30, size=4_000_000)
+    assert window == largest == 1 << 20  # 64 KiB doubled four times
+
+
+async def test_a_slow_consumer_keeps_the_initial_window():
+    # At most 0.4 MB/s (400 bytes a millisecond): under half of a quarter of what the
+    # window allows (64 KiB per 20 ms round trip, 3.3 MB/s).
+    window, largest = await transfer_over_a_long_round_trip(400, size=300_000)
+    assert window == largest == 64 * 1024

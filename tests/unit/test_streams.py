@@ -94,3 +94,102 @@ def test_received_but_unconsumed_bytes_never_exceed_the_window(steps):
         buffered -= take
         assert buffered <= window
         assert 0 <= s.recv_window <= window
+
+
+# -- window growth (StreamState.grow) ----------------------------------------------------
+
+BIG = 1 << 30  # room and limit that do not bind
+
+
+def consume_window_fraction(s, fraction: float) -> int:
+    """The peer sends ``fraction`` of the window and our consumer takes it: the grant."""
+    n = int(s.recv_size * fraction)
+    s.on_receive(n)
+    return s.on_consumed(n)
+
+
+def test_the_first_epoch_only_starts_the_clock():
+    s = make(recv=1000)
+    grant = consume_window_fraction(s, 0.5)
+    assert s.grow(grant, now=100.0, rtt=0.05, room=BIG, limit=BIG) == 0
+    assert s.recv_size == 1000
+
+
+def test_a_window_consumed_within_round_trips_doubles():
+    s = make(recv=1000)
+    s.grow(consume_window_fraction(s, 0.5), now=100.0, rtt=0.05, room=BIG, limit=BIG)
+    # Half a window in 0.03 s with a 0.05 s round trip: the window set the pace.
+    grant = consume_window_fraction(s, 0.5)
+    assert s.grow(grant, now=100.03, rtt=0.05, room=BIG, limit=BIG) == 1000
+    assert (s.recv_size, s.grown) == (2000, 1000)
+    assert s.recv_window == 2000  # what the peer may send once both grants arrive
+
+
+def test_a_slow_consumer_does_not_grow_the_window():
+    s = make(recv=1000)
+    s.grow(consume_window_fraction(s, 0.5), now=100.0, rtt=0.05, room=BIG, limit=BIG)
+    # Half a window took 0.5 s: ten round trips, the consumer sets the pace.
+    grant = consume_window_fraction(s, 0.5)
+    assert s.grow(grant, now=100.5, rtt=0.05, room=BIG, limit=BIG) == 0
+    assert s.recv_size == 1000
+
+
+def test_an_epoch_ends_only_after_half_a_window():
+    s = make(recv=1000)
+    s.grow(consume_window_fraction(s, 0.5), now=100.0, rtt=0.05, room=BIG, limit=BIG)
+    grant = consume_window_fraction(s, 0.3)
+    assert s.grow(grant, now=100.01, rtt=0.05, room=BIG, limit=BIG) == 0
+    grant = consume_window_fraction(s, 0.3)
+    assert s.grow(grant, now=100.02, rtt=0.05, room=BIG, limit=BIG) == 1000
+
+
+def test_growth_stops_at_the_limit_and_at_the_tunnels_room():
+    s = make(recv=1000)
+    now = 100.0
+    s.grow(consume_window_fraction(s, 0.5), now=now, rtt=0.05, room=BIG, limit=2500)
+    grown = []
+    for _ in range(4):
+        now += 0.001
+        grown.append(
+            s.grow(consume_window_fraction(s, 0.5), now=now, rtt=0.05, room=BIG, limit=2500)
+        )
+    assert grown == [1000, 500, 0, 0]
+    assert s.recv_size == 2500
+    t = make(recv=1000)
+    t.grow(consume_window_fraction(t, 0.5), now=100.0, rtt=0.05, room=300, limit=BIG)
+    assert (
+        t.grow(consume_window_fraction(t, 0.5), now=100.001, rtt=0.05, room=300, limit=BIG) == 300
+    )
+
+
+def test_an_ended_or_reset_stream_does_not_grow():
+    s = make(recv=1000)
+    s.grow(consume_window_fraction(s, 0.5), now=100.0, rtt=0.05, room=BIG, limit=BIG)
+    s.on_receive(500, end=True)
+    assert s.grow(500, now=100.001, rtt=0.05, room=BIG, limit=BIG) == 0
+    r = make(recv=1000)
+    r.grow(consume_window_fraction(r, 0.5), now=100.0, rtt=0.05, room=BIG, limit=BIG)
+    r.on_receive(500)
+    r.on_reset()
+    assert r.grow(500, now=100.001, rtt=0.05, room=BIG, limit=BIG) == 0
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 3000), st.floats(0, 0.2)), max_size=80)
+)
+def test_growing_windows_still_bound_what_is_buffered(steps):
+    """Buffered bytes stay within the window, and the window within its limit."""
+    limit = 8000
+    s = make(recv=1000)
+    buffered, now = 0, 100.0
+    for send, consume, dt in steps:
+        n = min(send, s.recv_window)
+        s.on_receive(n)
+        buffered += n
+        take = min(consume, buffered)
+        grant = s.on_consumed(take)
+        buffered -= take
+        now += dt
+        if grant:
+            s.grow(grant, now=now, rtt=0.05, room=BIG, limit=limit)
+        assert buffered + s.recv_window <= s.recv_size <= limit
