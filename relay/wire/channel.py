@@ -58,6 +58,9 @@ class FrameSink(Protocol):
     def flush_after(self, channel: StreamChannel) -> None:
         """Call ``channel.flush_burst()`` once the tunnel message being read is dispatched."""
 
+    def widen(self, state: StreamState, granted: int) -> int:
+        """Bytes by which ``state``'s window grows with a grant of ``granted`` (0: none)."""
+
 
 class StreamChannel:
     """Inbox, credit and lifecycle of one stream."""
@@ -68,7 +71,6 @@ class StreamChannel:
         "_error",
         "_inbox",
         "_loop",
-        "_max_waiting",
         "_on_close",
         "_readable",
         "_sink",
@@ -95,7 +97,6 @@ class StreamChannel:
         self.max_chunk = max_chunk
         self._sink = sink
         self._inbox: deque[Frame] = deque()
-        self._max_waiting = max(1024, recv_window // _BYTES_PER_WAITING_FRAME)
         self._readable: asyncio.Future[None] | None = None
         self._credit: asyncio.Future[None] | None = None
         self._error: StreamError | None = None
@@ -148,7 +149,8 @@ class StreamChannel:
 
     def _enqueue(self, frame: Frame) -> None:
         """Put ``frame`` in the inbox for the serving task; FlowControlError past the bound."""
-        if len(self._inbox) >= self._max_waiting:
+        # The window may have grown (StreamState.grow): the bound grows with it.
+        if len(self._inbox) >= max(1024, self.state.recv_size // _BYTES_PER_WAITING_FRAME):
             raise FlowControlError(f"stream {self.sid}: {len(self._inbox)} frames wait unread")
         self._inbox.append(frame)
         _wake(self._readable)
@@ -169,9 +171,10 @@ class StreamChannel:
             except ConnectionResetError:
                 pass  # closing after all: the task meets it too and ends the pump
             else:
-                grant = self.state.on_consumed(size)
+                state = self.state
+                grant = state.on_consumed(size)
                 if grant:
-                    self._sink.queue(Window(self.sid, grant))
+                    self._sink.queue(Window(self.sid, grant + self._sink.widen(state, grant)))
                 return
         # Past the inbox's frame bound by at most this one tunnel message: the next
         # frame delivered meets the bound (_enqueue) and resets the stream.
@@ -237,9 +240,10 @@ class StreamChannel:
 
     async def consumed(self, n: int) -> None:
         """Our consumer took ``n`` bytes: hand credit back when enough has gathered."""
-        grant = self.state.on_consumed(n)
+        state = self.state
+        grant = state.on_consumed(n)
         if grant:
-            await self._sink.send(Window(self.sid, grant))
+            await self._sink.send(Window(self.sid, grant + self._sink.widen(state, grant)))
 
     async def send(self, frame: Frame) -> None:
         """Send a frame that needs no credit (heads, WebSocket accept/close)."""

@@ -18,7 +18,7 @@ import structlog
 
 from relay.wire.connection import TunnelConnection
 from relay.wire.flow import FlowStream
-from relay.wire.protocol import Limits, ReqHead, RespHead
+from relay.wire.protocol import Data, Limits, ReqHead, RespHead
 
 if TYPE_CHECKING:
     from relay.errors import StreamError
@@ -144,23 +144,33 @@ class SlowPipeEnd(PipeEnd):
         asyncio.get_running_loop().call_later(self.delay, inbox.put_nowait, message)
 
 
-async def transfer_over_a_long_round_trip(take_per_tick: int, size: int) -> tuple[int, int]:
-    """Stream ``size`` bytes over a 20 ms round trip, the consumer taking ``take_per_tick``
-    bytes per millisecond or so; the receiver's window at the end, and the largest."""
-    limits = Limits(max_frame=64 * 1024, initial_window=64 * 1024, max_window=1 << 20)
+LONG_RTT_LIMITS = Limits(max_frame=64 * 1024, initial_window=64 * 1024, max_window=1 << 20)
+
+
+async def slow_pair() -> tuple[TunnelConnection, TunnelConnection, list[asyncio.Task]]:
+    """Two tunnel ends over a 20 ms round trip, the receiver's (second) having timed it;
+    and their read loops."""
     a, b = SlowPipeEnd(), SlowPipeEnd()
     a.peer, b.peer = b, a
     a.delay = b.delay = 0.01
     log = structlog.get_logger()
+    limits = LONG_RTT_LIMITS
     sender = TunnelConnection(a, local_limits=limits, peer_limits=limits, log=log)
     receiver = TunnelConnection(b, local_limits=limits, peer_limits=limits, log=log)
     readers = [asyncio.create_task(c.read_loop()) for c in (sender, receiver)]
-    room = receiver.window_room
     receiver.queue(receiver.ping())  # its Pong times the round trip
     async with asyncio.timeout(5):
         while not receiver.rtt:
             await asyncio.sleep(0.001)
     assert 0.02 <= receiver.rtt < 0.1
+    return sender, receiver, readers
+
+
+async def transfer_over_a_long_round_trip(take_per_tick: int, size: int) -> tuple[int, int]:
+    """Stream ``size`` bytes over a 20 ms round trip, the consumer taking ``take_per_tick``
+    bytes per millisecond or so; the receiver's window at the end, and the largest."""
+    sender, receiver, readers = await slow_pair()
+    room = receiver.window_room
     body = random.Random(1).randbytes(size)
     out = Endpoint(sender, 1, body, 1)
     into = Endpoint(receiver, 1, b"", 2)
@@ -173,7 +183,7 @@ async def transfer_over_a_long_round_trip(take_per_tick: int, size: int) -> tupl
             into.consumed(n)
             largest = max(largest, into.state.recv_size)
             # The window bounds what the receiver holds, grown or not.
-            assert into.buffered <= into.state.recv_size <= limits.max_window
+            assert into.buffered <= into.state.recv_size <= LONG_RTT_LIMITS.max_window
             await asyncio.sleep(0.001)
     assert into.got.digest() == hashlib.sha256(body).digest()
     window = into.state.recv_size
@@ -195,3 +205,29 @@ async def test_a_slow_consumer_keeps_the_initial_window():
     # window allows (64 KiB per 20 ms round trip, 3.3 MB/s).
     window, largest = await transfer_over_a_long_round_trip(400, size=300_000)
     assert window == largest == 64 * 1024
+
+
+async def test_a_channels_window_grows_too():
+    """Task-served streams (WebSockets, forwarding) grow their windows like callback ones."""
+    sender, receiver, readers = await slow_pair()
+    room = receiver.window_room
+    out, into = sender.open_channel(1), receiver.open_channel(1)
+    body = random.Random(2).randbytes(3_000_000)
+    writer = asyncio.create_task(out.send_body(body, end=True))
+    got = bytearray()
+    async with asyncio.timeout(30):
+        while True:
+            frame = await into.receive()
+            assert isinstance(frame, Data)
+            got += frame.chunk
+            await into.consumed(len(frame.chunk))
+            if frame.end:
+                break
+    await writer
+    assert got == body
+    assert into.state.recv_size == LONG_RTT_LIMITS.max_window
+    into.close()
+    assert receiver.window_room == room
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
