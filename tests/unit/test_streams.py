@@ -108,67 +108,53 @@ def consume_window_fraction(s, fraction: float) -> int:
     return s.on_consumed(n)
 
 
-def test_the_first_epoch_only_starts_the_clock():
-    s = make(recv=1000)
-    grant = consume_window_fraction(s, 0.5)
-    assert s.grow(grant, now=100.0, rtt=0.05, room=BIG, limit=BIG) == 0
-    assert s.recv_size == 1000
+def epoch(s, fraction: float, now: float, room: int = BIG, limit: int = BIG) -> int:
+    """``fraction`` of the window consumed by ``now`` (0.05 s round trips): the growth."""
+    return s.grow(consume_window_fraction(s, fraction), now=now, rtt=0.05, room=room, limit=limit)
+
+
+def started(recv: int = 1000) -> StreamState:
+    """A stream whose first epoch (which only starts the clock) ended at 100 s."""
+    s = make(recv=recv)
+    assert epoch(s, 0.5, now=100.0) == 0
+    assert s.recv_size == recv
+    return s
 
 
 def test_a_window_consumed_within_round_trips_doubles():
-    s = make(recv=1000)
-    s.grow(consume_window_fraction(s, 0.5), now=100.0, rtt=0.05, room=BIG, limit=BIG)
+    s = started()
     # Half a window in 0.03 s with a 0.05 s round trip: the window set the pace.
-    grant = consume_window_fraction(s, 0.5)
-    assert s.grow(grant, now=100.03, rtt=0.05, room=BIG, limit=BIG) == 1000
+    assert epoch(s, 0.5, now=100.03) == 1000
     assert (s.recv_size, s.grown) == (2000, 1000)
     assert s.recv_window == 2000  # what the peer may send once both grants arrive
 
 
 def test_a_slow_consumer_does_not_grow_the_window():
-    s = make(recv=1000)
-    s.grow(consume_window_fraction(s, 0.5), now=100.0, rtt=0.05, room=BIG, limit=BIG)
+    s = started()
     # Half a window took 0.5 s: ten round trips, the consumer sets the pace.
-    grant = consume_window_fraction(s, 0.5)
-    assert s.grow(grant, now=100.5, rtt=0.05, room=BIG, limit=BIG) == 0
+    assert epoch(s, 0.5, now=100.5) == 0
     assert s.recv_size == 1000
 
 
 def test_an_epoch_ends_only_after_half_a_window():
-    s = make(recv=1000)
-    s.grow(consume_window_fraction(s, 0.5), now=100.0, rtt=0.05, room=BIG, limit=BIG)
-    grant = consume_window_fraction(s, 0.3)
-    assert s.grow(grant, now=100.01, rtt=0.05, room=BIG, limit=BIG) == 0
-    grant = consume_window_fraction(s, 0.3)
-    assert s.grow(grant, now=100.02, rtt=0.05, room=BIG, limit=BIG) == 1000
+    s = started()
+    assert epoch(s, 0.3, now=100.01) == 0
+    assert epoch(s, 0.3, now=100.02) == 1000
 
 
 def test_growth_stops_at_the_limit_and_at_the_tunnels_room():
-    s = make(recv=1000)
-    now = 100.0
-    s.grow(consume_window_fraction(s, 0.5), now=now, rtt=0.05, room=BIG, limit=2500)
-    grown = []
-    for _ in range(4):
-        now += 0.001
-        grown.append(
-            s.grow(consume_window_fraction(s, 0.5), now=now, rtt=0.05, room=BIG, limit=2500)
-        )
+    s = started()
+    grown = [epoch(s, 0.5, now=100.0 + i / 1000, limit=2500) for i in range(1, 5)]
     assert grown == [1000, 500, 0, 0]
     assert s.recv_size == 2500
-    t = make(recv=1000)
-    t.grow(consume_window_fraction(t, 0.5), now=100.0, rtt=0.05, room=300, limit=BIG)
-    assert (
-        t.grow(consume_window_fraction(t, 0.5), now=100.001, rtt=0.05, room=300, limit=BIG) == 300
-    )
+    assert epoch(started(), 0.5, now=100.001, room=300) == 300
 
 
 def test_an_ended_or_reset_stream_does_not_grow():
-    s = make(recv=1000)
-    s.grow(consume_window_fraction(s, 0.5), now=100.0, rtt=0.05, room=BIG, limit=BIG)
+    s = started()
     s.on_receive(500, end=True)
     assert s.grow(500, now=100.001, rtt=0.05, room=BIG, limit=BIG) == 0
-    r = make(recv=1000)
-    r.grow(consume_window_fraction(r, 0.5), now=100.0, rtt=0.05, room=BIG, limit=BIG)
+    r = started()
     r.on_receive(500)
     r.on_reset()
     assert r.grow(500, now=100.001, rtt=0.05, room=BIG, limit=BIG) == 0
