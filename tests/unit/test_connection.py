@@ -224,3 +224,16 @@ async def test_only_the_pong_of_our_own_last_ping_is_timed():
     assert conn.rtt == first
     conn.on_control_frame(Pong(conn.ping().t - 5.0))  # an answer for no ping of ours
     assert conn.rtt == first
+
+
+async def test_a_pong_of_zero_is_not_timed():
+    # Before our first Ping and after its Pong, the t we wait for is unset: a Pong(0.0)
+    # matched it and made up a round trip of 57 years (every window grew at once).
+    conn = connection(StuckSocket([]))
+    conn.on_control_frame(Pong(0.0))
+    assert conn.rtt == 0.0
+    ping = conn.ping()
+    conn.on_control_frame(Pong(ping.t))
+    first = conn.rtt
+    conn.on_control_frame(Pong(0.0))
+    assert conn.rtt == first
