@@ -591,6 +591,10 @@ class TunnelConnection:
         """
         if not self.rtt or self.window_room <= 0:
             return 0
+        endpoint = self.streams.get(state.sid)
+        if endpoint is None or endpoint.state is not state:
+            # Forgotten (:meth:`forget` gave its growth back): nothing would repay more.
+            return 0
         extra = state.grow(granted, self.loop.time(), self.rtt, self.window_room, self.max_window)
         self.window_room -= extra
         return extra

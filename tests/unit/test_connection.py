@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
@@ -11,8 +12,12 @@ import structlog
 
 from relay.errors import TunnelClosed
 from relay.wire.connection import _QUEUED_COST, TunnelConnection
+from relay.wire.flow import FlowStream
 from relay.wire.protocol import Data, FrameCodec, Limits, Ping, Pong
 from tests.unit.ws_pair import joined
+
+if TYPE_CHECKING:
+    from relay.errors import StreamError
 
 LIMITS = Limits(max_frame=4096)
 
@@ -237,3 +242,30 @@ async def test_a_pong_of_zero_is_not_timed():
     first = conn.rtt
     conn.on_control_frame(Pong(0.0))
     assert conn.rtt == first
+
+
+class Forgotten(FlowStream):
+    def on_data(self, chunk: bytes, *, end: bool) -> None:
+        pass
+
+    def on_reset(self, error: StreamError) -> None:
+        pass
+
+
+async def test_a_forgotten_stream_takes_no_growth():
+    # A stream forgotten before its peer ended (FlowStream.close) gave its growth back;
+    # credit handed back afterwards must not grow it again out of the tunnel's budget,
+    # which nothing would ever give back.
+    limits = Limits(max_frame=4096, initial_window=16 * 1024, max_window=64 * 1024)
+    conn = TunnelConnection(
+        StuckSocket([]), local_limits=limits, peer_limits=limits, log=structlog.get_logger()
+    )
+    conn.rtt = 10.0  # every epoch is fast
+    room = conn.window_room
+    stream = Forgotten(conn, 1)
+    stream.state.on_receive(16 * 1024)
+    stream.close()
+    stream.consumed(8 * 1024)  # the first epoch starts the clock
+    stream.consumed(8 * 1024)  # the second, fast, would double the window
+    assert stream.state.grown == 0
+    assert conn.window_room == room
