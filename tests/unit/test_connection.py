@@ -13,7 +13,7 @@ import structlog
 from relay.errors import TunnelClosed
 from relay.wire.connection import _QUEUED_COST, TunnelConnection
 from relay.wire.flow import FlowStream
-from relay.wire.protocol import Data, FrameCodec, Limits, Ping, Pong
+from relay.wire.protocol import Data, FrameCodec, Limits, Ping, Pong, ResetCode
 from tests.unit.ws_pair import joined
 
 if TYPE_CHECKING:
@@ -268,4 +268,26 @@ async def test_a_forgotten_stream_takes_no_growth():
     stream.consumed(8 * 1024)  # the first epoch starts the clock
     stream.consumed(8 * 1024)  # the second, fast, would double the window
     assert stream.state.grown == 0
+    assert conn.window_room == room
+
+
+async def test_a_grown_stream_gives_its_growth_back_once():
+    """Reset by the tunnel, then closed by its owner: the budget is back, not above."""
+    limits = Limits(max_frame=4096, initial_window=16 * 1024, max_window=64 * 1024)
+    conn = TunnelConnection(
+        StuckSocket([]), local_limits=limits, peer_limits=limits, log=structlog.get_logger()
+    )
+    conn.rtt = 10.0  # every epoch is fast
+    room = conn.window_room
+    stream = Forgotten(conn, 1)
+    for _ in range(2):  # the first epoch starts the clock, the second doubles the window
+        stream.state.on_receive(8 * 1024)
+        stream.consumed(8 * 1024)
+    assert stream.state.grown == 16 * 1024
+    assert conn.window_room == room - 16 * 1024
+    conn.reset_stream(stream, ResetCode.FLOW_CONTROL, "test")
+    assert conn.window_room == room
+    stream.consumed(8 * 1024)  # reset: no grant, no growth
+    stream.close()
+    conn.forget(1)
     assert conn.window_room == room
