@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
@@ -198,7 +199,9 @@ class TunnelConnection:
         # The shortest round trip seen (our Ping to its Pong; 0.0: none yet): queueing
         # behind bulk frames only lengthens one, so the least is the path's own.
         self.rtt = 0.0
-        self._ping_t = 0.0  # the t of our last Ping: only its Pong is timed
+        # The t of our last Ping: only its Pong is timed. NaN while none waits: it equals
+        # no t, so a peer's Pong(0.0) makes up no round trip.
+        self._ping_t = math.nan
         # Receive windows grow up to max_window (StreamState.grow), by at most this
         # much across the tunnel's streams at once: what one agent's streams may hold.
         self.max_window = max(local_limits.max_window, local_limits.initial_window)
@@ -571,7 +574,7 @@ class TunnelConnection:
                 rtt = time.time() - frame.t
                 if rtt >= 0.0 and (rtt < self.rtt or not self.rtt):
                     self.rtt = rtt
-                self._ping_t = 0.0
+                self._ping_t = math.nan
         else:
             raise ProtocolError(f"unexpected {type(frame).__name__} frame")
 
@@ -587,6 +590,10 @@ class TunnelConnection:
         See :meth:`StreamState.grow`; the tunnel's budget (:attr:`window_room`) pays.
         """
         if not self.rtt or self.window_room <= 0:
+            return 0
+        endpoint = self.streams.get(state.sid)
+        if endpoint is None or endpoint.state is not state:
+            # Forgotten (:meth:`forget` gave its growth back): nothing would repay more.
             return 0
         extra = state.grow(granted, self.loop.time(), self.rtt, self.window_room, self.max_window)
         self.window_room -= extra

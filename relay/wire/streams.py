@@ -20,6 +20,8 @@ code raise :class:`~relay.errors.LocalStreamError`.
 
 from __future__ import annotations
 
+import math
+
 from relay.errors import FlowControlError, LocalStreamError, StreamStateError
 
 __all__ = ["MAX_WINDOW", "StreamState"]
@@ -53,7 +55,8 @@ class StreamState:
         self._unacked = 0  # bytes our consumer took that we have not yet granted back
         self.recv_size = recv_window  # the window's size: the initial one and what grow() added
         self.grown = 0  # what grow() added to the window
-        self._epoch_start = 0.0  # see grow()
+        # See grow(); -inf: the first epoch only starts the clock (loop.time() may be small).
+        self._epoch_start = -math.inf
         self._epoch_bytes = 0
         self.local_ended = False
         self.remote_ended = False

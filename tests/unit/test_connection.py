@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
@@ -11,8 +12,12 @@ import structlog
 
 from relay.errors import TunnelClosed
 from relay.wire.connection import _QUEUED_COST, TunnelConnection
-from relay.wire.protocol import Data, FrameCodec, Limits, Ping, Pong
+from relay.wire.flow import FlowStream
+from relay.wire.protocol import Data, FrameCodec, Limits, Ping, Pong, ResetCode
 from tests.unit.ws_pair import joined
+
+if TYPE_CHECKING:
+    from relay.errors import StreamError
 
 LIMITS = Limits(max_frame=4096)
 
@@ -224,3 +229,65 @@ async def test_only_the_pong_of_our_own_last_ping_is_timed():
     assert conn.rtt == first
     conn.on_control_frame(Pong(conn.ping().t - 5.0))  # an answer for no ping of ours
     assert conn.rtt == first
+
+
+async def test_a_pong_of_zero_is_not_timed():
+    # Before our first Ping and after its Pong, the t we wait for is unset: a Pong(0.0)
+    # matched it and made up a round trip of 57 years (every window grew at once).
+    conn = connection(StuckSocket([]))
+    conn.on_control_frame(Pong(0.0))
+    assert conn.rtt == 0.0
+    ping = conn.ping()
+    conn.on_control_frame(Pong(ping.t))
+    first = conn.rtt
+    conn.on_control_frame(Pong(0.0))
+    assert conn.rtt == first
+
+
+class Forgotten(FlowStream):
+    def on_data(self, chunk: bytes, *, end: bool) -> None:
+        pass
+
+    def on_reset(self, error: StreamError) -> None:
+        pass
+
+
+async def test_a_forgotten_stream_takes_no_growth():
+    # A stream forgotten before its peer ended (FlowStream.close) gave its growth back;
+    # credit handed back afterwards must not grow it again out of the tunnel's budget,
+    # which nothing would ever give back.
+    limits = Limits(max_frame=4096, initial_window=16 * 1024, max_window=64 * 1024)
+    conn = TunnelConnection(
+        StuckSocket([]), local_limits=limits, peer_limits=limits, log=structlog.get_logger()
+    )
+    conn.rtt = 10.0  # every epoch is fast
+    room = conn.window_room
+    stream = Forgotten(conn, 1)
+    stream.state.on_receive(16 * 1024)
+    stream.close()
+    stream.consumed(8 * 1024)  # the first epoch starts the clock
+    stream.consumed(8 * 1024)  # the second, fast, would double the window
+    assert stream.state.grown == 0
+    assert conn.window_room == room
+
+
+async def test_a_grown_stream_gives_its_growth_back_once():
+    """Reset by the tunnel, then closed by its owner: the budget is back, not above."""
+    limits = Limits(max_frame=4096, initial_window=16 * 1024, max_window=64 * 1024)
+    conn = TunnelConnection(
+        StuckSocket([]), local_limits=limits, peer_limits=limits, log=structlog.get_logger()
+    )
+    conn.rtt = 10.0  # every epoch is fast
+    room = conn.window_room
+    stream = Forgotten(conn, 1)
+    for _ in range(2):  # the first epoch starts the clock, the second doubles the window
+        stream.state.on_receive(8 * 1024)
+        stream.consumed(8 * 1024)
+    assert stream.state.grown == 16 * 1024
+    assert conn.window_room == room - 16 * 1024
+    conn.reset_stream(stream, ResetCode.FLOW_CONTROL, "test")
+    assert conn.window_room == room
+    stream.consumed(8 * 1024)  # reset: no grant, no growth
+    stream.close()
+    conn.forget(1)
+    assert conn.window_room == room
