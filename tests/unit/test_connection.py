@@ -252,16 +252,21 @@ class Forgotten(FlowStream):
         pass
 
 
-async def test_a_forgotten_stream_takes_no_growth():
-    # A stream forgotten before its peer ended (FlowStream.close) gave its growth back;
-    # credit handed back afterwards must not grow it again out of the tunnel's budget,
-    # which nothing would ever give back.
+def growing() -> tuple[TunnelConnection, int]:
+    """A tunnel on which every epoch is fast (16 KiB windows, up to 64 KiB); its room."""
     limits = Limits(max_frame=4096, initial_window=16 * 1024, max_window=64 * 1024)
     conn = TunnelConnection(
         StuckSocket([]), local_limits=limits, peer_limits=limits, log=structlog.get_logger()
     )
-    conn.rtt = 10.0  # every epoch is fast
-    room = conn.window_room
+    conn.rtt = 10.0
+    return conn, conn.window_room
+
+
+async def test_a_forgotten_stream_takes_no_growth():
+    # A stream forgotten before its peer ended (FlowStream.close) gave its growth back;
+    # credit handed back afterwards must not grow it again out of the tunnel's budget,
+    # which nothing would ever give back.
+    conn, room = growing()
     stream = Forgotten(conn, 1)
     stream.state.on_receive(16 * 1024)
     stream.close()
@@ -273,12 +278,7 @@ async def test_a_forgotten_stream_takes_no_growth():
 
 async def test_a_grown_stream_gives_its_growth_back_once():
     """Reset by the tunnel, then closed by its owner: the budget is back, not above."""
-    limits = Limits(max_frame=4096, initial_window=16 * 1024, max_window=64 * 1024)
-    conn = TunnelConnection(
-        StuckSocket([]), local_limits=limits, peer_limits=limits, log=structlog.get_logger()
-    )
-    conn.rtt = 10.0  # every epoch is fast
-    room = conn.window_room
+    conn, room = growing()
     stream = Forgotten(conn, 1)
     for _ in range(2):  # the first epoch starts the clock, the second doubles the window
         stream.state.on_receive(8 * 1024)

@@ -160,27 +160,6 @@ def test_an_ended_or_reset_stream_does_not_grow():
     assert r.grow(500, now=100.001, rtt=0.05, room=BIG, limit=BIG) == 0
 
 
-@given(
-    st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 3000), st.floats(0, 0.2)), max_size=80)
-)
-def test_growing_windows_still_bound_what_is_buffered(steps):
-    """Buffered bytes stay within the window, and the window within its limit."""
-    limit = 8000
-    s = make(recv=1000)
-    buffered, now = 0, 100.0
-    for send, consume, dt in steps:
-        n = min(send, s.recv_window)
-        s.on_receive(n)
-        buffered += n
-        take = min(consume, buffered)
-        grant = s.on_consumed(take)
-        buffered -= take
-        now += dt
-        if grant:
-            s.grow(grant, now=now, rtt=0.05, room=BIG, limit=limit)
-        assert buffered + s.recv_window <= s.recv_size <= limit
-
-
 def test_the_first_epoch_only_starts_the_clock_early_on_a_monotonic_clock():
     # loop.time() counts from boot: a relay started a second after its machine booted
     # would otherwise judge its first epoch as 1 s long and grow on a long round trip.
@@ -195,7 +174,8 @@ def test_the_first_epoch_only_starts_the_clock_early_on_a_monotonic_clock():
     st.floats(0.001, 1.0),
 )
 def test_what_is_buffered_the_peers_credit_and_the_unacked_make_the_window(steps, rtt):
-    """Exactly: nothing of the window is lost or made up across grants and growth."""
+    """Exactly, whatever the interleaving: nothing of the window is lost or made up across
+    grants and growth, so buffered bytes stay within it, and it within its limit."""
     s = make(recv=1000)
     buffered, now = 0, 100.0
     for send, consume, dt in steps:
@@ -209,4 +189,4 @@ def test_what_is_buffered_the_peers_credit_and_the_unacked_make_the_window(steps
         if grant:
             s.grow(grant, now=now, rtt=rtt, room=BIG, limit=8000)
         assert buffered + s.recv_window + s._unacked == s.recv_size
-        assert s.recv_size == 1000 + s.grown
+        assert s.recv_size == 1000 + s.grown <= 8000
