@@ -88,11 +88,11 @@ class AgentSession(TunnelConnection):
 
     def dispatch_stream_frame(self, frame: Any) -> None:  # noqa: ANN401 - one of STREAM_FRAMES
         """Open streams on ReqHead/WsOpen; cancel the upstream call on Reset."""
-        if isinstance(frame, ReqHead | WsOpen):
+        if type(frame) is ReqHead or type(frame) is WsOpen:
             self._open(frame)
             return
         super().dispatch_stream_frame(frame)
-        if isinstance(frame, Reset):
+        if type(frame) is Reset:
             task = self.tasks.get(frame.sid)
             if task is not None:
                 task.cancel()  # aborts the upstream request: the service sees the disconnect
@@ -108,7 +108,7 @@ class AgentSession(TunnelConnection):
         if len(self.streams) >= self.local_limits.max_streams:
             self.queue(Reset(frame.sid, int(ResetCode.REFUSED), "agent at its stream limit"))
             return
-        if isinstance(frame, ReqHead):
+        if type(frame) is ReqHead:
             # Plain HTTP: served by callbacks on the pooled upstream client, no task.
             UpstreamExchange(self, frame, self.upstream.pool, self.tap)
             return

@@ -474,7 +474,7 @@ class ClientExchange(FlowStream):
 
     def on_head(self, frame: ReqHead | RespHead) -> None:
         """The response head: write it (and an inline body) to the client."""
-        if not isinstance(frame, RespHead) or self._head_sent:
+        if type(frame) is not RespHead or self._head_sent:
             if self._head_sent:
                 self._interrupted("a second response head")
             else:

@@ -113,10 +113,10 @@ class StreamChannel:
 
     def deliver(self, frame: Frame) -> None:
         """Accept one frame from the peer for this stream."""
-        if isinstance(frame, Data):
+        if type(frame) is Data:
             self.state.on_receive(len(frame.chunk), end=frame.end)
             self.received_bytes += len(frame.chunk)
-        elif isinstance(frame, WsMsg):
+        elif type(frame) is WsMsg:
             # A WebSocket message cannot be split, so it may overdraw a positive window
             # by up to one message (bounded by the frame limit).
             if self.state.recv_window <= 0:
@@ -129,17 +129,17 @@ class StreamChannel:
                     self._sink.flush_after(self)
                 self._burst.append(frame)
                 return
-        elif isinstance(frame, Window):
+        elif type(frame) is Window:
             self.state.on_window(frame.increment)
             _wake(self._credit)
             return
-        elif isinstance(frame, Reset):
+        elif type(frame) is Reset:
             self.state.on_reset()
             self._error = StreamReset(frame.code, frame.reason)
             _wake(self._readable)
             _wake(self._credit)
             return
-        elif isinstance(frame, RespHead | ReqHead):
+        elif type(frame) is RespHead or type(frame) is ReqHead:
             # An inline body spends credit like Data: heads cannot bypass the window.
             self.state.on_receive(len(frame.chunk), end=frame.end)
             self.received_bytes += len(frame.chunk)
@@ -249,7 +249,7 @@ class StreamChannel:
         """Send a frame that needs no credit (heads, WebSocket accept/close)."""
         if self._error is not None:
             raise self._error
-        if isinstance(frame, ReqHead | RespHead):
+        if type(frame) is ReqHead or type(frame) is RespHead:
             self.sent_bytes += len(frame.chunk)  # a small body inline
         await self._sink.send(frame)
 

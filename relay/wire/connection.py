@@ -513,7 +513,7 @@ class TunnelConnection:
     def _dispatch(self, frames: list[Frame]) -> None:
         try:
             for frame in frames:
-                if isinstance(frame, STREAM_FRAMES):
+                if type(frame) in STREAM_FRAMES:
                     self.dispatch_stream_frame(frame)
                 else:
                     self.on_control_frame(frame)
@@ -538,7 +538,7 @@ class TunnelConnection:
         if channel is None:
             self.on_unknown_stream(frame)
             return
-        if isinstance(frame, HEAD_FRAMES) and self.codec.headers_too_large(frame):
+        if type(frame) in HEAD_FRAMES and self.codec.headers_too_large(frame):
             self.reset_stream(channel, ResetCode.TOO_LARGE, "headers exceed the limit")
             return
         try:
@@ -563,11 +563,11 @@ class TunnelConnection:
 
     def on_control_frame(self, frame: Frame) -> None:
         """Handle Ping/Pong; subclasses extend for Hello/Welcome/Drain."""
-        if isinstance(frame, Ping):
+        if type(frame) is Ping:
             # One Pong per message read, for its last Ping: a message full of pings
             # (a hostile peer's) must not queue an answer each (~100 bytes apiece).
             self._pong_due = frame.t
-        elif isinstance(frame, Pong):
+        elif type(frame) is Pong:
             self.last_pong_at = self.loop.time()
             if frame.t == self._ping_t:
                 # Only our own last Ping is timed: a peer cannot make up a round trip.
@@ -622,6 +622,6 @@ def _queued_size(item: Data | WsMsg | msgspec.Raw) -> int:
     """What a queued frame adds to a message, at most (see TunnelConnection.queue)."""
     if isinstance(item, msgspec.Raw):
         return len(item)
-    if isinstance(item, Data):
+    if type(item) is Data:
         return len(item.chunk) + DATA_OVERHEAD
     return len(item.payload) + DATA_OVERHEAD

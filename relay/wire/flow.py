@@ -72,19 +72,19 @@ class FlowStream:
 
     def deliver(self, frame: Frame) -> None:
         """Accept one frame from the peer for this stream."""
-        if isinstance(frame, Data):
+        if type(frame) is Data:
             self.state.on_receive(len(frame.chunk), end=frame.end)
             self.on_data(frame.chunk, end=frame.end)
-        elif isinstance(frame, Window):
+        elif type(frame) is Window:
             self.state.on_window(frame.increment)
             if self._pending:
                 self._flush()
                 self._maybe_unpause()
-        elif isinstance(frame, Reset):
+        elif type(frame) is Reset:
             if not self.state.reset:
                 self.state.on_reset()
                 self.on_reset(StreamReset(frame.code, frame.reason))
-        elif isinstance(frame, ReqHead | RespHead):
+        elif type(frame) is ReqHead or type(frame) is RespHead:
             # An inline body spends credit like Data: heads cannot bypass the window.
             self.state.on_receive(len(frame.chunk), end=frame.end)
             self.on_head(frame)

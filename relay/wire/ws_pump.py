@@ -155,21 +155,21 @@ async def _socket_to_stream(ws: Socket, channel: StreamChannel) -> None:
 async def _stream_to_socket(ws: Socket, channel: StreamChannel, batch: BatchWriter | None) -> None:
     while True:
         frame: Frame | None = await channel.receive()
-        if isinstance(frame, WsMsg) and batch is not None:
+        if type(frame) is WsMsg and batch is not None:
             burst = []
-            while isinstance(frame, WsMsg):
+            while type(frame) is WsMsg:
                 burst.append(frame)
                 frame = channel.receive_ready()
             size = batch.write(burst)
             await batch.drain()
             await channel.consumed(size)
-        elif isinstance(frame, WsMsg):
+        elif type(frame) is WsMsg:
             if frame.binary:
                 await ws.send_bytes(frame.payload)
             else:
                 await ws.send_str(frame.payload.decode("utf-8", errors="replace"))
             await channel.consumed(len(frame.payload))
-        if isinstance(frame, WsClose):
+        if type(frame) is WsClose:
             # Nothing but the close goes to the socket now: aiohttp's client socket says
             # it is open until its reading task has let go, and a message the peer sent
             # after its close would be written straight through ahead of the close frame.

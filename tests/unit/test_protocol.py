@@ -96,7 +96,7 @@ def decodes_to_valid_frames_or_refuses(data: bytes) -> None:
     except ProtocolError:
         return
     assert decoded and all(
-        isinstance(f, STREAM_FRAMES + (Hello, Welcome, Ping, Pong, Drain)) for f in decoded
+        type(f) in STREAM_FRAMES | {Hello, Welcome, Ping, Pong, Drain} for f in decoded
     )
     # Valid means: they survive their own round trip with every constraint checked.
     assert codec.decode(codec.message(*decoded)) == decoded
