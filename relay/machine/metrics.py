@@ -129,6 +129,10 @@ class Metrics:
             "relay_request_duration_seconds",
             "Time from a client request's arrival until its response is handed to the client",
         )
+        self.tunnel_rtt = _histogram(
+            "relay_tunnel_rtt_seconds",
+            "Round trips of the relay's pings to its agents and back (one per answered ping)",
+        )
         self.tunnel_closes = meter.create_counter(
             "relay_tunnel_closes_total", description="Tunnels closed, by close code"
         )

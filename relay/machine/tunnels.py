@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from directory.models import HostRecord
+    from relay.machine.metrics import DurationHistogram
     from relay.wire.channel import StreamChannel
     from relay.wire.protocol import Limits
 
@@ -48,6 +49,7 @@ class Tunnel(TunnelConnection):
         "next_sid",
         "remote_addr",
         "requests",
+        "round_trips",
     )
 
     def __init__(
@@ -79,6 +81,13 @@ class Tunnel(TunnelConnection):
         self._closer: asyncio.Task[None] | None = None
         self.max_streams = min(local_limits.max_streams, peer_limits.max_streams)
         self.requests = 0  # client requests served through it (--per-host-metrics)
+        # relay_tunnel_rtt_seconds, once the endpoint has accepted the tunnel.
+        self.round_trips: DurationHistogram | None = None
+
+    def on_round_trip(self, seconds: float) -> None:
+        """Count a ping's round trip to the agent and back."""
+        if self.round_trips is not None:
+            self.round_trips.observe(seconds)
 
     @property
     def log(self) -> FilteringBoundLogger:

@@ -167,6 +167,7 @@ async def _handshake(
         peer_limits=hello.limits.clamped(state.limits),
         log=state.log,
     )
+    tunnel.round_trips = state.metrics.tunnel_rtt
     return tunnel, early or None  # an empty list would live as long as the tunnel
 
 

@@ -572,11 +572,16 @@ class TunnelConnection:
             if frame.t == self._ping_t:
                 # Only our own last Ping is timed: a peer cannot make up a round trip.
                 rtt = time.time() - frame.t
-                if rtt >= 0.0 and (rtt < self.rtt or not self.rtt):
-                    self.rtt = rtt
                 self._ping_t = math.nan
+                if rtt >= 0.0:  # not across a step of the wall clock
+                    if rtt < self.rtt or not self.rtt:
+                        self.rtt = rtt
+                    self.on_round_trip(rtt)
         else:
             raise ProtocolError(f"unexpected {type(frame).__name__} frame")
+
+    def on_round_trip(self, seconds: float) -> None:
+        """Our last Ping was answered ``seconds`` after it left; subclasses record it."""
 
     def ping(self) -> Ping:
         """A Ping whose Pong will be timed (see :attr:`rtt`), to send now."""

@@ -386,6 +386,10 @@ async def test_health_ready_and_metrics(cluster, upstream):
     assert "relay_request_duration_seconds_bucket" in text
     assert await relay.metric("relay_requests_total", status="200") >= 3
     assert await relay.metric("relay_tunnels_current") == 1
+    # The relay pings a new tunnel at once: its round trip is counted by the time it is used.
+    assert await relay.metric("relay_tunnel_rtt_seconds_count") >= 1
+    assert await relay.metric("relay_tunnel_rtt_seconds_bucket", le="+Inf") >= 1
+    assert 0 < await relay.metric("relay_tunnel_rtt_seconds_sum") < 5
 
 
 async def test_hosts_cli_prints_json_with_the_token_once(cluster):

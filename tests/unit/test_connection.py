@@ -231,6 +231,41 @@ async def test_only_the_pong_of_our_own_last_ping_is_timed():
     assert conn.rtt == first
 
 
+class Timed(TunnelConnection):
+    """A connection that keeps the round trips it is told of (the relay's metric)."""
+
+    def __init__(self, ws) -> None:
+        super().__init__(ws, local_limits=LIMITS, peer_limits=LIMITS, log=structlog.get_logger())
+        self.round_trips: list[float] = []
+
+    def on_round_trip(self, seconds: float) -> None:
+        self.round_trips.append(seconds)
+
+
+async def test_each_timed_round_trip_is_reported_once_and_the_window_rule_keeps_the_least():
+    conn = Timed(StuckSocket([]))
+    conn.on_control_frame(Pong(0.0))  # nothing of ours waits for an answer
+    assert conn.round_trips == []
+    ping = conn.ping()
+    conn.on_control_frame(Pong(ping.t - 0.2))  # an answer for no ping of ours
+    conn.on_control_frame(Pong(ping.t))
+    conn.on_control_frame(Pong(ping.t))  # answered twice: reported once
+    assert len(conn.round_trips) == 1
+    assert 0.0 <= conn.round_trips[0] < 1.0
+    # A slower round trip later is reported as it is; the windows keep the shortest.
+    slow = conn.ping()
+    conn._ping_t = slow.t - 0.25  # as if it had left 250 ms ago
+    conn.on_control_frame(Pong(slow.t - 0.25))
+    assert len(conn.round_trips) == 2
+    assert conn.round_trips[1] >= 0.25
+    assert conn.rtt == conn.round_trips[0]
+    # A wall clock stepped back between Ping and Pong times nothing.
+    ahead = conn.ping()
+    conn._ping_t = ahead.t + 5.0
+    conn.on_control_frame(Pong(ahead.t + 5.0))
+    assert len(conn.round_trips) == 2
+
+
 async def test_a_pong_of_zero_is_not_timed():
     # Before our first Ping and after its Pong, the t we wait for is unset: a Pong(0.0)
     # matched it and made up a round trip of 57 years (every window grew at once).
