@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relay.errors import FlowControlError, StreamError, StreamReset, StreamStateError
 from relay.wire.protocol import (
@@ -30,6 +30,7 @@ from relay.wire.protocol import (
     WsClose,
     WsMsg,
     WsOpen,
+    body_piece,
 )
 from relay.wire.streams import StreamState
 
@@ -265,16 +266,16 @@ class StreamChannel:
             if end:
                 await self.send_end()
             return
-        view = memoryview(chunk)
+        start = 0
         while True:
-            n = await self._wait_credit(len(view))
-            piece = bytes(view[:n])
-            view = view[n:]
-            last = end and not view
+            n = await self._wait_credit(len(chunk) - start)
+            piece: Any = chunk if n == len(chunk) else body_piece(chunk, start, start + n)
+            start += n
+            last = end and start == len(chunk)
             self.state.on_send(n, end=last)
             self.sent_bytes += n
             await self._sink.send(Data(self.sid, piece, last))
-            if not view:
+            if start == len(chunk):
                 return
 
     async def send_end(self) -> None:

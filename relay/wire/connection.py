@@ -242,7 +242,7 @@ class TunnelConnection:
             raise TunnelClosed("tunnel closed")
         if type(frame) is Data:
             self._out.append(frame)
-            self._out_bytes += len(frame.chunk) + _BODY_COST
+            self._out_bytes += _chunk_size(frame) + _BODY_COST
         elif type(frame) is WsMsg:
             self._out.append(frame)
             self._out_bytes += len(frame.payload) + _BODY_COST
@@ -628,5 +628,11 @@ def _queued_size(item: Data | WsMsg | msgspec.Raw) -> int:
     if isinstance(item, msgspec.Raw):
         return len(item)
     if type(item) is Data:
-        return len(item.chunk) + DATA_OVERHEAD
+        return _chunk_size(item) + DATA_OVERHEAD
     return len(item.payload) + DATA_OVERHEAD
+
+
+def _chunk_size(frame: Data) -> int:
+    """The length of an outgoing Data frame's chunk, which may be a view (see body_piece)."""
+    untyped: Any = frame  # compiled code would check that the chunk is bytes
+    return len(untyped.chunk)

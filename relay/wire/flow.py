@@ -16,12 +16,21 @@ pending list and the subclass pauses its source (:meth:`FlowStream.on_blocked`) 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mypy_extensions import mypyc_attr
 
 from relay.errors import StreamError, StreamReset, StreamStateError
-from relay.wire.protocol import Data, Frame, ReqHead, Reset, ResetCode, RespHead, Window
+from relay.wire.protocol import (
+    Data,
+    Frame,
+    ReqHead,
+    Reset,
+    ResetCode,
+    RespHead,
+    Window,
+    body_piece,
+)
 from relay.wire.streams import StreamState
 
 if TYPE_CHECKING:
@@ -194,9 +203,9 @@ class FlowStream:
                 return False
             self._pending_bytes -= n
             if n == size and not self._offset:
-                piece = pending.popleft()  # whole: no copy
+                piece: Any = pending.popleft()  # whole: no copy
             else:
-                piece = head[self._offset : self._offset + n]
+                piece = body_piece(head, self._offset, self._offset + n)
                 self._offset += n
                 if self._offset == len(head):
                     pending.popleft()

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from typing import TYPE_CHECKING, Annotated, Final, TypeVar, final
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar, final
 
 import msgspec
 
@@ -318,6 +318,22 @@ Frame = (
     | Pong
     | Drain
 )
+
+
+def body_piece(chunk: bytes, start: int, stop: int) -> Any:  # noqa: ANN401 - see below
+    """``chunk[start:stop]`` for a Data frame about to be sent, without copying it.
+
+    The encoder copies a frame's chunk into its message anyway, and msgspec encodes any
+    buffer as bin: slices copied first were ~8 % of the relay's CPU in an upload (bodies
+    arrive in reads of up to 256 KiB and leave in chunks of 128 KiB). Typed Any: the
+    field says ``bytes`` for the decoder (whose frames hold bytes, never views that would
+    keep whole messages alive), and compiled code checks what a ``bytes`` holds. A
+    bytearray is copied: a view of it would see later writes, and keep it from growing.
+    """
+    if type(chunk) is bytes:
+        return memoryview(chunk)[start:stop]
+    return bytes(chunk[start:stop])
+
 
 #: Upper bound of a Data frame's encoding beyond its chunk (array, tag, sid, bin header, end),
 #: and of a WsMsg's beyond its payload (the same fields).

@@ -28,6 +28,7 @@ from relay.wire.protocol import (
     WsClose,
     WsMsg,
     WsOpen,
+    body_piece,
 )
 
 sids = st.integers(min_value=1, max_value=2**40)
@@ -171,3 +172,23 @@ def test_data_overhead_bounds_what_a_body_frame_or_websocket_message_adds(size: 
     body = b"x" * size
     for frame in (Data(2**62, body, True), WsMsg(2**62, True, body)):
         assert len(codec.encode(frame)) - size <= DATA_OVERHEAD
+
+
+def test_a_body_piece_of_bytes_is_a_view_and_of_anything_else_a_copy():
+    body = bytes(range(256)) * 1024
+    piece = body_piece(body, 1000, 200_000)
+    assert isinstance(piece, memoryview)
+    assert piece.obj is body  # no copy
+    assert piece == body[1000:200_000]
+    # Sent in a frame, it is decoded as bytes, like any chunk.
+    codec = FrameCodec.shared(1 << 20, 64 * 1024)
+    (frame,) = codec.decode(codec.pack([Data(3, piece, True)]))
+    assert frame == Data(3, body[1000:200_000], True)
+    assert type(frame.chunk) is bytes
+    # A bytearray may change or grow later: its piece is a copy.
+    mutable = bytearray(body)
+    copied = body_piece(mutable, 10, 20)
+    assert type(copied) is bytes
+    mutable[10:20] = bytes(10)
+    mutable.extend(b"more")  # not held by a view
+    assert copied == body[10:20]
