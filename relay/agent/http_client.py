@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from relay.errors import ConfigError
+from relay.wire.reading import read_buffer
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -73,6 +74,7 @@ class UpstreamPool:
         self._waiting: deque[UpstreamUser] = deque()
         self._connecting: set[asyncio.Task[None]] = set()
         self._closed = False
+        self.read_buffer = read_buffer()  # its connections read into it (see relay.wire.reading)
 
     def acquire(self, user: UpstreamUser) -> None:
         """Give ``user`` a connection now, or as soon as one is free."""
@@ -148,7 +150,7 @@ class UpstreamPool:
             )
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.BufferedProtocol):
     """One keep-alive connection to the upstream, serving one request at a time."""
 
     __slots__ = (
@@ -235,10 +237,13 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
         self.transport = cast("asyncio.Transport", transport)
 
-    def data_received(self, data: bytes) -> None:  # noqa: D102
+    def get_buffer(self, sizehint: int) -> memoryview:  # noqa: D102, ARG002
+        return self.pool.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:  # noqa: D102
         self._got_bytes = True
         try:
-            self.parser.feed_data(data)
+            self.parser.feed_data(self.pool.read_buffer[:nbytes])
         except httptools.HttpParserError as exc:
             user, self.user = self.user, None
             if user is not None:

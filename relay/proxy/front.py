@@ -36,6 +36,7 @@ from relay.proxy.exchange import ClientExchange, RequestInfo
 from relay.proxy.routing import slug_from_host
 from relay.sockets import listening_socket
 from relay.wire.http1 import LAST_CHUNK, chunk
+from relay.wire.reading import read_buffer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -97,6 +98,7 @@ class FrontServer:
         self.handoff_factory = handoff  # aiohttp's application: API, dashboard, slow path
         self.tunnel_factory = tunnels  # agents' upgrades (relay.server.endpoint)
         self.connections: set[ClientConnection] = set()
+        self.read_buffer = read_buffer()  # its connections read into it (see relay.wire.reading)
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -185,7 +187,7 @@ class FrontServer:
             conn.close()
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(asyncio.BufferedProtocol):
     """One client connection while it carries host traffic (see the module docstring)."""
 
     __deletable__ = ("parser",)  # compiled (relay.hot_path): the handoff breaks a cycle
@@ -250,7 +252,11 @@ class ClientConnection(asyncio.Protocol):
         self.peer = peer[0] if isinstance(peer, tuple) else ""
         self.front.connections.add(self)
 
-    def data_received(self, data: bytes) -> None:  # noqa: D102
+    def get_buffer(self, sizehint: int) -> memoryview:  # noqa: D102, ARG002
+        return self.front.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:  # noqa: D102
+        data = self.front.read_buffer[:nbytes]
         if self._in_head or self._trailing:
             self._head_bytes += len(data)
         try:
@@ -259,7 +265,7 @@ class ClientConnection(asyncio.Protocol):
             # The upgrade request went to handoff mode at headers-complete; what follows
             # its head belongs to the upgraded protocol.
             if self._handoff is not None:
-                self._handoff.append(data[exc.args[0] :])
+                self._handoff.append(bytes(data[exc.args[0] :]))  # the buffer is reused
         except httptools.HttpParserCallbackError as exc:
             refused = exc.__context__
             if not isinstance(refused, _Refused):

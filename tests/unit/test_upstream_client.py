@@ -193,6 +193,53 @@ async def test_a_malformed_answer_fails_the_request():
         await p.close()
 
 
+class Keeper(User):
+    """Keeps the very objects it is handed, to be read only at the end."""
+
+    def __init__(self, request: bytes) -> None:
+        super().__init__(request)
+        self.pieces: list[bytes] = []
+
+    def upstream_body(self, data: bytes) -> None:
+        self.pieces.append(data)
+
+
+async def test_connections_reading_into_the_pools_one_buffer_each_get_their_own_bytes():
+    # Four answers of 1 MiB each, written in pieces that interleave on the loop: every
+    # read of every connection lands in the same buffer, and what each user is handed
+    # must be its own bytes, not a view that the next read overwrites.
+    size = 1 << 20
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        fill = head.split(b" ")[1][1:2]  # GET /a -> b"a"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // 50_000):
+            writer.write(fill * 50_000)
+            await writer.drain()
+            await asyncio.sleep(0)
+        writer.write(fill * (size % 50_000))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    p = pool(f"http://127.0.0.1:{port}")
+    users = {
+        c: Keeper(b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % c) for c in (b"a", b"b", b"c", b"d")
+    }
+    for user in users.values():
+        p.acquire(user)
+    async with asyncio.timeout(10):
+        assert await asyncio.gather(*(u.done for u in users.values())) == ["end"] * 4
+    for fill, user in users.items():
+        assert b"".join(user.pieces) == fill * size
+        assert user.conn is not None
+        assert user.conn.get_buffer(-1) is p.read_buffer
+    await p.close()
+    server.close()
+
+
 def test_only_http_upstreams_are_accepted():
     with pytest.raises(Exception, match="http"):
         UpstreamPool("ftp://x", limit=1, log=structlog.get_logger())
