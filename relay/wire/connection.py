@@ -30,6 +30,7 @@ from relay.wire.protocol import (
     DATA_OVERHEAD,
     HEAD_FRAMES,
     STREAM_FRAMES,
+    WHOLE_CHUNK,
     CloseCode,
     Data,
     Frame,
@@ -68,6 +69,9 @@ _BODY_COST: Final = DATA_OVERHEAD + _QUEUED_COST
 # body sources pause at the limit, but each stream's head goes in regardless, and a
 # stream whose client left is forgotten at once while its frames still wait.
 _BACKLOG = 4
+
+#: What waits in the send queue: body frames as structs, the rest encoded (Raw).
+Queued = Data | WsMsg | msgspec.Raw
 # Stream windows grown to their limit that a tunnel's budget covers at once (see
 # TunnelConnection.window_room).
 _GROWTH_STREAMS = 4
@@ -180,7 +184,7 @@ class TunnelConnection:
         # relay holds tens of thousands of idle tunnels).
         # Body frames and WebSocket messages wait as structs (their bytes are copied once,
         # into the message); other frames are encoded at once.
-        self._out: list[Data | WsMsg | msgspec.Raw] = []
+        self._out: list[Queued] = []
         self._out_bytes = 0
         self._out_limit = 4 * peer_limits.max_frame  # senders wait beyond this
         self._writer: asyncio.Task[None] | None = None
@@ -261,8 +265,8 @@ class TunnelConnection:
                         # took ~0.05 ms off the relay's added p50 latency; under load
                         # frames keep sharing messages.
                         self._last_write = now
-                        out, self._out, self._out_bytes = self._out, [], 0
-                        writes_now.write_message(self.codec.pack(out))
+                        out, size, self._out, self._out_bytes = self._out, self._out_bytes, [], 0
+                        self._write(writes_now, out, size)
                         return
                 # Runs after the current callback: frames queued in the same event-loop
                 # turn go out together, in one message, written by a plain callback (a
@@ -298,9 +302,21 @@ class TunnelConnection:
             self._writer = self.loop.create_task(self._write_loop())
             return
         self._last_write = self.loop.time()
-        batch, self._out, self._out_bytes = self._out, [], 0
+        batch, size, self._out, self._out_bytes = self._out, self._out_bytes, [], 0
         self._release_senders()
-        writes_now.write_message(self.codec.pack(batch))
+        self._write(writes_now, batch, size)
+
+    def _write(self, writer: BatchWriter, batch: list[Queued], size: int) -> None:
+        """Write ``batch`` as one message; ``size`` is what queue counted for it.
+
+        Bulk messages go as pieces, their large chunks not copied (FrameCodec.pack_parts).
+        """
+        if size >= WHOLE_CHUNK:
+            parts, length = self.codec.pack_parts(batch)
+            writer.write_parts(parts, length)
+        else:
+            message = self.codec.pack(batch)
+            writer.write_parts([message], len(message))
 
     async def send(self, frame: Frame) -> None:
         """Queue one frame for the writer; waits only when too much is queued.
@@ -341,7 +357,6 @@ class TunnelConnection:
         # One message per write: writing a turn's messages in one go made bulk transfers
         # bimodal (every other 200 MB download ran at ~460 MB/s instead of ~620, with
         # more CPU per MB on both sides) in interleaved A/B runs.
-        send = self.ws.send_bytes if self._writes_now is None else self._send_message
         self._last_write = self.loop.time()
         try:
             while self._out:
@@ -351,10 +366,10 @@ class TunnelConnection:
                 for i, item in enumerate(batch):
                     n = _queued_size(item)
                     if size + n > limit - 8 and i > start:
-                        await send(self.codec.pack(batch[start:i]))
+                        await self._send_message(batch[start:i], size)
                         start, size = i, 0
                     size += n
-                await send(self.codec.pack(batch[start:] if start else batch))
+                await self._send_message(batch[start:] if start else batch, size)
         except (ConnectionError, RuntimeError) as exc:
             # aiohttp raises these when the socket closes under us.
             if self.close_code is None:
@@ -367,7 +382,7 @@ class TunnelConnection:
             self._writer = None
             self._release_senders()
 
-    async def _send_message(self, data: bytes) -> None:
+    async def _send_message(self, batch: list[Queued], size: int) -> None:
         """Write one message in one system call, then wait while the buffer is over its mark.
 
         The frame header goes out with the payload, and the wait is for the socket's
@@ -376,8 +391,11 @@ class TunnelConnection:
         # aiohttp writes a message over 16 KiB as two writes, header then payload: with
         # TCP_NODELAY the peer got a packet of 4-10 bytes of its own (and maybe a
         # wake-up) for every bulk message.
-        writer = cast("BatchWriter", self._writes_now)  # only chosen when there is one
-        writer.write_message(data)
+        writer = self._writes_now
+        if writer is None:  # a socket BatchWriter cannot write to (see BatchWriter.of)
+            await self.ws.send_bytes(self.codec.pack(batch))
+            return
+        self._write(writer, batch, size)
         await writer.drain()
 
     async def flush(self, timeout: float = 1.0) -> None:
@@ -623,7 +641,7 @@ class TunnelConnection:
             await self.ws.close(code=code, message=reason.encode()[:123])
 
 
-def _queued_size(item: Data | WsMsg | msgspec.Raw) -> int:
+def _queued_size(item: Queued) -> int:
     """What a queued frame adds to a message, at most (see TunnelConnection.queue)."""
     if isinstance(item, msgspec.Raw):
         return len(item)

@@ -87,16 +87,23 @@ class BatchWriter:
         self._transport.writelines(parts)
         return size
 
-    def write_message(self, payload: bytes) -> None:
-        """Write one binary message now, header and payload in one transport write.
+    def write_parts(self, parts: list[Any], size: int) -> None:
+        """Write one binary message of ``size`` bytes, given as ``parts``, in one write.
 
-        Raises ConnectionResetError once the socket is closing, as aiohttp's send does.
+        The parts (bytes or views) go to the transport as they are, behind the header;
+        masked (a client's socket), they are first joined into one buffer, masked in
+        place. Raises ConnectionResetError once the socket is closing, as aiohttp's
+        send does.
         """
         if self._socket.closed or self._transport.is_closing():
             raise ConnectionResetError("cannot write to a closing WebSocket")
-        parts: list[bytes | bytearray] = []
-        self._frame(parts, _BINARY, payload, _keys(1) if self._mask else b"", 0)
-        self._transport.writelines(parts)
+        if self._mask:
+            key = _keys(1)
+            payload = bytearray().join(parts)
+            websocket_mask(key, payload)
+            self._transport.writelines((_header(_BINARY, size, _MASKED) + key, payload))
+        else:
+            self._transport.writelines([_header(_BINARY, size, 0), *parts])
 
     @property
     def writable(self) -> bool:
@@ -109,14 +116,7 @@ class BatchWriter:
         self, parts: list[bytes | bytearray], first: int, payload: bytes, keys: bytes, i: int
     ) -> None:
         """Append one frame's header and payload to ``parts``."""
-        n = len(payload)
-        flag = _MASKED if self._mask else 0
-        if n < 126:
-            header = bytes((first, n | flag))
-        elif n < 65536:
-            header = _LEN16.pack(first, 126 | flag, n)
-        else:
-            header = _LEN64.pack(first, 127 | flag, n)
+        header = _header(first, len(payload), _MASKED if self._mask else 0)
         if self._mask:
             # RFC 6455 5.3: a fresh, unpredictable key per frame.
             key = keys[4 * i : 4 * i + 4]
@@ -167,6 +167,15 @@ _KEY_POOL: Final = _KeyPool()
 def _keys(frames: int) -> bytes:
     """One fresh 4-byte masking key per frame (RFC 6455 5.3), ``frames`` of them."""
     return _KEY_POOL.take(4 * frames)
+
+
+def _header(first: int, n: int, flag: int) -> bytes:
+    """A frame header (RFC 6455 5.2) for ``n`` payload bytes; ``flag``: the mask bit."""
+    if n < 126:
+        return bytes((first, n | flag))
+    if n < 65536:
+        return _LEN16.pack(first, 126 | flag, n)
+    return _LEN64.pack(first, 127 | flag, n)
 
 
 def _valid_text(payload: bytes) -> bytes:

@@ -11,6 +11,7 @@ from relay.errors import FrameTooLarge, MalformedFrame, ProtocolError
 from relay.wire.protocol import (
     DATA_OVERHEAD,
     STREAM_FRAMES,
+    WHOLE_CHUNK,
     Body,
     Data,
     Drain,
@@ -192,3 +193,41 @@ def test_a_body_piece_of_bytes_is_a_view_and_of_anything_else_a_copy():
     mutable[10:20] = bytes(10)
     mutable.extend(b"more")  # not held by a view
     assert copied == body[10:20]
+
+
+_SIDS = st.sampled_from([1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**62])
+_CHUNK_SIZES = st.sampled_from([0, 1, WHOLE_CHUNK - 1, WHOLE_CHUNK, 65535, 65536, 65537, 200_000])
+_PART_FRAMES = st.one_of(
+    st.builds(
+        Data,
+        _SIDS,
+        _CHUNK_SIZES.map(lambda n: bytes(range(256)) * (n // 256) + b"x" * (n % 256)),
+        st.booleans(),
+    ),
+    st.builds(Window, _SIDS, st.integers(1, 2**31 - 1)),
+    st.builds(WsMsg, _SIDS, st.booleans(), st.binary(max_size=300)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_PART_FRAMES, st.booleans()), min_size=1, max_size=40))
+def test_a_message_in_pieces_is_byte_for_byte_the_packed_one(drawn):
+    codec = FrameCodec.shared(1 << 30, 64 * 1024)
+    # Some frames as queued small frames are: encoded already (Raw); chunks as views.
+    items = []
+    for frame, raw in drawn:
+        if type(frame) is Data and raw:
+            items.append(Data(frame.sid, body_piece(frame.chunk, 0, len(frame.chunk)), frame.end))
+        elif raw:
+            items.append(msgspec.Raw(codec.encode(frame)))
+        else:
+            items.append(frame)
+    parts, size = codec.pack_parts(items)
+    joined = b"".join(parts)
+    assert joined == codec.pack(items)
+    assert size == len(joined)
+    # Large chunks are pieces of their own, not copies.
+    whole = [p for p in parts if isinstance(p, (bytes, memoryview)) and len(p) >= WHOLE_CHUNK]
+    for frame in items:
+        if type(frame) is Data and len(frame.chunk) >= WHOLE_CHUNK:
+            assert any(p is frame.chunk for p in whole)
