@@ -330,8 +330,12 @@ def body_piece(chunk: bytes, start: int, stop: int) -> Any:  # noqa: ANN401 - se
     field says ``bytes`` for the decoder (whose frames hold bytes, never views that would
     keep whole messages alive), and compiled code checks what a ``bytes`` holds. A
     bytearray is copied: a view of it would see later writes, and keep it from growing.
+    So is a piece under a quarter of its chunk: a view keeps all of the chunk alive while
+    the send queue counts only the piece (a peer granting credit byte by byte would have
+    each stream's queued byte hold a whole 256 KiB read past the queue's limits); a read's
+    pieces of ``max_chunk`` stay views, and what is copied is under a quarter of one.
     """
-    if type(chunk) is bytes:
+    if type(chunk) is bytes and 4 * (stop - start) >= len(chunk):
         return memoryview(chunk)[start:stop]
     return bytes(chunk[start:stop])
 

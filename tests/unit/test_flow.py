@@ -18,7 +18,7 @@ import structlog
 
 from relay.wire.connection import TunnelConnection
 from relay.wire.flow import FlowStream
-from relay.wire.protocol import Data, Limits, ReqHead, RespHead
+from relay.wire.protocol import Data, Limits, ReqHead, RespHead, Window
 
 if TYPE_CHECKING:
     from relay.errors import StreamError
@@ -231,3 +231,46 @@ async def test_a_channels_window_grows_too():
     for task in readers:
         task.cancel()
     await asyncio.gather(*readers, return_exceptions=True)
+
+
+class Source(FlowStream):
+    """A stream that only sends (what the relay's exchanges do with a request body)."""
+
+    def on_head(self, frame: ReqHead | RespHead) -> None:
+        pass
+
+    def on_data(self, chunk: bytes, *, end: bool) -> None:
+        pass
+
+    def on_reset(self, error: StreamError) -> None:
+        pass
+
+
+def _held(chunk: bytes | memoryview) -> int:
+    """The bytes a queued frame's chunk keeps alive: a view keeps all of what it views."""
+    return len(chunk.obj) if isinstance(chunk, memoryview) else len(chunk)
+
+
+async def test_odd_credit_cannot_make_queued_frames_hold_more_than_they_count():
+    # A peer that grants all but the last byte of each chunk, reads that much, then
+    # grants the last byte: every stream queues a 1-byte frame, and its chunk has left
+    # the pending list. As a view of the chunk, that byte kept all 256 KiB alive while
+    # the send queue counted 1 (its limits bound what a peer that stops reading costs).
+    limits = Limits(max_frame=1 << 20, initial_window=1024)
+    a, _b = pipe()
+    conn = TunnelConnection(a, local_limits=limits, peer_limits=limits, log=structlog.get_logger())
+    size = 256 * 1024
+    streams = [Source(conn, 2 * i + 1) for i in range(8)]
+    for stream in streams:
+        stream.send_body(random.Random(stream.sid).randbytes(size))
+        stream.deliver(Window(stream.sid, size - 1024 - 1))
+    async with asyncio.timeout(5):
+        while conn._out or conn._writer is not None:  # the writer takes what is queued
+            await asyncio.sleep(0)
+    for stream in streams:
+        stream.deliver(Window(stream.sid, 1))
+        assert not stream.blocked
+    queued = [frame for frame in conn._out if isinstance(frame, Data)]
+    assert [len(frame.chunk) for frame in queued] == [1] * len(streams)
+    counted = sum(len(frame.chunk) for frame in queued)
+    assert sum(_held(frame.chunk) for frame in queued) <= 4 * counted
