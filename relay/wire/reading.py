@@ -20,5 +20,10 @@ READ_SIZE: Final = 256 * 1024
 
 
 def read_buffer() -> memoryview:
-    """A buffer for the connections of one server or pool (so, of one event loop)."""
+    """A buffer for the connections of one server or pool (so, of one event loop).
+
+    A memoryview, not the bytearray: asyncio's own TLS transport (the agent's loop where
+    uvloop is missing) slices the buffer it is given, and a slice of a bytearray is a
+    copy, into which decrypted bytes would go and be lost.
+    """
     return memoryview(bytearray(READ_SIZE))

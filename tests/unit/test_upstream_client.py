@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 import pytest
 import structlog
+import uvloop
 
 from relay.agent.http_client import UpstreamConnection, UpstreamPool
+from tests.tls import make_certs
 
 
 class User:
@@ -238,6 +241,44 @@ async def test_connections_reading_into_the_pools_one_buffer_each_get_their_own_
         assert user.conn.get_buffer(-1) is p.read_buffer
     await p.close()
     server.close()
+
+
+def test_an_https_upstream_read_into_the_shared_buffer_under_uvloop(tmp_path, monkeypatch):
+    # uvloop's TLS transport decrypts into the pool's buffer (a buffered protocol's
+    # get_buffer); the agent runs on uvloop, these unit tests otherwise on asyncio's loop.
+    certs = make_certs(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))  # the pool's default context trusts it
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(certs.cert, certs.key)
+    size = 3 << 20
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        fill = head.split(b" ")[1][1:2]
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // 100_000):
+            writer.write(fill * 100_000)
+            await writer.drain()
+        writer.write(fill * (size % 100_000))
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_side)
+        port = server.sockets[0].getsockname()[1]
+        p = pool(f"https://127.0.0.1:{port}")
+        fills = (b"a", b"b", b"c", b"d")
+        users = {c: Keeper(b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % c) for c in fills}
+        for user in users.values():
+            p.acquire(user)
+        async with asyncio.timeout(20):
+            assert await asyncio.gather(*(u.done for u in users.values())) == ["end"] * 4
+        for fill, user in users.items():
+            assert b"".join(user.pieces) == fill * size
+        await p.close()
+        server.close()
+
+    uvloop.run(main())
 
 
 def test_only_http_upstreams_are_accepted():
