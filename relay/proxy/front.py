@@ -559,6 +559,10 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         front = self.front
         handler = front.tunnel_factory() if self._handoff_tunnel else front.handoff_factory()
+        # uvloop keeps a buffered protocol's get_buffer and buffer_updated, bound to this
+        # connection, until the transport closes, whatever protocol follows: passing
+        # through a shared stand-in lets this connection go (1.4 KiB per idle tunnel).
+        transport.set_protocol(_STAND_IN)
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if self._read_pauses:
@@ -566,6 +570,22 @@ class ClientConnection(asyncio.BufferedProtocol):
             transport.resume_reading()
         if buffered:
             handler.data_received(buffered)
+
+
+class _StandIn(asyncio.BufferedProtocol):
+    """The protocol a handed-off connection passes through (see ``_hand_off``).
+
+    It is replaced before the loop runs again, so it never reads.
+    """
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        raise RuntimeError(f"a connection in hand-off was asked for {sizehint} bytes")
+
+    def buffer_updated(self, nbytes: int) -> None:
+        raise RuntimeError(f"a connection in hand-off was given {nbytes} bytes")
+
+
+_STAND_IN: Final = _StandIn()
 
 
 def _origin_form(url: bytes, method: str) -> str | None:
