@@ -207,36 +207,46 @@ class Keeper(User):
         self.pieces.append(data)
 
 
-async def test_connections_reading_into_the_pools_one_buffer_each_get_their_own_bytes():
-    # Four answers of 1 MiB each, written in pieces that interleave on the loop: every
-    # read of every connection lands in the same buffer, and what each user is handed
-    # must be its own bytes, not a view that the next read overwrites.
-    size = 1 << 20
+def serving_fills(size: int, piece: int):  # noqa: ANN201 - a start_server handler
+    """A handler answering ``GET /<c>`` with ``size`` bytes of c, ``piece`` at a time."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         fill = head.split(b" ")[1][1:2]  # GET /a -> b"a"
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
-        for _ in range(size // 50_000):
-            writer.write(fill * 50_000)
+        for _ in range(size // piece):
+            writer.write(fill * piece)
             await writer.drain()
-            await asyncio.sleep(0)
-        writer.write(fill * (size % 50_000))
+            await asyncio.sleep(0)  # the other connections' pieces come between
+        writer.write(fill * (size % piece))
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    p = pool(f"http://127.0.0.1:{port}")
+    return handle
+
+
+async def fetch_fills(p: UpstreamPool, size: int) -> list[Keeper]:
+    """Four requests at once, each answered by ``serving_fills``; each body checked whole."""
     users = {
         c: Keeper(b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % c) for c in (b"a", b"b", b"c", b"d")
     }
     for user in users.values():
         p.acquire(user)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(20):
         assert await asyncio.gather(*(u.done for u in users.values())) == ["end"] * 4
     for fill, user in users.items():
         assert b"".join(user.pieces) == fill * size
+    return list(users.values())
+
+
+async def test_connections_reading_into_the_pools_one_buffer_each_get_their_own_bytes():
+    # Four answers of 1 MiB each, written in pieces that interleave on the loop: every
+    # read of every connection lands in the same buffer, and what each user is handed
+    # must be its own bytes, not a view that the next read overwrites.
+    server = await asyncio.start_server(serving_fills(1 << 20, 50_000), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    p = pool(f"http://127.0.0.1:{port}")
+    for user in await fetch_fills(p, 1 << 20):
         assert user.conn is not None
         assert user.conn.get_buffer(-1) is p.read_buffer
     await p.close()
@@ -250,33 +260,17 @@ def test_an_https_upstream_read_into_the_shared_buffer_under_uvloop(tmp_path, mo
     monkeypatch.setenv("SSL_CERT_FILE", str(certs.ca))  # the pool's default context trusts it
     server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_side.load_cert_chain(certs.cert, certs.key)
-    size = 3 << 20
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        fill = head.split(b" ")[1][1:2]
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
-        for _ in range(size // 100_000):
-            writer.write(fill * 100_000)
-            await writer.drain()
-        writer.write(fill * (size % 100_000))
-        await writer.drain()
-        writer.close()
 
     async def main() -> None:
+        handle = serving_fills(3 << 20, 100_000)
         server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_side)
         port = server.sockets[0].getsockname()[1]
         p = pool(f"https://127.0.0.1:{port}")
-        fills = (b"a", b"b", b"c", b"d")
-        users = {c: Keeper(b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % c) for c in fills}
-        for user in users.values():
-            p.acquire(user)
-        async with asyncio.timeout(20):
-            assert await asyncio.gather(*(u.done for u in users.values())) == ["end"] * 4
-        for fill, user in users.items():
-            assert b"".join(user.pieces) == fill * size
-        await p.close()
-        server.close()
+        try:
+            await fetch_fills(p, 3 << 20)
+        finally:  # a failure must not leave the loop unable to close
+            await p.close()
+            server.close()
 
     uvloop.run(main())
 
