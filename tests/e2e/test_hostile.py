@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 
 import aiohttp
 import httpx
@@ -213,6 +214,20 @@ async def test_a_hello_may_come_with_a_ping(cluster):
                 seen += await next_frames(ws)
         assert isinstance(seen[0], Welcome)
         assert Pong(7.0) in seen
+
+
+async def test_a_new_tunnel_is_pinged_at_once_after_its_lone_welcome(cluster):
+    """The relay times a tunnel's round trip (its stream windows grow by it) with a Ping
+    right after the Welcome, not a ping interval (here 30 s) later."""
+    relay = await cluster.relay("--ping-interval", "30")
+    host = await relay.add_host("timed")
+    async with raw_agent(relay, host["token"]) as ws:
+        (welcome,) = CODEC.decode((await ws.receive(timeout=5)).data)
+        assert isinstance(welcome, Welcome)
+        assert welcome.ping_interval == 30
+        (ping,) = CODEC.decode((await ws.receive(timeout=5)).data)
+        assert isinstance(ping, Ping)
+        assert abs(ping.t - time.time()) < 5
 
 
 async def test_fly_control_headers_never_pass_either_way(cluster, upstream):

@@ -282,26 +282,6 @@ async def test_garbage_frames_close_that_tunnel_4004_while_another_host_serves(c
     assert relay.proc.returncode() is None
 
 
-async def test_a_new_tunnel_is_pinged_at_once_after_its_lone_welcome(cluster):
-    """The relay times a tunnel's round trip (its stream windows grow by it) with a Ping
-    right after the Welcome, not a ping interval (here 30 s) later."""
-    relay = await cluster.relay("--ping-interval", "30")
-    host = await relay.add_host("timed")
-    codec = FrameCodec()
-    async with aiohttp.ClientSession() as s:
-        async with s.ws_connect(
-            f"ws://127.0.0.1:{relay.port}/tunnel",
-            headers={"Authorization": f"Bearer {host['token']}"},
-        ) as ws:
-            await ws.send_bytes(codec.message(Hello(PROTOCOL_VERSION, "test", Limits())))
-            (welcome,) = codec.decode((await ws.receive(timeout=5)).data)
-            assert isinstance(welcome, Welcome)
-            assert welcome.ping_interval == 30
-            (ping,) = codec.decode((await ws.receive(timeout=5)).data)
-            assert isinstance(ping, Ping)
-            assert abs(ping.t - time.time()) < 5
-
-
 async def test_unknown_slug_is_404_and_offline_host_is_503_with_retry_after(cluster):
     relay = await cluster.relay()
     host = await relay.add_host("idle")
