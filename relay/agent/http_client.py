@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from relay.errors import ConfigError
-from relay.wire.reading import read_buffer
+from relay.wire.reading import READ_SIZE, read_buffer
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -51,6 +51,9 @@ class UpstreamUser(Protocol):
 
     def upstream_writable(self) -> None:
         """The connection's write buffer drained."""
+
+    def read_allowance(self) -> int:
+        """How much of the response to read next (see ``FlowStream.read_allowance``)."""
 
 
 class UpstreamPool:
@@ -238,6 +241,13 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.transport = cast("asyncio.Transport", transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:  # noqa: D102, ARG002
+        # No more than the user's stream may take: a read comes in whole, and a relay
+        # that grants no credit (its client reads nothing) would hold the agent to it.
+        user = self.user
+        if user is not None:
+            n = user.read_allowance()
+            if n < READ_SIZE:
+                return self.pool.read_buffer[:n]
         return self.pool.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:  # noqa: D102

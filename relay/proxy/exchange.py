@@ -42,6 +42,7 @@ from relay.wire.http1 import (
     status_line,
 )
 from relay.wire.protocol import Body, ReqHead, ResetCode, RespHead
+from relay.wire.reading import HEAD_READ
 
 if TYPE_CHECKING:
     import asyncio
@@ -461,6 +462,16 @@ class ClientExchange(FlowStream):
             self.client.close()
 
     # -- flow control of the request body ------------------------------------------------
+
+    def read_allowance(self) -> int:
+        """How much of the client to read next.
+
+        While the body streams, what its stream may take (:meth:`FlowStream.read_allowance`);
+        else a head's worth.
+        """
+        if self.tunnel is None or self._request_done or self._body_inline:
+            return HEAD_READ
+        return super().read_allowance()
 
     def on_blocked(self) -> None:
         """No credit for more of the request body: stop reading the client."""

@@ -36,7 +36,7 @@ from relay.proxy.exchange import ClientExchange, RequestInfo
 from relay.proxy.routing import slug_from_host
 from relay.sockets import listening_socket
 from relay.wire.http1 import LAST_CHUNK, chunk
-from relay.wire.reading import read_buffer
+from relay.wire.reading import HEAD_READ, READ_SIZE, read_buffer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -99,6 +99,7 @@ class FrontServer:
         self.tunnel_factory = tunnels  # agents' upgrades (relay.server.endpoint)
         self.connections: set[ClientConnection] = set()
         self.read_buffer = read_buffer()  # its connections read into it (see relay.wire.reading)
+        self.head_buffer = self.read_buffer[:HEAD_READ]  # while no body streams
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -253,6 +254,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.front.connections.add(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:  # noqa: D102, ARG002
+        # No more than the request whose body streams may take (relay.wire.flow): a read
+        # comes in whole, and an agent that grants no credit would hold all of it.
+        exchanges = self.exchanges
+        if not exchanges:
+            return self.front.head_buffer
+        n = exchanges[-1].read_allowance()
+        if n < READ_SIZE:
+            return self.front.read_buffer[:n]
         return self.front.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:  # noqa: D102

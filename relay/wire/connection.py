@@ -138,6 +138,7 @@ class TunnelConnection:
         "_room_callbacks",
         "_writer",
         "_writes_now",
+        "body_held",
         "close_code",
         "close_reason",
         "codec",
@@ -210,6 +211,8 @@ class TunnelConnection:
         # much across the tunnel's streams at once: what one agent's streams may hold.
         self.max_window = max(local_limits.max_window, local_limits.initial_window)
         self.window_room = _GROWTH_STREAMS * (self.max_window - local_limits.initial_window)
+        # Body bytes its callback streams hold beyond the peer's credit (relay.wire.flow).
+        self.body_held = 0
 
     @property
     def log(self) -> FilteringBoundLogger:

@@ -11,6 +11,10 @@ the peer's credit, or while the tunnel's send queue is over its limit, wait in a
 pending list and the subclass pauses its source (:meth:`FlowStream.on_blocked`) until
 :meth:`FlowStream.on_unblocked`; credit for incoming bytes is handed back by
 :meth:`FlowStream.consumed` once the sink took them.
+
+What waits is bounded per stream (:data:`SLACK`) and per tunnel (:data:`TUNNEL_SLACK`), and a
+source reads no more than :meth:`FlowStream.read_allowance` at a time: a peer that grants
+no credit holds a few KiB of each of its streams, not a quarter of a megabyte.
 """
 
 from __future__ import annotations
@@ -36,10 +40,16 @@ from relay.wire.streams import StreamState
 if TYPE_CHECKING:
     from relay.wire.connection import TunnelConnection
 
-__all__ = ["SLACK", "FlowStream"]
+__all__ = ["READ_FLOOR", "SLACK", "TUNNEL_SLACK", "FlowStream"]
 
 #: Body bytes a stream holds beyond the peer's credit before it pauses its source.
 SLACK = 256 * 1024
+#: Body bytes all of a tunnel's streams hold beyond credit together: past it, a stream
+#: pauses its source as soon as anything of its own waits. Without it, a peer that grants
+#: no credit held SLACK and a read of every stream it was sent (~490 MiB at 1,000).
+TUNNEL_SLACK = 4 * 1024 * 1024
+#: The least :meth:`FlowStream.read_allowance` says: a read must be allowed some bytes.
+READ_FLOOR = 4 * 1024
 
 
 # Subclassed by the relay's and the agent's exchanges, and by tests (relay.hot_path).
@@ -146,13 +156,28 @@ class FlowStream:
                 self._pending = deque()
             self._pending.append(chunk)
             self._pending_bytes += len(chunk)
+            self.conn.body_held += len(chunk)
         if end:
             self._pending_end = True
         self._flush()
-        if not self._paused and (self._pending_bytes > SLACK or self._waiting_room):
+        if not self._paused and (
+            self._pending_bytes > SLACK
+            or self._waiting_room
+            or (self._pending_bytes and self.conn.body_held > TUNNEL_SLACK)
+        ):
             self._paused = True
             self.on_blocked()
         return not self._paused
+
+    def read_allowance(self) -> int:
+        """How much the source should read now (at least :data:`READ_FLOOR`).
+
+        The peer's credit, and the slack this stream and its tunnel have left. A read is
+        the unit a source pauses at: without this, a read of a quarter of a megabyte came
+        in whole, credit or not, for every stream a peer held up.
+        """
+        room = min(SLACK - self._pending_bytes, TUNNEL_SLACK - self.conn.body_held)
+        return max(self.state.send_window + max(room, 0), READ_FLOOR)
 
     def consumed(self, n: int) -> None:
         """Our sink took ``n`` of the peer's bytes: hand credit back when enough gathered.
@@ -177,7 +202,16 @@ class FlowStream:
     def close(self) -> None:
         """Forget the stream; later frames for it are ignored by the tunnel."""
         if self.conn.streams.get(self.sid) is self:
+            self._drop_pending()  # nothing sends it now
             self.conn.forget(self.sid)
+
+    def _drop_pending(self) -> None:
+        """Let go of what waits for credit, and of the tunnel's count of it."""
+        if self._pending:
+            self._pending.clear()
+            self._offset = 0
+        self.conn.body_held -= self._pending_bytes
+        self._pending_bytes = 0
 
     @property
     def blocked(self) -> bool:
@@ -190,8 +224,7 @@ class FlowStream:
         pending = self._pending
         if state.reset:
             if pending:
-                pending.clear()
-                self._pending_bytes = 0
+                self._drop_pending()
             return True
         conn = self.conn
         max_chunk = conn.max_chunk
@@ -202,6 +235,7 @@ class FlowStream:
             if n <= 0:
                 return False
             self._pending_bytes -= n
+            conn.body_held -= n
             if n == size and not self._offset:
                 piece: Any = pending.popleft()  # whole: no copy
             else:
@@ -233,7 +267,12 @@ class FlowStream:
     def _maybe_unpause(self) -> None:
         if self._close_when_sent and not self.blocked:
             self.close()
-        if self._paused and self._pending_bytes <= SLACK // 2 and not self._waiting_room:
+        if (
+            self._paused
+            and self._pending_bytes <= SLACK // 2
+            and not self._waiting_room
+            and (not self._pending_bytes or self.conn.body_held <= TUNNEL_SLACK)
+        ):
             self._paused = False
             self.on_unblocked()
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["READ_SIZE", "read_buffer"]
+__all__ = ["HEAD_READ", "READ_SIZE", "read_buffer"]
 
 #: Bytes read at most at a time (what uvloop reads for a plain protocol).
 READ_SIZE: Final = 256 * 1024
+#: Bytes read at a time while no body streams: a head, or a head and the start of its
+#: body, which waits in memory until the body's stream can take it.
+HEAD_READ: Final = 32 * 1024
 
 
 def read_buffer() -> memoryview:

@@ -1031,3 +1031,50 @@ async def another_request_then_the_rest(relay, slug: str, reader, writer) -> dic
     answer = await read_response(reader)
     assert answer.startswith(b"HTTP/1.1 200 "), answer
     return json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+
+async def test_uploads_to_an_agent_that_grants_no_credit_cost_the_relay_little(cluster):
+    """An agent that takes a 1 KiB window and never grants more: each upload's body
+    waited beyond its credit, SLACK and a read per stream (490 MiB for 990 uploads;
+    245 MiB for these 500). The tunnel's slack and reads sized to it bound that."""
+    relay = await cluster.relay()
+    host = await relay.add_host("miser")
+    async with raw_agent(relay, host["token"], Limits(initial_window=1024)) as ws:
+        await next_frames(ws)
+        await wait_held(relay, host["slug"])
+        opened = 0
+
+        async def take() -> None:  # reads all, answers pings, grants nothing
+            nonlocal opened
+            async for msg in ws:
+                for frame in CODEC.decode(msg.data):
+                    opened += isinstance(frame, ReqHead)
+                    if isinstance(frame, Ping):
+                        await ws.send_bytes(CODEC.message(Pong(frame.t)))
+
+        reading = asyncio.create_task(take())
+        size = 4 << 20
+        head = (
+            f"POST /up HTTP/1.1\r\nHost: {host['slug']}.localhost\r\nContent-Length: {size}\r\n\r\n"
+        ).encode()
+        piece = b"x" * (256 << 10)
+        peak_before = relay.proc.rss_kib("VmHWM")
+
+        async def upload() -> asyncio.StreamWriter:
+            _, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            writer.write(head)
+            with contextlib.suppress(TimeoutError):
+                for _ in range(size // len(piece)):
+                    writer.write(piece)
+                    await asyncio.wait_for(writer.drain(), 1.5)
+            return writer
+
+        writers = await asyncio.gather(*(upload() for _ in range(500)))
+        assert opened == 500  # every upload reached the agent, none was refused
+        grown_mib = (relay.proc.rss_kib("VmHWM") - peak_before) / 1024
+        for writer in writers:
+            writer.close()
+        reading.cancel()
+    # The tunnel's slack (4 MiB), a head's read and a read floor per upload (~17 MiB),
+    # and 500 connections' own objects.
+    assert grown_mib < 48, grown_mib

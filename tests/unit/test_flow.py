@@ -17,8 +17,8 @@ import pytest
 import structlog
 
 from relay.wire.connection import TunnelConnection
-from relay.wire.flow import FlowStream
-from relay.wire.protocol import Data, Limits, ReqHead, RespHead, Window
+from relay.wire.flow import READ_FLOOR, SLACK, TUNNEL_SLACK, FlowStream
+from relay.wire.protocol import Data, Limits, ReqHead, ResetCode, RespHead, Window
 
 if TYPE_CHECKING:
     from relay.errors import StreamError
@@ -274,3 +274,70 @@ async def test_odd_credit_cannot_make_queued_frames_hold_more_than_they_count():
     assert [len(frame.chunk) for frame in queued] == [1] * len(streams)
     counted = sum(len(frame.chunk) for frame in queued)
     assert sum(_held(frame.chunk) for frame in queued) <= 4 * counted
+
+
+class Reader(Source):
+    """A source that reads what :meth:`FlowStream.read_allowance` says, while unpaused
+    (what the relay does with a client's request body, the agent with a response)."""
+
+    def __init__(self, conn: TunnelConnection, sid: int) -> None:
+        super().__init__(conn, sid)
+        self.paused = False
+        self.read = 0
+
+    def on_blocked(self) -> None:
+        self.paused = True
+
+    def on_unblocked(self) -> None:
+        self.paused = False
+
+    def pump(self, reads: int) -> None:
+        for _ in range(reads):
+            if self.paused:
+                return
+            n = self.read_allowance()
+            self.read += n
+            self.send_body(bytes(n))
+
+
+async def test_a_peer_that_grants_no_credit_holds_little_of_each_stream():
+    # Before the tunnel's slack, each stream held SLACK and a whole read (~490 MiB at
+    # 1,000 streams, measured end to end). Now the first streams share TUNNEL_SLACK and
+    # every stream holds at most a read floor beyond it.
+    limits = Limits(max_frame=1 << 20, initial_window=1024)
+    a, _b = pipe()
+    conn = TunnelConnection(a, local_limits=limits, peer_limits=limits, log=structlog.get_logger())
+    streams = [Reader(conn, 2 * i + 1) for i in range(200)]
+    for stream in streams:
+        stream.pump(reads=50)
+    assert all(stream.paused for stream in streams)
+    held = sum(stream._pending_bytes for stream in streams)
+    assert held == conn.body_held
+    assert held <= TUNNEL_SLACK + len(streams) * (SLACK // 32)
+    assert max(stream._pending_bytes for stream in streams) <= SLACK + READ_FLOOR
+    assert sum(stream.read for stream in streams) == held + len(streams) * 1024  # credit
+    # A stream the tunnel's slack paused resumes once its own credit takes what waits.
+    last = streams[-1]
+    assert last._pending_bytes <= READ_FLOOR
+    last.deliver(Window(last.sid, last._pending_bytes))
+    assert not last.paused
+    assert conn.body_held == held - (last.read - 1024)
+    # What waits is let go with its stream, and the tunnel's count with it.
+    for stream in streams[:100]:
+        stream.reset(ResetCode.CANCEL)
+    for stream in streams[100:]:
+        stream.close()
+    assert conn.body_held == 0
+    assert all(not stream._pending for stream in streams)
+
+
+async def test_the_tunnels_slack_leaves_one_bulk_stream_its_own():
+    # One upload to a slow peer keeps SLACK of its own: the tunnel's bound only bites
+    # when many streams wait at once.
+    limits = Limits(max_frame=1 << 20, initial_window=1024)
+    a, _b = pipe()
+    conn = TunnelConnection(a, local_limits=limits, peer_limits=limits, log=structlog.get_logger())
+    stream = Reader(conn, 1)
+    stream.pump(reads=1000)
+    assert SLACK < stream._pending_bytes <= SLACK + READ_FLOOR
+    assert conn.body_held == stream._pending_bytes

@@ -25,6 +25,7 @@ class User:
         self.body = b""
         self.conn: UpstreamConnection | None = None
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.allowance = 1 << 30  # the pool's whole buffer
 
     def on_connection(self, conn: UpstreamConnection) -> None:
         self.conn = conn
@@ -47,6 +48,9 @@ class User:
 
     def upstream_writable(self) -> None:
         pass
+
+    def read_allowance(self) -> int:
+        return self.allowance
 
 
 class Server:
@@ -249,6 +253,21 @@ async def test_connections_reading_into_the_pools_one_buffer_each_get_their_own_
     for user in await fetch_fills(p, 1 << 20):
         assert user.conn is not None
         assert user.conn.get_buffer(-1) is p.read_buffer
+    await p.close()
+    server.close()
+
+
+async def test_reads_are_no_larger_than_the_users_stream_may_take():
+    # A stream out of credit (its client reads nothing) takes a read floor at a time:
+    # a whole buffer's read would wait in memory beyond the window, for every stream.
+    server = await asyncio.start_server(serving_fills(300_000, 100_000), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    p = pool(f"http://127.0.0.1:{port}")
+    user = Keeper(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    user.allowance = 4096
+    assert await run(p, user) == "end"
+    assert b"".join(user.pieces) == b"a" * 300_000
+    assert max(len(piece) for piece in user.pieces) <= 4096
     await p.close()
     server.close()
 
