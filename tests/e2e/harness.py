@@ -113,7 +113,11 @@ class Proc:
         self._log.close()
 
     def rss_kib(self, field: str = "VmRSS") -> int:
-        """Resident memory now, or its peak so far with ``field="VmHWM"``."""
+        """Resident memory now, or its peak so far with ``field="VmHWM"``.
+
+        Memory tests compare peaks: memory reclaim (DAMON on this VM) lowers the current
+        figure at random, which read as growth when it struck the figure before.
+        """
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1])

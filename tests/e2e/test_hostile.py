@@ -141,7 +141,7 @@ async def test_agent_limits_are_clamped_and_a_reader_that_never_reads_bounds_the
         (welcome,) = await next_frames(ws)
         assert isinstance(welcome, Welcome)
         await wait_held(relay, host["slug"])
-        rss_before = relay.proc.rss_kib()
+        rss_before = relay.proc.rss_kib("VmHWM")
         body = b"x" * (64 * 1024)
 
         async def upload() -> int:
@@ -159,14 +159,14 @@ async def test_agent_limits_are_clamped_and_a_reader_that_never_reads_bounds_the
             return 0
 
         await asyncio.gather(*(upload() for _ in range(4)))
-        grown_mib = (relay.proc.rss_kib() - rss_before) / 1024
+        grown_mib = (relay.proc.rss_kib("VmHWM") - rss_before) / 1024
     # Four streams' windows (clamped to the relay's 1 MiB) plus the send queue's bound.
     assert grown_mib < 40, grown_mib
 
 
 async def test_response_heads_cannot_bypass_the_window_and_only_their_stream_resets(cluster):
     async with held_by_raw_agent(cluster, "floody") as (relay, host, ws):
-        rss_before = relay.proc.rss_kib()
+        rss_before = relay.proc.rss_kib("VmHWM")
         async with aiohttp.ClientSession() as s:
             h = {"Host": f"{host['slug']}.localhost:{relay.port}"}
             request = asyncio.create_task(s.get(f"{relay.url}/x", headers=h))
@@ -180,7 +180,7 @@ async def test_response_heads_cannot_bypass_the_window_and_only_their_stream_res
                 await response.read()
         # The stream was reset (we hear it), the tunnel still answers pings.
         await assert_tunnel_answers_pings(ws, 1.5)
-        grown_mib = (relay.proc.rss_kib() - rss_before) / 1024
+        grown_mib = (relay.proc.rss_kib("VmHWM") - rss_before) / 1024
     assert grown_mib < 40, grown_mib
     # A second head on a stream cuts that stream (its client sees a cut connection).
     log = relay.proc.log()
@@ -674,7 +674,7 @@ async def test_empty_websocket_messages_to_a_client_that_never_reads_reset_their
     """Credit counts payload bytes, so empty messages cost none: the frames waiting for a
     client that stopped reading are bounded by count too (the stream is reset past it)."""
     async with held_by_raw_agent(cluster, "emptyflood") as (relay, host, ws):
-        rss_before = relay.proc.rss_kib()
+        rss_before = relay.proc.rss_kib("VmHWM")
         reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
         try:
             writer.write(
@@ -702,7 +702,7 @@ async def test_empty_websocket_messages_to_a_client_that_never_reads_reset_their
             assert resets, "the stream was never reset"
             (reset,) = resets
             assert (reset.sid, reset.code) == (sid, ResetCode.FLOW_CONTROL)
-            grown_mib = (relay.proc.rss_kib() - rss_before) / 1024
+            grown_mib = (relay.proc.rss_kib("VmHWM") - rss_before) / 1024
             assert grown_mib < 60, grown_mib
         finally:
             writer.close()
@@ -860,7 +860,7 @@ async def test_requests_to_an_agent_that_stopped_reading_are_refused_not_queued(
     it was found silent (30 s by default)."""
     # The raw agent never reads after the Welcome, and is not found silent meanwhile.
     async with held_by_raw_agent(cluster, "deaf", "--ping-interval", "10") as (relay, host, ws):
-        rss_before = relay.proc.rss_kib()
+        rss_before = relay.proc.rss_kib("VmHWM")
         big = "".join(f"X-Big{i}: {'v' * 8000}\r\n" for i in range(7))
         request = (
             f"POST /x HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n{big}"
@@ -878,7 +878,7 @@ async def test_requests_to_an_agent_that_stopped_reading_are_refused_not_queued(
                 writer.transport.abort()  # and leave
 
         await asyncio.gather(*(client() for _ in range(20)))
-        grown_mib = (relay.proc.rss_kib() - rss_before) / 1024
+        grown_mib = (relay.proc.rss_kib("VmHWM") - rss_before) / 1024
         assert grown_mib < 60, grown_mib
         refused = [a for a in answers if a.startswith(b"HTTP/1.1 503 ")]
         assert refused, answers[:3]
@@ -955,7 +955,7 @@ async def test_a_ping_flood_from_an_agent_that_never_reads_stays_bounded(cluster
     by their 11 bytes, had let ~100 MiB of pongs wait."""
     # The raw agent never reads after the Welcome, and is not found silent meanwhile.
     async with held_by_raw_agent(cluster, "pingy", "--ping-interval", "10") as (relay, _, ws):
-        rss_before = relay.proc.rss_kib()
+        rss_before = relay.proc.rss_kib("VmHWM")
         flood = CODEC.message(*[Ping(1.0)] * 95_000)  # a megabyte of pings a message
 
         async def send() -> None:
@@ -966,7 +966,7 @@ async def test_a_ping_flood_from_an_agent_that_never_reads_stays_bounded(cluster
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(sending), 3)  # it stops being read
         sending.cancel()
-        grown_mib = (relay.proc.rss_kib() - rss_before) / 1024
+        grown_mib = (relay.proc.rss_kib("VmHWM") - rss_before) / 1024
         assert grown_mib < 64, grown_mib
     await wait_until(relay.healthy, what="relay still healthy")
 
