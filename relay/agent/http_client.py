@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from relay.errors import ConfigError
-from relay.wire.reading import READ_SIZE, read_buffer
+from relay.wire.reading import READ_SIZE, read_buffer, read_pieces
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -158,6 +158,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     __slots__ = (
         "_body_ends_at_close",
+        "_body_parts",
         "_ended_at_head",
         "_got_bytes",
         "_headers",
@@ -186,6 +187,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._skip_body = False  # a HEAD response: llhttp cannot be told it has no body
         self._body_ends_at_close = False
         self._ended_at_head = False
+        self._body_parts: list[bytes] = []  # of this read, handed on after it (_pass_body)
 
     @property
     def usable(self) -> bool:
@@ -260,6 +262,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 user.upstream_failed(exc, retryable=False)
             self.abort()
             return
+        self._pass_body()
         if self._ended_at_head:
             # A HEAD response ended at its head; a new parser for the next response.
             keep_alive = self.parser.should_keep_alive()
@@ -329,18 +332,29 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     def on_body(self, body: bytes) -> None:
         """Response body bytes."""
         if self.user is not None:
-            self.user.upstream_body(body)
+            self._body_parts.append(body)
 
     def on_message_complete(self) -> None:
         """The response is complete."""
         if self._interim:
             self._interim = False
             return
+        self._pass_body()
         user, self.user = self.user, None
         self._body_ends_at_close = False
         if user is not None:
             user.upstream_end()
             self._done()
+
+    def _pass_body(self) -> None:
+        """Hand the user the body bytes read (see ``relay.wire.reading.read_pieces``)."""
+        parts = self._body_parts
+        if parts:
+            self._body_parts = []
+            for piece in read_pieces(parts):
+                if self.user is None:
+                    return
+                self.user.upstream_body(piece)
 
     def _done(self) -> None:
         self.reused = True

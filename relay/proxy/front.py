@@ -36,7 +36,7 @@ from relay.proxy.exchange import ClientExchange, RequestInfo
 from relay.proxy.routing import slug_from_host
 from relay.sockets import listening_socket
 from relay.wire.http1 import LAST_CHUNK, chunk
-from relay.wire.reading import HEAD_READ, READ_SIZE, read_buffer
+from relay.wire.reading import HEAD_READ, READ_SIZE, read_buffer, read_pieces
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -193,6 +193,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     __deletable__ = ("parser",)  # compiled (relay.hot_path): the handoff breaks a cycle
     __slots__ = (
+        "_body_parts",
         "_handoff",
         "_handoff_chunked",
         "_handoff_tunnel",
@@ -202,6 +203,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "_pipelined",
         "_read_pauses",
         "_since",
+        "_thin_body",
         "_trailing",
         "_url",
         "_wanted",
@@ -240,6 +242,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._handoff: list[bytes] | None = None
         self._handoff_chunked = False
         self._handoff_tunnel = False  # to the tunnel server rather than the application
+        self._body_parts: list[bytes] = []  # of this read, handed on after it (_pass_body)
+        self._thin_body = False  # the last read's body was many tiny chunks
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -257,7 +261,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         # No more than the request whose body streams may take (relay.wire.flow): a read
         # comes in whole, and an agent that grants no credit would hold all of it.
         exchanges = self.exchanges
-        if not exchanges:
+        if not exchanges or self._thin_body:
+            # A body of tiny chunks costs a callback a chunk: small reads, so that other
+            # connections wait ~1 ms for each, not ~10 (measured with 1-byte chunks).
             return self.front.head_buffer
         n = exchanges[-1].read_allowance()
         if n < READ_SIZE:
@@ -288,6 +294,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         except httptools.HttpParserError as exc:
             self._refuse(400, "bad_request", f"malformed request: {exc}")
             return
+        self._pass_body()
         if (self._in_head or self._trailing) and (
             self._head_bytes > self.front.state.config.max_header_bytes + 1024
         ):
@@ -405,7 +412,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self._handoff is not None:
             self._handoff.append(chunk(body) if self._handoff_chunked else body)
         elif self.exchanges:  # empty: answered early and closing
-            self.exchanges[-1].client_body(body)
+            self._body_parts.append(body)
 
     def on_message_complete(self) -> None:
         """The request (body included) is complete."""
@@ -413,9 +420,23 @@ class ClientConnection(asyncio.BufferedProtocol):
             if self._handoff_chunked:
                 self._handoff.append(LAST_CHUNK)
             return
+        self._pass_body()
+        self._thin_body = False
         if not self.exchanges:
             return  # answered early and closing
         self.exchanges[-1].client_end()
+
+    def _pass_body(self) -> None:
+        """Hand the request's exchange the body bytes read (see ``read_pieces``)."""
+        parts = self._body_parts
+        if parts:
+            self._body_parts = []
+            pieces = read_pieces(parts)
+            self._thin_body = len(pieces) < len(parts)
+            for piece in pieces:
+                if not self.exchanges:
+                    return  # answered early and closing
+                self.exchanges[-1].client_body(piece)
 
     def on_chunk_header(self) -> None:
         """A chunk-size line: the last chunk's trailer section may follow."""

@@ -15,6 +15,7 @@ import pytest
 
 from relay.wire.protocol import (
     PROTOCOL_VERSION,
+    Data,
     FrameCodec,
     Hello,
     Limits,
@@ -1078,3 +1079,36 @@ async def test_uploads_to_an_agent_that_grants_no_credit_cost_the_relay_little(c
     # The tunnel's slack (4 MiB), a head's read and a read floor per upload (~17 MiB),
     # and 500 connections' own objects.
     assert grown_mib < 48, grown_mib
+
+
+async def test_an_upload_of_one_byte_chunks_reaches_the_agent_in_a_few_frames(cluster):
+    """Chunked encoding lets a client send a byte per chunk: each byte was a Data frame,
+    and one such upload kept its host's agent busy (its other requests waited 3 s). The
+    relay hands on what one read brought, joined."""
+    async with held_by_raw_agent(cluster, "bytewise") as (relay, host, ws):
+        body = bytes(range(256)) * 64
+        chunks = b"".join(b"1\r\n%s\r\n" % body[i : i + 1] for i in range(len(body)))
+        request = (
+            (
+                f"POST /up HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+            + chunks
+            + b"0\r\n\r\n"
+        )
+        answer = asyncio.create_task(answer_to(relay.port, request))
+        got, frames, sid, ended = b"", 0, 0, False
+        async with asyncio.timeout(10):
+            while not ended:
+                for frame in await next_frames(ws):
+                    if isinstance(frame, ReqHead):
+                        sid = frame.sid
+                    elif isinstance(frame, Data):
+                        frames += 1
+                        got += frame.chunk
+                        ended = frame.end
+        assert got == body
+        # 16,384 chunks in ~100 KB arrive in a few reads (32 KiB each at most).
+        assert frames <= 16, frames
+        await ws.send_bytes(CODEC.message(RespHead(sid, 204, [], end=True)))
+        assert (await answer).startswith(b"HTTP/1.1 204 ")

@@ -19,6 +19,7 @@ import structlog
 from relay.wire.connection import TunnelConnection
 from relay.wire.flow import READ_FLOOR, SLACK, TUNNEL_SLACK, FlowStream
 from relay.wire.protocol import Data, Limits, ReqHead, ResetCode, RespHead, Window
+from relay.wire.reading import read_pieces
 
 if TYPE_CHECKING:
     from relay.errors import StreamError
@@ -341,3 +342,14 @@ async def test_the_tunnels_slack_leaves_one_bulk_stream_its_own():
     stream.pump(reads=1000)
     assert SLACK < stream._pending_bytes <= SLACK + READ_FLOOR
     assert conn.body_held == stream._pending_bytes
+
+
+def test_a_reads_small_pieces_are_joined_and_large_ones_pass_uncopied():
+    tiny = [bytes([i]) for i in range(200)]
+    assert read_pieces(tiny) == [bytes(range(200))]
+    large = [b"a" * 4096, b"b" * 4096, b"c" * 100]
+    passed = read_pieces(large)
+    assert len(passed) == 3
+    assert all(a is b for a, b in zip(passed, large, strict=True))
+    one = [b"x"]
+    assert read_pieces(one) is one

@@ -272,6 +272,20 @@ async def test_reads_are_no_larger_than_the_users_stream_may_take():
     server.close()
 
 
+async def test_a_response_of_tiny_chunks_reaches_the_user_in_few_pieces():
+    # 20,000 chunks of one byte: each used to become a tunnel frame of its own.
+    body = bytes(range(256)) * 78 + bytes(32)
+    chunks = b"".join(b"1\r\n%s\r\n" % body[i : i + 1] for i in range(len(body)))
+    reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    async with Server([reply]) as url:
+        p = pool(url)
+        user = Keeper(GET)
+        assert await run(p, user) == "end"
+        assert b"".join(user.pieces) == body
+        assert len(user.pieces) <= 16  # a piece per read (~120 KB of chunks arrive)
+        await p.close()
+
+
 def test_an_https_upstream_read_into_the_shared_buffer_under_uvloop(tmp_path, monkeypatch):
     # uvloop's TLS transport decrypts into the pool's buffer (a buffered protocol's
     # get_buffer); the agent runs on uvloop, these unit tests otherwise on asyncio's loop.
