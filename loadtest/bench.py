@@ -78,6 +78,12 @@ def run_idle(quick: bool) -> dict:
     return idle.measure(tunnels=2000, cycles=5, seconds=5)
 
 
+def run_tiny_chunks(quick: bool) -> dict:
+    from loadtest import tiny_chunks
+
+    return tiny_chunks.measure(seconds=2 if quick else 3)
+
+
 def run_events(quick: bool) -> dict:
     from loadtest import events_bench
 
@@ -309,6 +315,22 @@ def rows_idle(f: dict) -> list[Row]:
     return [Row(goal, f"{kib:.1f} KiB/tunnel", "<= 17.5 KiB", verdict(kib <= 17.5))]
 
 
+def rows_tiny_chunks(f: dict) -> list[Row]:
+    turns = f["turns"]
+    tiny, bulk, idle = turns["1-byte chunks"], turns["16 KiB chunks"], turns["no upload"]
+    return [
+        Row(
+            "1-byte-chunk upload: GET p50/p99 to its host",
+            f"{tiny['get_p50_ms']:.1f} / {tiny['get_p99_ms']:.1f} ms at"
+            f" {tiny['wire_mb_per_s']:.0f} MB/s, relay {tiny['relay_cores']:.2f} cores"
+            f" (16 KiB chunks {bulk['get_p50_ms']:.1f} / {bulk['get_p99_ms']:.1f};"
+            f" none {idle['get_p50_ms']:.1f} / {idle['get_p99_ms']:.1f})",
+            "reported",
+            "-",
+        )
+    ]
+
+
 def rows_events(f: dict) -> list[Row]:
     at_once, paced = f["burst_at_once"], f["burst_paced"]
     return [
@@ -387,6 +409,7 @@ SCENARIOS: dict[str, Scenario] = {
     "long_rtt": Scenario(run_long_rtt, rows_long_rtt, 300, "long_rtt.py (20 ms, windows)"),
     "ws_echo": Scenario(run_ws_echo, rows_ws_echo, 300, "ws_echo.py"),
     "fleet": Scenario(run_fleet, rows_fleet, 300, "forward_hop.py (replay, forward)"),
+    "tiny_chunks": Scenario(run_tiny_chunks, rows_tiny_chunks, 120, "tiny_chunks.py"),
     "idle": Scenario(run_idle, rows_idle, 600, "idle.py --tunnels 2000"),
     "events": Scenario(run_events, rows_events, 600, "events_bench.py"),
     "drain": Scenario(run_drain, rows_drain, 300, "drain.py"),
