@@ -71,6 +71,9 @@ class Client(Protocol):
     def write(self, data: bytes) -> None:
         """Write to the client."""
 
+    def writelines(self, pieces: list[bytes]) -> None:
+        """Write ``pieces`` to the client, in one go."""
+
     def write_continue(self) -> None:
         """Answer ``Expect: 100-continue``."""
 
@@ -146,6 +149,8 @@ class ClientExchange(FlowStream):
     __slots__ = (
         "_body",
         "_body_inline",
+        "_burst",
+        "_burst_bytes",
         "_client_ip",
         "_error_id",
         "_head",
@@ -185,6 +190,10 @@ class ClientExchange(FlowStream):
         self._out_chunked = False
         self._remaining = -1  # response body bytes still due (-1: not length-delimited)
         self._unacked = 0  # response bytes written while the client's socket was full
+        # Body pieces of the message being dispatched, written together after it
+        # (flush_burst): a write each made a message of tiny Data frames a syscall each.
+        self._burst: list[bytes] | None = None
+        self._burst_bytes = 0
         # Loop time by which the response head is due (0: none pending). The front's
         # sweep enforces it: a timer per request cost more than the sweep's one check.
         self.deadline = 0.0
@@ -556,7 +565,6 @@ class ClientExchange(FlowStream):
             self.reset(ResetCode.INTERNAL, "body before the response head")
             self._fail_response(502, "upstream_error", "the host's agent broke the protocol")
             return
-        client = self.client
         if chunk_:
             n = len(chunk_)
             self._sent += n
@@ -565,22 +573,41 @@ class ClientExchange(FlowStream):
                     self._interrupted("more body than its Content-Length")
                     return
                 self._remaining -= n
-                client.write(chunk_)
-            elif self._out_chunked:
-                client.write(chunk(chunk_))
+            piece = chunk(chunk_) if self._out_chunked else chunk_
+            burst = self._burst
+            if burst is None:
+                self._burst = [piece]
+                self.conn.flush_after(self)
             else:
-                client.write(chunk_)
-            if client.write_paused:
-                self._unacked += n
-            else:
-                self.consumed(n)
+                burst.append(piece)
+            self._burst_bytes += n
         if end:
             if self._remaining > 0:
                 self._interrupted("body shorter than its Content-Length")
                 return
+            self.flush_burst()
             if self._out_chunked:
-                client.write(LAST_CHUNK)
+                self.client.write(LAST_CHUNK)
             self._finish()
+
+    def flush_burst(self) -> None:
+        """Write the body pieces of the message dispatched; credit back once taken."""
+        burst = self._burst
+        if burst is None:
+            return
+        self._burst = None
+        n, self._burst_bytes = self._burst_bytes, 0
+        client = self.client
+        if len(burst) == 1:
+            client.write(burst[0])
+        else:
+            client.writelines(burst)
+        if self.conn.streams.get(self.sid) is not self:
+            return  # ended meanwhile (the client left): no credit for a forgotten stream
+        if client.write_paused:
+            self._unacked += n
+        else:
+            self.consumed(n)
 
     def on_reset(self, error: StreamError) -> None:
         """The agent reset the stream or the tunnel closed."""
@@ -643,6 +670,7 @@ class ClientExchange(FlowStream):
 
     def _interrupted(self, why: str) -> None:
         """Headers are out: cutting the connection is the only honest signal left."""
+        self.flush_burst()  # what came before the fault is the client's
         state = self.client.state
         state.metrics.proxy_errors.add(1, {"reason": "body_interrupted"})
         state.log.warning("proxy.body_interrupted", slug=self.info.slug, error=why)

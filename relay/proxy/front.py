@@ -501,6 +501,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
+    def writelines(self, pieces: list[bytes]) -> None:
+        """Write ``pieces`` to the client in one go (dropped once closing)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.writelines(pieces)
+
     def write_continue(self) -> None:
         """Tell a client waiting on ``Expect: 100-continue`` to send its body."""
         self.write(_CONTINUE)

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     from relay.wire.streams import StreamState
 
-__all__ = ["StreamEndpoint", "TunnelConnection", "WebSocketLike"]
+__all__ = ["Burst", "StreamEndpoint", "TunnelConnection", "WebSocketLike"]
 
 # Messages are cut at this size even when the peer accepts larger ones: the peer handles
 # a message only once it has all of it, so smaller ones keep a bulk transfer pipelined,
@@ -78,6 +78,17 @@ _GROWTH_STREAMS = 4
 # A tunnel that wrote nothing for this long is quiet: its next frame goes out at once
 # rather than after the event-loop turn (see TunnelConnection.queue).
 _QUIET = 0.001
+# Frames dispatched between two turns of the event loop at most. A message of 1-byte
+# Data frames (~140,000 in a megabyte) held the loop for a quarter of a second, and a
+# peer sending such messages kept every other tunnel's requests waiting for seconds.
+_SLICE: Final = 2048
+
+
+class Burst(Protocol):
+    """What writes out, once a message is dispatched, what its frames brought."""
+
+    def flush_burst(self) -> None:
+        """Write what the message's frames brought."""
 
 
 class StreamEndpoint(Protocol):
@@ -198,7 +209,7 @@ class TunnelConnection:
         # Writes a quiet tunnel's frame at once (None when the socket is not aiohttp's).
         self._writes_now = BatchWriter.of(ws)
         self._last_write = 0.0
-        self._flushes: list[StreamChannel] | None = None  # see flush_after
+        self._flushes: list[Burst] | None = None  # see flush_after
         self._defer_flush = False  # the pending turn's write waits one turn more
         self._pong_due: float | None = None  # the t of the last Ping in the message read
         # The shortest round trip seen (our Ping to its Pong; 0.0: none yet): queueing
@@ -511,7 +522,10 @@ class TunnelConnection:
                 self.last_frame_at = loop.time()
                 # A call, so the frames die with its frame rather than stay in this
                 # one while waiting for the next message (idle tunnels wait minutes).
-                self._dispatch(decode(msg.data))
+                many = self._dispatch_few(decode(msg.data))
+                if many is not None:
+                    await self._dispatch_slices(many)
+                    many = None
                 if self._out_bytes > self._out_limit:
                     # Answers (pongs) pile up for a peer that does not read: stop
                     # reading it too, rather than queue without bound.
@@ -525,7 +539,25 @@ class TunnelConnection:
                     self.close_reason = "peer closed"
                 return
 
-    def flush_after(self, channel: StreamChannel) -> None:
+    def _dispatch_few(self, frames: list[Frame]) -> list[Frame] | None:
+        """Dispatch a message's frames, unless too many for one go (returned then)."""
+        if len(frames) > _SLICE:
+            return frames
+        self._dispatch(frames)
+        return None
+
+    async def _dispatch_slices(self, frames: list[Frame]) -> None:
+        """Dispatch a message of many frames a slice at a time (see _SLICE).
+
+        The loop turns between slices; frames left once the tunnel closed are dropped.
+        """
+        for start in range(0, len(frames), _SLICE):
+            if self.close_code is not None:
+                return
+            self._dispatch(frames[start : start + _SLICE])
+            await asyncio.sleep(0)
+
+    def flush_after(self, channel: Burst) -> None:
         """Call ``channel.flush_burst()`` once the message being read is dispatched."""
         if self._flushes is None:
             self._flushes = []

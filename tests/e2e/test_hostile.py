@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import time
+from pathlib import Path
 
 import aiohttp
 import httpx
@@ -1112,3 +1113,35 @@ async def test_an_upload_of_one_byte_chunks_reaches_the_agent_in_a_few_frames(cl
         assert frames <= 16, frames
         await ws.send_bytes(CODEC.message(RespHead(sid, 204, [], end=True)))
         assert (await answer).startswith(b"HTTP/1.1 204 ")
+
+
+async def test_a_message_of_one_byte_data_frames_costs_the_relay_few_writes(cluster):
+    """An agent's message of 20,000 Data frames of one byte each: written to the client
+    one by one, each was a write call (and the relay's loop held for the message). The
+    pieces a message brings for a client leave together, after it."""
+    async with held_by_raw_agent(cluster, "bytewise") as (relay, host, ws):
+        count = 20_000
+        answer = asyncio.create_task(
+            answer_to(
+                relay.port, f"GET /x HTTP/1.1\r\nHost: {host['slug']}.localhost\r\n\r\n".encode()
+            )
+        )
+        sid = 0
+        while not sid:
+            sid = next((f.sid for f in await next_frames(ws) if isinstance(f, ReqHead)), 0)
+
+        def writes() -> int:
+            io = Path(f"/proc/{relay.proc.pid}/io").read_text()
+            return int(
+                next(line for line in io.splitlines() if line.startswith("syscw:")).split()[1]
+            )
+
+        before = writes()
+        head = RespHead(sid, 200, [("Content-Length", str(count))], end=False)
+        body = [Data(sid, bytes([i % 256]), end=i == count - 1) for i in range(count)]
+        await ws.send_bytes(CODEC.message(head, *body))
+        got = await answer
+        written = writes() - before
+    assert got.startswith(b"HTTP/1.1 200 ")
+    assert got.endswith(bytes(i % 256 for i in range(count)))
+    assert written < 100, written  # 20,000 and more before
