@@ -46,6 +46,10 @@ _ENDED: Final = frozenset(
 # Registered codes an endpoint may send (RFC 6455 7.4.1; 1004-1006 and 1015 never are).
 _MAX_REASON: Final = 123  # bytes of a close reason (RFC 6455 5.5: control frames' 125)
 _SENDABLE: Final = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013})
+# Messages carried from a socket between two turns of the event loop at most: receive()
+# does not yield while messages wait, and a client's read of tiny messages (37,000 in
+# 256 KiB) held the loop, every other host's requests waiting behind it.
+_TURN: Final = 256
 
 
 class Socket(Protocol):
@@ -136,7 +140,12 @@ async def _socket_to_stream(ws: Socket, channel: StreamChannel) -> None:
         # receive() itself rather than ``async for``: aiohttp's __anext__, a coroutine
         # around it, was ~5 % of the relay's CPU in a WebSocket echo. Same ending: a
         # close ends it, an error message is skipped (the next receive says closed).
+        carried = 0
         while True:
+            carried += 1
+            if carried == _TURN:
+                carried = 0
+                await asyncio.sleep(0)
             msg = await ws.receive()
             kind = msg.type
             if kind is aiohttp.WSMsgType.BINARY:

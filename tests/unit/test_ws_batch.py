@@ -431,3 +431,52 @@ async def test_a_direction_that_failed_before_the_pump_was_cancelled_is_logged_n
     assert len(failures) == 1
     assert "a bug" in str(failures[0]["error"])
     assert unretrieved == []
+
+
+class Flood:
+    """A socket with ``n`` one-byte messages waiting: receive() returns without a pause
+    while any is left (as aiohttp's does), then waits forever."""
+
+    close_code = None
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage:
+        if not self.left:
+            await asyncio.Event().wait()
+        self.left -= 1
+        return aiohttp.WSMessage(aiohttp.WSMsgType.BINARY, b"x", None)
+
+    async def send_bytes(self, data: bytes, compress: int | None = None) -> None:
+        pass
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        return True
+
+
+async def test_a_flood_of_waiting_messages_lets_the_loop_turn() -> None:
+    # receive() does not yield while messages wait: a client's read of 1-byte messages
+    # (37,000 in 256 KiB) held the loop, other hosts' requests waiting ~50 ms each.
+    sink = Sink()
+    channel = StreamChannel(
+        1, sink, send_window=1 << 20, recv_window=4096, max_chunk=4096, on_close=lambda _s: None
+    )
+    ws = Flood(2000)
+    seen: list[int] = []
+
+    def probe() -> None:
+        seen.append(2000 - ws.left)
+        if ws.left:
+            asyncio.get_running_loop().call_soon(probe)
+
+    pump = asyncio.create_task(pump_to_stream(ws, channel))  # type: ignore[arg-type]
+    asyncio.get_running_loop().call_soon(probe)
+    async with asyncio.timeout(5):
+        while ws.left:
+            await asyncio.sleep(0)
+    carried_in_one_turn = next(n for n in seen if n)
+    assert carried_in_one_turn <= 256, seen[:5]
+    assert sum(isinstance(f, WsMsg) for f in sink.frames) >= 1999
+    pump.cancel()
+    await asyncio.gather(pump, return_exceptions=True)
