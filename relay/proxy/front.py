@@ -261,11 +261,13 @@ class ClientConnection(asyncio.BufferedProtocol):
         # No more than the request whose body streams may take (relay.wire.flow): a read
         # comes in whole, and an agent that grants no credit would hold all of it.
         exchanges = self.exchanges
-        if not exchanges or self._thin_body:
+        if not exchanges:
+            return self.front.head_buffer
+        n = exchanges[-1].read_allowance()
+        if self._thin_body and n > HEAD_READ:
             # A body of tiny chunks costs a callback a chunk: small reads, so that other
             # connections wait ~1 ms for each, not ~10 (measured with 1-byte chunks).
             return self.front.head_buffer
-        n = exchanges[-1].read_allowance()
         if n < READ_SIZE:
             return self.front.read_buffer[:n]
         return self.front.read_buffer

@@ -514,7 +514,10 @@ class TunnelConnection:
         loop = self.loop
         binary = aiohttp.WSMsgType.BINARY
         if early:
-            self._dispatch(early)
+            many = self._dispatch_few(early)
+            if many is not None:
+                await self._dispatch_slices(many)
+                many = None
             early.clear()
         while True:
             msg = await ws.receive()

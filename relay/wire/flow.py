@@ -111,9 +111,12 @@ class FlowStream:
             raise StreamStateError(f"stream {self.sid}: unexpected {type(frame).__name__}")
 
     def fail(self, error: StreamError) -> None:
-        """The tunnel went away."""
+        """The tunnel went away, or reset the stream for breaking its rules."""
         if not self.state.reset:
             self.state.on_reset()
+            # Nothing sends what waits now; the tunnel may have forgotten the stream
+            # already (TunnelConnection.reset_stream), and close() then drops nothing.
+            self._drop_pending()
             self.on_reset(error)
 
     # -- for subclasses ------------------------------------------------------------------

@@ -188,11 +188,16 @@ async def _stream_to_socket(ws: Socket, channel: StreamChannel, batch: BatchWrit
 
 
 async def _socket_to_socket(src: Socket, dst: Socket) -> None:
+    carried = 0  # the loop turns every _TURN messages, as in _socket_to_stream
     async for msg in src:
         if msg.type is aiohttp.WSMsgType.TEXT:
             await dst.send_str(msg.data)
         elif msg.type is aiohttp.WSMsgType.BINARY:
             await dst.send_bytes(msg.data)
+        carried += 1
+        if carried == _TURN:
+            carried = 0
+            await asyncio.sleep(0)
     await dst.close(code=sendable_code(src.close_code))
 
 

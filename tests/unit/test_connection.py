@@ -13,7 +13,7 @@ import structlog
 from relay.errors import TunnelClosed
 from relay.wire.connection import _QUEUED_COST, _SLICE, TunnelConnection
 from relay.wire.flow import FlowStream
-from relay.wire.protocol import Data, FrameCodec, Limits, Ping, Pong, ResetCode
+from relay.wire.protocol import Data, Frame, FrameCodec, Limits, Ping, Pong, ResetCode
 from tests.unit.ws_pair import joined
 
 if TYPE_CHECKING:
@@ -360,6 +360,33 @@ async def test_a_message_of_many_frames_lets_the_loop_turn_between_slices():
     asyncio.get_running_loop().call_soon(probe)
     async with asyncio.timeout(5):
         while stream.got < count:
+            await asyncio.sleep(0)
+    assert seen[:4] == [_SLICE, 2 * _SLICE, 3 * _SLICE, count]
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    await conn._stop_writer()
+
+
+async def test_the_frames_that_came_with_the_handshake_are_dispatched_in_slices_too():
+    # The relay hands the tunnel what followed the agent's Hello in its message: a
+    # megabyte of 1-byte Data frames there held the loop at once, as any message did.
+    limits = Limits(max_frame=1 << 20)
+    ws = StuckSocket([])
+    conn = TunnelConnection(ws, local_limits=limits, peer_limits=limits, log=structlog.get_logger())
+    stream = Tally(conn, 1)
+    count = 3 * _SLICE + 5
+    early: list[Frame] = [Data(1, b"x")] * count
+    seen: list[int] = []
+
+    def probe() -> None:
+        seen.append(stream.got)
+        if stream.got < count:
+            asyncio.get_running_loop().call_soon(probe)
+
+    reader = asyncio.create_task(conn.read_loop(early))
+    asyncio.get_running_loop().call_soon(probe)
+    async with asyncio.timeout(5):
+        while early:  # emptied once dispatched: the caller's frame lives with the tunnel
             await asyncio.sleep(0)
     assert seen[:4] == [_SLICE, 2 * _SLICE, 3 * _SLICE, count]
     reader.cancel()

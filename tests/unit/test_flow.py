@@ -353,3 +353,27 @@ def test_a_reads_small_pieces_are_joined_and_large_ones_pass_uncopied():
     assert all(a is b for a, b in zip(passed, large, strict=True))
     one = [b"x"]
     assert read_pieces(one) is one
+
+
+class Closer(Source):
+    """Forgets itself when reset, as the relay's and the agent's exchanges do."""
+
+    def on_reset(self, error: StreamError) -> None:
+        self.close()
+
+
+async def test_a_stream_reset_for_breaking_its_rules_lets_go_of_what_waits():
+    # The tunnel forgets a stream that broke its rules before failing it: its close()
+    # then found it gone and kept the tunnel's count of what waited, for good. A peer
+    # doing that to a few streams held every later stream of its tunnel to its credit.
+    limits = Limits(max_frame=1 << 20, initial_window=1024)
+    a, _b = pipe()
+    conn = TunnelConnection(a, local_limits=limits, peer_limits=limits, log=structlog.get_logger())
+    stream = Closer(conn, 1)
+    stream.send_body(bytes(100_000))
+    assert conn.body_held == 100_000 - 1024
+    conn.dispatch_stream_frame(Data(1, bytes(2048)))  # beyond the window it was granted
+    assert 1 not in conn.streams
+    assert conn.body_held == 0
+    assert not stream._pending
+    await conn._stop_writer()

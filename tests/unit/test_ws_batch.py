@@ -21,7 +21,7 @@ from relay.wire.channel import StreamChannel
 from relay.wire.connection import TunnelConnection
 from relay.wire.protocol import Data, FrameCodec, Limits, Reset, ResetCode, Window, WsClose, WsMsg
 from relay.wire.ws_batch import BatchWriter
-from relay.wire.ws_pump import pump_to_stream
+from relay.wire.ws_pump import pump_sockets, pump_to_stream
 from tests.unit.ws_pair import joined
 
 SIZES = (0, 1, 125, 126, 65535, 65536, 200_000)
@@ -478,5 +478,47 @@ async def test_a_flood_of_waiting_messages_lets_the_loop_turn() -> None:
     carried_in_one_turn = next(n for n in seen if n)
     assert carried_in_one_turn <= 256, seen[:5]
     assert sum(isinstance(f, WsMsg) for f in sink.frames) >= 1999
+    pump.cancel()
+    await asyncio.gather(pump, return_exceptions=True)
+
+
+class FloodSocket(Flood):
+    """A Flood with ``async for`` (as aiohttp's sockets have), counting what it is sent."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.sent = 0
+
+    def __aiter__(self) -> FloodSocket:
+        return self
+
+    async def __anext__(self) -> aiohttp.WSMessage:
+        return await self.receive()
+
+    async def send_bytes(self, data: bytes, compress: int | None = None) -> None:
+        self.sent += 1
+
+    async def send_str(self, data: str, compress: int | None = None) -> None:
+        self.sent += 1
+
+
+async def test_a_flood_of_waiting_messages_lets_the_loop_turn_when_forwarded() -> None:
+    # The same flood from a client whose WebSocket the relay forwards to the owner of
+    # its host (route_mode "forward"): socket to socket, nothing yielded either.
+    client, peer = FloodSocket(2000), FloodSocket(0)
+    seen: list[int] = []
+
+    def probe() -> None:
+        seen.append(peer.sent)
+        if client.left:
+            asyncio.get_running_loop().call_soon(probe)
+
+    pump = asyncio.create_task(pump_sockets(client, peer))  # type: ignore[arg-type]
+    asyncio.get_running_loop().call_soon(probe)
+    async with asyncio.timeout(5):
+        while client.left:
+            await asyncio.sleep(0)
+    carried_in_one_turn = next(n for n in seen if n)
+    assert carried_in_one_turn <= 256, seen[:5]
     pump.cancel()
     await asyncio.gather(pump, return_exceptions=True)
