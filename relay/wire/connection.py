@@ -620,8 +620,9 @@ class TunnelConnection:
     def on_control_frame(self, frame: Frame) -> None:
         """Handle Ping/Pong; subclasses extend for Hello/Welcome/Drain."""
         if type(frame) is Ping:
-            # One Pong per message read, for its last Ping: a message full of pings
-            # (a hostile peer's) must not queue an answer each (~100 bytes apiece).
+            # One Pong per message read (per slice of a long one, _SLICE), for its last
+            # Ping: a message full of pings (a hostile peer's) must not queue an answer
+            # each (~100 bytes apiece).
             self._pong_due = frame.t
         elif type(frame) is Pong:
             self.last_pong_at = self.loop.time()
